@@ -1,0 +1,3 @@
+from distsched.cli import main
+
+raise SystemExit(main())

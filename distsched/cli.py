@@ -1,0 +1,65 @@
+"""``distsched <command>``: the command-line entry point.
+
+Each command lives in ``distsched/commands/<name>.py`` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy libraries
+(torch, Ray, Opacus) inside ``run`` so that ``distsched --help`` stays fast.
+
+Bad input never shows a traceback: a ``ValueError`` (or an argparse error) is printed as one
+line on stderr and the exit code is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("distsched.commands.demo", "run the main demo job on the embedded local default"),
+    "schedule": ("distsched.commands.schedule", "evaluate, list and plot learning-rate schedules"),
+}
+
+EXIT_USAGE = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="distsched", description=__doc__.splitlines()[0])
+    from distsched import __version__
+
+    parser.add_argument("--version", action="version", version=f"distsched {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sys.stderr.write(f"distsched {args.command}: error: {message}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"distsched {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
