@@ -1,0 +1,88 @@
+"""Metrics as JSON lines: one object per step/round, append-only, truncatable on resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``path``; flushed after every record.
+
+    ``truncate_after(key, value)`` drops records written past a checkpoint (``record[key] > value``),
+    so that a resumed run never counts a step twice.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._fh.flush()
+
+    def truncate_after(self, key: str, value: float) -> int:
+        """Keep only records with ``record[key] <= value``; returns how many were kept."""
+        self._fh.close()
+        kept = [r for r in read_metrics(self.path) if key not in r or r[key] <= value]
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in kept:
+                fh.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        return len(kept)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` or a ``metrics.csv`` (numbers parsed back to float)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return [{k: _parse_number(v) for k, v in row.items()} for row in rows]
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})") from None
+    return records
+
+
+def _parse_number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text

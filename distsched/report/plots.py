@@ -1,0 +1,45 @@
+"""PNG line plots with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def line_plot(
+    path: str | os.PathLike,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "",
+    logy: bool = False,
+    step_style: bool = False,
+) -> Path:
+    """Draw each ``label -> (x, y)`` series on one axis and save a PNG; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for label, (x, y) in series.items():
+        if step_style:
+            ax.step(list(x), list(y), where="post", label=label)
+        else:
+            ax.plot(list(x), list(y), label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
