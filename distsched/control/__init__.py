@@ -1,0 +1,28 @@
+"""Feedback controllers: stateful multipliers on a schedule (``schedule x controller``).
+
+>>> from distsched import schedules as S
+>>> from distsched.control import Controlled, PIDController
+>>> ctl = PIDController(kp=1.0)
+>>> lr = Controlled(S.constant(0.1), ctl)
+>>> _ = ctl.update(1.0); _ = ctl.update(1.5)   # the loss rose by 0.5
+>>> round(lr(2), 6)                            # 0.1 * (1 - 1.0 * 0.5)
+0.05
+"""
+
+from distsched.control.base import Controlled, Controller
+from distsched.control.conflict import GradientConflictScaler, pairwise_cosines, task_gradients
+from distsched.control.curriculum import CurriculumPhases
+from distsched.control.pid import PIDController
+from distsched.control.plateau import ReduceOnPlateau, WarmRestartOnPlateau
+
+__all__ = [
+    "Controlled",
+    "Controller",
+    "CurriculumPhases",
+    "GradientConflictScaler",
+    "PIDController",
+    "ReduceOnPlateau",
+    "WarmRestartOnPlateau",
+    "pairwise_cosines",
+    "task_gradients",
+]
