@@ -2,6 +2,12 @@
 
 Local default: bound to 127.0.0.1, the number of CPUs the run may use, no dashboard unless asked,
 a bounded object store, and Ray's token authentication left on (Ray's own default).
+
+Ray replaces a loopback node address by the machine's routable one unless it is told that this is a
+single-machine cluster; for the embedded default we tell it so (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+Ray's own switch for loopback-only clusters), so its GCS, raylet and workers listen on 127.0.0.1 and
+Ray Train's torch.distributed rendezvous uses 127.0.0.1 too. Joining a cluster (``address=...``)
+leaves Ray's address resolution alone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 from distsched._checks import check_int
 
 LOOPBACK = "127.0.0.1"
+_LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 
 
@@ -34,6 +41,8 @@ def connect(
 
     Returns the Ray context info. Calling it again while Ray is initialized is a no-op.
     """
+    if not address:
+        _use_loopback_only()
     import ray
 
     if ray.is_initialized():
@@ -56,3 +65,13 @@ def connect(
             logging_level="warning",
         )
     return {"address": ctx.address_info.get("gcs_address"), "reused": False}
+
+
+def _use_loopback_only() -> None:
+    """Make Ray keep 127.0.0.1 as this node's address (env for its subprocesses, constant if imported)."""
+    os.environ[_LOOPBACK_ONLY_ENV] = "0"
+    import sys
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
