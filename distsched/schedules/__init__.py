@@ -4,18 +4,16 @@
 >>> sched = S.warmup(S.cosine(lr=0.1, total_steps=1000, min_lr=1e-4), warmup_steps=100)
 >>> round(sched(100), 6)
 0.1
+>>> S.from_spec(S.to_spec(sched)) == sched
+True
 """
 
 from distsched.schedules.base import Schedule
+from distsched.schedules.catalogue import CATALOGUE
 from distsched.schedules.compose import Clamp, Join, Repeat, Scale, Warmup, clamp, join, repeat, scale, warmup
 from distsched.schedules.cosine import Constant, Cosine, constant, cosine
+from distsched.schedules.spec import from_spec, to_spec
 from distsched.schedules.torch_adapter import ScheduledLR
-
-#: name -> schedule class, for the CLI and configs (``schedule: {name: cosine, lr: 0.1, ...}``).
-CATALOGUE: dict[str, type[Schedule]] = {
-    "constant": Constant,
-    "cosine": Cosine,
-}
 
 __all__ = [
     "CATALOGUE",
@@ -31,8 +29,10 @@ __all__ = [
     "clamp",
     "constant",
     "cosine",
+    "from_spec",
     "join",
     "repeat",
     "scale",
+    "to_spec",
     "warmup",
 ]

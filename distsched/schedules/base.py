@@ -9,9 +9,18 @@ just calling it with the resumed step (no ``last_epoch = -1`` bookkeeping).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 
 import numpy as np
+
+
+def _pretty_type(annotation: object) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = text.replace("typing.", "").replace("collections.abc.", "")
+    text = re.sub(r"\bSchedule\b", "schedule", text)
+    text = text.replace("tuple[schedule, ...]", "list[schedule]").replace("tuple[int, ...]", "list[int]")
+    return text.replace("tuple[float, ...]", "list[float]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,5 +37,13 @@ class Schedule:
 
     @classmethod
     def parameters(cls) -> dict[str, str]:
-        """Parameter name -> type annotation, for ``distsched schedule --list``."""
-        return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        """Parameter name -> ``type`` or ``type = default``, for ``distsched schedule --list``."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            text = _pretty_type(f.type)
+            if f.default is not dataclasses.MISSING:
+                text += f" = {f.default!r}"
+            out[f.name] = text
+        return out
