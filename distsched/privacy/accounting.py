@@ -1,0 +1,279 @@
+"""Privacy accounting over schedules: epsilon for a history of ``(noise_multiplier, sample_rate, steps)``
+segments, computed by Opacus' own accountants (``rdp``, ``prv``, ``gdp``).
+
+A history is the run-length encoding of a DP-SGD run: segment ``(sigma, q, n)`` means ``n`` steps of
+the Poisson-subsampled Gaussian mechanism with noise multiplier ``sigma`` and sample rate ``q``.
+This is exactly Opacus' ``IAccountant.history``; we hand it to the real accountant and read its
+epsilon. References: Mironov et al. 2019 (RDP of the sampled Gaussian mechanism), Gopi et al. 2021
+(PRV accountant), Dong et al. 2019 (GDP, a CLT approximation valid for one constant (sigma, q)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as _rdp_analysis
+
+from distsched._checks import check_choice, check_int, check_non_negative, check_range
+
+#: accountant names, as in ``opacus.accountants.create_accountant``.
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "gdp")
+
+
+class Segment(NamedTuple):
+    """``steps`` DP-SGD steps with one noise multiplier ``sigma`` and one sample rate ``q``."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int = 1
+
+
+def check_delta(delta: float) -> float:
+    """delta in (0, 1)."""
+    return check_range("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def check_sample_rate(sample_rate: float, name: str = "sample_rate") -> float:
+    """q in (0, 1]."""
+    return check_range(name, sample_rate, 0.0, 1.0, low_open=True)
+
+
+def check_accountant(accountant: str) -> str:
+    return check_choice("accountant", accountant, ACCOUNTANTS)
+
+
+def as_segment(segment: Segment | Sequence[float]) -> Segment:
+    """A validated :class:`Segment` from a ``(sigma, q)`` or ``(sigma, q, steps)`` sequence."""
+    if len(segment) not in (2, 3):
+        raise ValueError(f"segment must be (noise_multiplier, sample_rate[, steps]), got {tuple(segment)!r}")
+    sigma = check_non_negative("noise_multiplier", segment[0])
+    q = check_sample_rate(segment[1])
+    steps = check_int("steps", segment[2], 0) if len(segment) == 3 else 1
+    return Segment(sigma, q, steps)
+
+
+def compress(history: Iterable[Segment | Sequence[float]]) -> list[Segment]:
+    """Validated run-length encoding: consecutive equal ``(sigma, q)`` merged, empty segments dropped."""
+    out: list[Segment] = []
+    for raw in history:
+        seg = as_segment(raw)
+        if seg.steps == 0:
+            continue
+        if out and out[-1].noise_multiplier == seg.noise_multiplier and out[-1].sample_rate == seg.sample_rate:
+            out[-1] = Segment(seg.noise_multiplier, seg.sample_rate, out[-1].steps + seg.steps)
+        else:
+            out.append(seg)
+    return out
+
+
+def opacus_accountant(mechanism: str, history: Iterable[Segment | Sequence[float]] = ()) -> IAccountant:
+    """A real Opacus accountant (``RDPAccountant``, ``PRVAccountant``, ``GaussianAccountant``) holding
+    ``history``. ``gdp`` accepts only one constant ``(sigma, q)``, as Opacus' own ``step`` enforces."""
+    check_accountant(mechanism)
+    segments = compress(history)
+    if mechanism == "rdp":
+        acc: IAccountant = RDPAccountant()
+    elif mechanism == "prv":
+        acc = PRVAccountant()
+    else:
+        if len(segments) > 1:
+            raise ValueError(
+                f"accountant 'gdp' needs one constant (noise_multiplier, sample_rate), got {len(segments)} "
+                "different segments; use 'rdp' or 'prv'"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "GDP accounting is experimental"
+            acc = GaussianAccountant()
+    acc.history = [tuple(s) for s in segments]
+    return acc
+
+
+def epsilon(
+    history: Iterable[Segment | Sequence[float]],
+    delta: float,
+    accountant: str = "rdp",
+    *,
+    eps_error: float = 0.01,
+) -> float:
+    """Epsilon spent by ``history`` at ``delta``, from Opacus' ``accountant``.
+
+    ``eps_error`` is the PRV accountant's discretisation error; Opacus returns the upper bound of its
+    estimate, so the answer stays conservative. A segment with ``sigma = 0`` gives ``inf``.
+    """
+    check_delta(delta)
+    check_accountant(accountant)
+    segments = compress(history)
+    if not segments:
+        return 0.0
+    if any(s.noise_multiplier == 0.0 for s in segments):
+        return math.inf
+    acc = opacus_accountant(accountant, segments)
+    if accountant == "prv":
+        return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
+    return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """Opacus' RDP curve of one step at the default orders (``compute_rdp`` is linear in steps)."""
+    curve = np.asarray(
+        _rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+        ),
+        dtype=np.float64,
+    )
+    curve.setflags(write=False)
+    return curve
+
+
+class Accountant:
+    """Records DP-SGD steps as segments and reports epsilon through an Opacus accountant.
+
+    ``state_dict()`` has Opacus' keys (``mechanism``, ``history``) so that the history can be saved in
+    every checkpoint and restored on resume. For ``rdp`` the RDP curve of the history is kept as a
+    running sum (RDP composes additively over steps, Mironov 2017), so ``epsilon_after`` costs one
+    segment, however long the history.
+    """
+
+    def __init__(
+        self,
+        mechanism: str = "rdp",
+        history: Iterable[Segment | Sequence[float]] = (),
+        *,
+        eps_error: float = 0.01,
+    ) -> None:
+        self.mechanism = check_accountant(mechanism)
+        self.eps_error = check_range("eps_error", eps_error, 0.0, 1.0, low_open=True)
+        self._history: list[Segment] = []
+        self._orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
+        self._rdp = np.zeros_like(self._orders)
+        self._cache: dict[tuple[Any, ...], float] = {}
+        for seg in compress(history):
+            self.step(seg.noise_multiplier, seg.sample_rate, seg.steps)
+
+    # -- recording --------------------------------------------------------------------------
+    def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Record ``steps`` steps of ``(noise_multiplier, sample_rate)``."""
+        seg = as_segment((noise_multiplier, sample_rate, steps))
+        if seg.steps == 0:
+            return
+        if self.mechanism == "gdp" and self._history and self._history[-1][:2] != seg[:2]:
+            raise ValueError(
+                "accountant 'gdp' needs one constant (noise_multiplier, sample_rate): got "
+                f"{seg[:2]} after {tuple(self._history[-1][:2])}; use 'rdp' or 'prv'"
+            )
+        last = self._history[-1] if self._history else None
+        if last is not None and last.noise_multiplier == seg.noise_multiplier and last.sample_rate == seg.sample_rate:
+            self._history[-1] = Segment(last.noise_multiplier, last.sample_rate, last.steps + seg.steps)
+        else:
+            self._history.append(seg)
+        if self.mechanism == "rdp":
+            self._rdp = self._rdp + self._segment_rdp(seg)
+
+    def optimizer_hook(self, sample_rate: float) -> Callable[[Any], None]:
+        """A hook for Opacus' ``DPOptimizer.attach_step_hook``: each real (not skipped) step records the
+        optimizer's current ``noise_multiplier``, so a noise schedule that changes it is seen."""
+        q = check_sample_rate(sample_rate)
+
+        def hook(optimizer: Any) -> None:
+            self.step(float(optimizer.noise_multiplier), min(1.0, q * optimizer.accumulated_iterations))
+
+        return hook
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def history(self) -> list[Segment]:
+        """A copy of the recorded segments."""
+        return list(self._history)
+
+    @property
+    def steps(self) -> int:
+        """Total number of recorded steps."""
+        return sum(s.steps for s in self._history)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta``."""
+        if self.mechanism == "rdp":
+            return self.epsilon_after(delta, Segment(1.0, 1.0, 0))
+        return self._epsilon(self._history, delta)
+
+    def epsilon_after(self, delta: float, segment: Segment | Sequence[float]) -> float:
+        """Epsilon at ``delta`` if ``segment`` were recorded next (nothing is recorded)."""
+        seg = as_segment(segment)
+        if self.mechanism == "rdp":
+            check_delta(delta)
+            if seg.steps > 0 and seg.noise_multiplier == 0.0:
+                return math.inf
+            if any(s.noise_multiplier == 0.0 for s in self._history):
+                return math.inf
+            return self._rdp_to_epsilon(self._rdp + self._segment_rdp(seg), delta)
+        return self._epsilon([*self._history, seg], delta)
+
+    def to_opacus(self) -> IAccountant:
+        """A real Opacus accountant holding this history (e.g. for ``PrivacyEngine.accountant``)."""
+        return opacus_accountant(self.mechanism, self._history)
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"mechanism", "history"}`` with the history as plain lists (JSON/torch.save friendly)."""
+        return {
+            "mechanism": self.mechanism,
+            "history": [[float(s.noise_multiplier), float(s.sample_rate), int(s.steps)] for s in self._history],
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the history by the saved one; the mechanism must match."""
+        if not state_dict or "history" not in state_dict or "mechanism" not in state_dict:
+            raise ValueError("accountant state_dict must have the keys 'mechanism' and 'history'")
+        if state_dict["mechanism"] != self.mechanism:
+            raise ValueError(
+                f"accountant state_dict mechanism must be {self.mechanism!r}, got {state_dict['mechanism']!r}"
+            )
+        self._history = []
+        self._rdp = np.zeros_like(self._orders)
+        for seg in compress(state_dict["history"]):
+            self.step(seg.noise_multiplier, seg.sample_rate, seg.steps)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any], *, eps_error: float = 0.01) -> Accountant:
+        acc = cls(str(state_dict.get("mechanism", "")), eps_error=eps_error)
+        acc.load_state_dict(state_dict)
+        return acc
+
+    def __repr__(self) -> str:
+        return f"Accountant(mechanism={self.mechanism!r}, steps={self.steps}, segments={len(self._history)})"
+
+    # -- internals --------------------------------------------------------------------------
+    def _segment_rdp(self, seg: Segment) -> np.ndarray:
+        if seg.steps == 0:
+            return np.zeros_like(self._orders)
+        if seg.noise_multiplier == 0.0:
+            return np.full_like(self._orders, np.inf)
+        return _unit_rdp(seg.noise_multiplier, seg.sample_rate) * seg.steps
+
+    def _rdp_to_epsilon(self, rdp: np.ndarray, delta: float) -> float:
+        if not np.any(rdp):
+            return 0.0
+        if not np.all(np.isfinite(rdp)):
+            return math.inf
+        eps, _ = _rdp_analysis.get_privacy_spent(orders=self._orders, rdp=rdp, delta=delta)
+        return float(eps)
+
+    def _epsilon(self, history: Sequence[Segment], delta: float) -> float:
+        check_delta(delta)
+        key = (delta, tuple(history))
+        if key not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[key] = epsilon(history, delta, self.mechanism, eps_error=self.eps_error)
+        return self._cache[key]
