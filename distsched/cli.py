@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("distsched.commands.demo", "run the main demo job on the embedded local default"),
     "schedule": ("distsched.commands.schedule", "evaluate, list and plot learning-rate schedules"),
+    "simulate": ("distsched.commands.simulate", "federated simulation on Ray actors (distsched simulate CONFIG.yaml)"),
 }
 
 EXIT_USAGE = 2

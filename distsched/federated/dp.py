@@ -1,0 +1,96 @@
+"""DP-FedAvg with user-level privacy (McMahan et al. 2018, "Learning Differentially Private Recurrent
+Language Models") and adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with
+Adaptive Clipping").
+
+Each client's update is clipped to norm ``C`` on the worker; the server adds Gaussian noise once per
+round to the sum and divides by the expected cohort size ``m = qN`` (the fixed-denominator estimator):
+``delta = (sum_k clip_C(delta_k) + N(0, (z_delta * C)^2 I)) / m``.
+
+Adaptive clipping estimates the fraction of unclipped updates privately,
+``b = (sum_k 1[||delta_k|| <= C] + N(0, sigma_b^2)) / m``, and moves ``C`` geometrically toward the
+target quantile ``gamma``: ``C <- C * exp(-eta_C * (b - gamma))``. The two releases together are one
+Gaussian mechanism with noise multiplier ``z`` (Andrew et al. 2021, Thm. 1), so the update noise
+multiplier is ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` and the accountant is charged ``z``.
+Accounting: Poisson sampling with ``q = m / N``, one step per round (shared
+:mod:`distsched.privacy` accountant and :class:`~distsched.privacy.BudgetGuard`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from distsched._checks import check_non_negative, check_positive, check_range
+
+
+class DPFedAvg:
+    """Noise and (adaptive) clipping for one aggregate per round.
+
+    Args:
+        noise_multiplier: ``z``, the total noise multiplier charged to the accountant.
+        clip_norm: initial clipping norm ``C``.
+        expected_cohort: ``m``, the expected number of clients per round.
+        adaptive: move ``C`` toward the ``target_quantile`` of update norms.
+        target_quantile: ``gamma`` in [0, 1].
+        clip_lr: ``eta_C`` > 0.
+        count_noise_std: ``sigma_b`` (counts); default ``m / 20`` (Andrew et al. 2021, Sec. 3).
+    """
+
+    def __init__(
+        self,
+        noise_multiplier: float,
+        clip_norm: float,
+        expected_cohort: float,
+        *,
+        adaptive: bool = False,
+        target_quantile: float = 0.5,
+        clip_lr: float = 0.2,
+        count_noise_std: float | None = None,
+    ) -> None:
+        self.noise_multiplier = check_positive("dp.noise_multiplier", noise_multiplier)
+        self.clip_norm = check_positive("dp.clip_norm", clip_norm)
+        self.expected_cohort = check_positive("expected_cohort", expected_cohort)
+        self.adaptive = bool(adaptive)
+        self.target_quantile = check_range("dp.target_quantile", target_quantile, 0.0, 1.0)
+        self.clip_lr = check_positive("dp.clip_lr", clip_lr)
+        sigma_b = expected_cohort / 20.0 if count_noise_std is None else count_noise_std
+        self.count_noise_std = check_non_negative("dp.count_noise_std", sigma_b)
+        if self.adaptive and not 2.0 * self.count_noise_std > self.noise_multiplier:
+            raise ValueError(
+                f"dp.count_noise_std must be > noise_multiplier / 2 = {self.noise_multiplier / 2} with adaptive "
+                f"clipping (else no noise is left for the update), got {self.count_noise_std!r}"
+            )
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """``z_delta``: ``z`` with fixed clipping, ``(z^-2 - (2 sigma_b)^-2)^(-1/2)`` with adaptive clipping."""
+        z = self.noise_multiplier
+        if not self.adaptive:
+            return z
+        return (z**-2 - (2.0 * self.count_noise_std) ** -2) ** -0.5
+
+    def aggregate(self, update_sum: np.ndarray, unclipped: int, generator: torch.Generator) -> np.ndarray:
+        """The noisy mean update (float64) from the sum of clipped updates; updates ``clip_norm`` when
+        adaptive (the returned mean used the norm in force during the round)."""
+        std = self.update_noise_multiplier * self.clip_norm
+        noise = torch.randn(len(update_sum), generator=generator, dtype=torch.float64).numpy()
+        mean = (np.asarray(update_sum, dtype=np.float64) + std * noise) / self.expected_cohort
+        if self.adaptive:
+            count_noise = float(torch.randn(1, generator=generator, dtype=torch.float64)) * self.count_noise_std
+            b = (unclipped + count_noise) / self.expected_cohort
+            self.clip_norm = next_clip_norm(self.clip_norm, b, self.target_quantile, self.clip_lr)
+        return mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip_norm": self.clip_norm}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clip_norm = check_positive("clip_norm", state["clip_norm"])
+
+
+def next_clip_norm(clip_norm: float, unclipped_fraction: float, target_quantile: float, clip_lr: float) -> float:
+    """Geometric update ``C * exp(-eta_C * (b - gamma))`` (Andrew et al. 2021, Eq. 3)."""
+    return clip_norm * math.exp(-clip_lr * (unclipped_fraction - target_quantile))

@@ -1,0 +1,195 @@
+"""Partitioners: split a data set's train indices among clients.
+
+Each returns a list of ``int64`` index arrays, one per client, sorted, disjoint, covering every
+sample exactly once (except ``natural``, which is the data set's own split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from distsched._checks import check_choice, check_int, check_positive
+
+SCHEMES = ("iid", "dirichlet", "shards", "power_law", "natural")
+
+
+def iid(num_samples: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A uniform random permutation cut into ``num_clients`` near-equal parts."""
+    _check_counts(num_samples, num_clients)
+    return [np.sort(p) for p in np.array_split(rng.permutation(num_samples), num_clients)]
+
+
+def dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 1,
+    max_tries: int = 1000,
+) -> list[np.ndarray]:
+    """Label skew: for each class ``c``, the shares ``p_c ~ Dir(alpha * 1_N)`` over the ``N`` clients
+    decide how class ``c``'s samples are cut (Yurochkin et al. 2019; Hsu et al. 2019). Small ``alpha``:
+    each client sees few classes. Redrawn until every client holds at least ``min_size`` samples."""
+    check_positive("alpha", alpha)
+    check_int("min_size", min_size, 0)
+    labels = np.asarray(labels)
+    _check_counts(len(labels), num_clients)
+    if min_size * num_clients > len(labels):
+        raise ValueError(f"min_size must be <= samples / clients = {len(labels) // num_clients}, got {min_size!r}")
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for idx in by_class:
+            idx = rng.permutation(idx)
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(np.int64)
+            for k, piece in enumerate(np.split(idx, cuts)):
+                parts[k].append(piece)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) >= min_size:
+            return out
+    raise ValueError(
+        f"dirichlet: no draw in {max_tries} gave every client >= min_size={min_size} samples; "
+        f"lower min_size or raise alpha (got alpha={alpha!r})"
+    )
+
+
+def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Pathological non-IID (McMahan et al. 2017): sort by label, cut into ``num_clients * k`` equal
+    shards, give each client ``k`` random shards; a client sees at most ``2k`` classes (usually ``k``)."""
+    check_int("shards_per_client", shards_per_client, 1)
+    labels = np.asarray(labels)
+    _check_counts(len(labels), num_clients * shards_per_client)
+    order = np.argsort(labels, kind="stable")
+    pieces = np.array_split(order, num_clients * shards_per_client)
+    assignment = rng.permutation(len(pieces)).reshape(num_clients, shards_per_client)
+    return [np.sort(np.concatenate([pieces[s] for s in row])) for row in assignment]
+
+
+def power_law(
+    num_samples: int, num_clients: int, exponent: float, rng: np.random.Generator, min_size: int = 1
+) -> list[np.ndarray]:
+    """IID labels, power-law sizes: client weights ``w_k ~ Pareto(exponent) + 1`` (density
+    ``~ w^-(exponent+1)``); each client gets ``min_size`` samples plus a multinomial share of the rest."""
+    check_positive("exponent", exponent)
+    check_int("min_size", min_size, 0)
+    _check_counts(num_samples, num_clients)
+    if min_size * num_clients > num_samples:
+        raise ValueError(f"min_size must be <= samples / clients = {num_samples // num_clients}, got {min_size!r}")
+    w = rng.pareto(exponent, num_clients) + 1.0
+    sizes = min_size + rng.multinomial(num_samples - min_size * num_clients, w / w.sum())
+    perm = rng.permutation(num_samples)
+    return [np.sort(p) for p in np.split(perm, np.cumsum(sizes)[:-1])]
+
+
+def make_partition(
+    scheme: str,
+    labels: np.ndarray,
+    num_clients: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    shards_per_client: int = 2,
+    exponent: float = 1.5,
+    min_size: int = 1,
+    natural: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Dispatch on ``scheme`` (one of :data:`SCHEMES`) with a generator seeded by ``seed``."""
+    check_choice("partition.scheme", scheme, SCHEMES)
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        return iid(len(labels), num_clients, rng)
+    if scheme == "dirichlet":
+        return dirichlet(labels, num_clients, alpha, rng, min_size=min_size)
+    if scheme == "shards":
+        return shards(labels, num_clients, shards_per_client, rng)
+    if scheme == "power_law":
+        return power_law(len(labels), num_clients, exponent, rng, min_size=min_size)
+    if natural is None:
+        raise ValueError("partition.scheme 'natural' needs a data set with its own client split (synthetic)")
+    return [np.asarray(p, dtype=np.int64) for p in natural]
+
+
+def _check_counts(num_samples: int, num_clients: int) -> None:
+    check_int("num_clients", num_clients, 1)
+    if num_clients > num_samples:
+        raise ValueError(f"num_clients must be <= number of samples {num_samples}, got {num_clients!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionStats:
+    """Sizes and label skew of a partition.
+
+    ``label_skew`` is the mean total-variation distance between a client's label distribution and
+    the global one, ``TV_k = 1/2 * sum_c |p_kc - p_c|`` (0: IID, near 1: one class per client).
+    """
+
+    num_clients: int
+    num_samples: int
+    size_mean: float
+    size_std: float
+    size_min: int
+    size_max: int
+    classes_per_client: float
+    label_skew: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def label_counts(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(clients, classes)`` matrix of label counts."""
+    labels = np.asarray(labels)
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros((0, 0))
+
+
+def partition_stats(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> PartitionStats:
+    counts = label_counts(parts, labels, num_classes).astype(np.float64)
+    sizes = counts.sum(axis=1)
+    glob = counts.sum(axis=0) / max(counts.sum(), 1.0)
+    local = counts / np.maximum(sizes[:, None], 1.0)
+    tv = 0.5 * np.abs(local - glob).sum(axis=1)
+    return PartitionStats(
+        num_clients=len(parts),
+        num_samples=int(sizes.sum()),
+        size_mean=float(sizes.mean()),
+        size_std=float(sizes.std()),
+        size_min=int(sizes.min()),
+        size_max=int(sizes.max()),
+        classes_per_client=float((counts > 0).sum(axis=1).mean()),
+        label_skew=float(tv.mean()),
+    )
+
+
+def plot_partition(path: str | os.PathLike, parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> Path:
+    """Two panels: histogram of samples per client, and per-client label mix (first 50 clients)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts = label_counts(parts, labels, num_classes)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    ax1.hist(counts.sum(axis=1), bins=30)
+    ax1.set_xlabel("samples per client")
+    ax1.set_ylabel("clients")
+    shown = counts[:50]
+    bottom = np.zeros(len(shown))
+    for c in range(num_classes):
+        ax2.bar(np.arange(len(shown)), shown[:, c], bottom=bottom, width=1.0, label=str(c))
+        bottom += shown[:, c]
+    ax2.set_xlabel("client")
+    ax2.set_ylabel("samples by label")
+    if num_classes <= 20:
+        ax2.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

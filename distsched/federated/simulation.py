@@ -1,0 +1,443 @@
+"""The simulation loop: sample, train on the actor pool, aggregate, step the server, evaluate, record.
+
+One round:
+1. draw the cohort (fixed or Poisson, availability, dropout) and drop or down-weight stragglers;
+2. cut the remaining clients into contiguous chunks (one per actor by default) and run each chunk
+   on an actor, which returns one float64 sum of weighted (clipped) updates;
+3. add the chunk sums in chunk order; FedAvg mean ``sum_k w_k delta_k / sum_k w_k``, or the DP-FedAvg
+   noisy estimate; the strategy steps the global model with the server LR of this round;
+4. account privacy, evaluate every ``eval_every`` rounds, write metrics, checkpoint.
+
+The result of a round depends on the seed, the round, the cohort and the chunking, never on which
+actor trained a chunk; so an actor death (chunk re-run elsewhere) and a resume change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distsched.config import load_yaml, to_mapping
+from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from distsched.federated.client import LocalWork, evaluate
+from distsched.federated.config import FedConfig, fed_config, schedule_of
+from distsched.federated.datasets import FedData, load_dataset
+from distsched.federated.dp import DPFedAvg
+from distsched.federated.models import build_model, flat_params
+from distsched.federated.partitions import PartitionStats, make_partition, partition_stats, plot_partition
+from distsched.federated.sampling import ClientSampler, Stragglers, round_rng
+from distsched.federated.strategies import build_strategy
+from distsched.federated.worker import ChunkTask, to_csr
+
+_NOISE_STREAM = 5
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """What one round did (one line of ``metrics.jsonl``)."""
+
+    round: int
+    sampled: int
+    dropped: int
+    late: int
+    trained: int
+    client_lr: float
+    server_lr: float
+    local_work: int
+    train_loss: float
+    round_time_s: float
+    actor_failures: int
+    test_acc: float | None = None
+    test_loss: float | None = None
+    epsilon: float | None = None
+    clip_norm: float | None = None
+    unclipped_fraction: float | None = None
+
+
+class Simulation:
+    """A federated simulation on a pool of Ray actors (see the module docstring).
+
+    ``Simulation(config).run()`` returns the summary; ``run(resume=run_dir)`` continues a run folder
+    from its latest checkpoint.
+    """
+
+    def __init__(self, config: FedConfig | Mapping[str, Any], *, data: FedData | None = None) -> None:
+        cfg = self.cfg = fed_config(config)
+        self.data = data if data is not None else load_dataset(cfg.data.name, cfg.data.params, seed=cfg.seed)
+        p = cfg.partition
+        self.parts = make_partition(
+            p.scheme,
+            self.data.y_train,
+            p.num_clients,
+            cfg.seed,
+            alpha=p.alpha,
+            shards_per_client=p.shards_per_client,
+            exponent=p.exponent,
+            min_size=p.min_size,
+            natural=self.data.natural_partition,
+        )
+        self.num_clients = len(self.parts)
+        self.stats: PartitionStats = partition_stats(self.parts, self.data.y_train, self.data.num_classes)
+        self.sizes = np.fromiter((len(x) for x in self.parts), dtype=np.int64, count=self.num_clients)
+        s = cfg.sampling
+        self.sampler = ClientSampler(
+            self.num_clients, s.cohort_size, s.fraction, s.poisson, s.availability, s.dropout, seed=cfg.seed
+        )
+        self.stragglers = Stragglers(
+            self.num_clients, s.speed_sigma, s.jitter_sigma, s.deadline, s.late_policy, seed=cfg.seed
+        )
+        c = cfg.client
+        self.local_work = LocalWork(c.local_unit, c.local_work, c.local_work_rule, c.qsr_alpha, c.max_local_work)
+        self.client_lr = schedule_of(c.lr, "client.lr")
+        self.server_lr = schedule_of(cfg.strategy.server_lr, "strategy.server_lr")
+        self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        self.model_spec = {
+            "num_features": self.data.num_features,
+            "num_classes": self.data.num_classes,
+            "hidden": tuple(cfg.model.hidden),
+            "factory": cfg.model.factory,
+            "params": dict(cfg.model.params),
+        }
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(**self.model_spec)
+        self.params = flat_params(self.model)
+        self.x_test = torch.as_tensor(self.data.x_test)
+        self.y_test = torch.as_tensor(self.data.y_test)
+        self.dp: DPFedAvg | None = None
+        self.accountant: Any = None
+        self.guard: Any = None
+        if cfg.dp is not None:
+            from distsched.privacy import Accountant, BudgetGuard
+
+            d = cfg.dp
+            self.dp = DPFedAvg(
+                d.noise_multiplier,
+                d.clip_norm,
+                self.sampler.expected_cohort,
+                adaptive=d.adaptive,
+                target_quantile=d.target_quantile,
+                clip_lr=d.clip_lr,
+                count_noise_std=d.count_noise_std,
+            )
+            self.accountant = Accountant(d.accountant)
+            if d.target_epsilon is not None:
+                self.guard = BudgetGuard(d.target_epsilon, d.delta, self.accountant)
+        self.round = 0
+        self.history: list[RoundRecord] = []
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params.clone(),
+            "strategy": self.strategy.state_dict(),
+            "dp": self.dp.state_dict() if self.dp else None,
+            "accountant": self.accountant.state_dict() if self.accountant else None,
+            "guard": self.guard.state_dict() if self.guard else None,
+            "seed": self.cfg.seed,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["seed"]) != self.cfg.seed:
+            raise ValueError(f"seed must equal the checkpoint's seed {state['seed']}, got {self.cfg.seed}")
+        self.params = state["params"].clone()
+        self.strategy.load_state_dict(state["strategy"])
+        if self.dp is not None:
+            self.dp.load_state_dict(state["dp"])
+            if self.guard is not None:
+                self.guard.load_state_dict(state["guard"])
+            else:
+                self.accountant.load_state_dict(state["accountant"])
+        self.round = int(state["round"])
+
+    # -- one round --------------------------------------------------------------------------
+    def plan_round(self, r: int) -> tuple[list[ChunkTask], dict[str, Any]]:
+        """The chunks to train in round ``r`` (0-based) and the round's bookkeeping."""
+        draw = self.sampler.sample(r)
+        clients = draw.participants
+        lr = float(self.client_lr(r))
+        work = self.local_work.amount(lr)
+        batch = self.cfg.client.batch_size
+        steps = np.array([self.local_work.steps(work, int(self.sizes[k]), batch) for k in clients], dtype=np.int64)
+        scale = self.stragglers.weights(self.stragglers.times(r, clients, steps))
+        on_time = scale > 0.0
+        late = int((scale < 1.0).sum())
+        clients, scale = clients[on_time], scale[on_time]
+        n_chunks = self.cfg.chunks_per_round or self.num_actors
+        opts = self.strategy.client_options(r)
+        tasks = [
+            ChunkTask(
+                round=r,
+                clients=ids,
+                weight_scale=w,
+                lr=lr,
+                work=work,
+                batch_size=batch,
+                prox_mu=float(opts.get("prox_mu", 0.0)),
+                clip_norm=self.dp.clip_norm if self.dp else None,
+                weighting="uniform" if self.dp else "samples",
+            )
+            for ids, w in zip(np.array_split(clients, n_chunks), np.array_split(scale, n_chunks))
+            if len(ids)
+        ]
+        info = {"sampled": len(draw.sampled), "dropped": len(draw.dropped), "late": late, "lr": lr, "work": work}
+        return tasks, info
+
+    def combine(self, r: int, results: list[Any]) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """Mean update (float64) of the round from the chunk results, in chunk order."""
+        total = np.zeros(self.params.numel(), dtype=np.float64)
+        weight, unclipped, trained = 0.0, 0, 0
+        loss_sum = 0.0
+        for res in results:
+            total += res.update_sum
+            weight += res.weight_sum
+            unclipped += res.unclipped
+            trained += len(res.clients)
+            loss_sum += float(res.losses.sum())
+        info: dict[str, Any] = {"trained": trained, "train_loss": loss_sum / trained if trained else float("nan")}
+        if self.dp is not None:
+            info["clip_norm"] = self.dp.clip_norm
+            info["unclipped_fraction"] = unclipped / trained if trained else float("nan")
+            gen = torch.Generator().manual_seed(int(round_rng(self.cfg.seed, r, _NOISE_STREAM).integers(2**62)))
+            return self.dp.aggregate(total, unclipped, gen), info
+        if weight <= 0.0:
+            return None, info
+        return total / weight, info
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        out_dir: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None,
+        address: str | None = None,
+        progress: bool = True,
+        stop_after: int | None = None,
+        on_round_submitted: Callable[[int, Any], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run to ``cfg.rounds`` (or until ``stop_after`` completed rounds, or the privacy budget).
+
+        Returns the summary (also written to ``summary.json``).
+        """
+        import ray
+
+        from distsched.cluster import connect
+        from distsched.federated.pool import ActorPool
+        from distsched.report import MetricsWriter, RunFolder
+
+        cfg = self.cfg
+        if resume is not None:
+            folder = RunFolder.open(resume)
+            ckpt = latest_checkpoint(folder.checkpoints)
+            if ckpt is None:
+                raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
+            self.load_state_dict(load_checkpoint(ckpt))
+        else:
+            folder = RunFolder.create(out_dir or cfg.output_dir, cfg.name)
+            folder.write_config(to_mapping(cfg))
+        self.folder = folder
+        metrics = MetricsWriter(folder.metrics_path)
+        if resume is not None:
+            metrics.truncate_after("round", self.round)
+        plot_partition(folder.plots / "partition.png", self.parts, self.data.y_train, self.data.num_classes)
+
+        t_start = time.perf_counter()
+        connect(address)
+        resources = ray.cluster_resources()
+        self.num_actors = cfg.num_actors or max(1, int(resources.get("CPU", 1)))
+        gpus = float(resources.get("GPU", 0.0))
+        order, offsets = to_csr(self.parts)
+        init = (
+            ray.put(self.data.x_train),
+            ray.put(self.data.y_train),
+            ray.put(order),
+            ray.put(offsets),
+            self.model_spec,
+            self.local_work,
+            cfg.seed,
+        )
+        num_cpus = min(1.0, float(resources.get("CPU", 1)) / self.num_actors)
+        pool = ActorPool(self.num_actors, init, num_cpus=num_cpus, num_gpus=gpus / self.num_actors if gpus else 0.0)
+        self.pool = pool
+        t_ready = time.perf_counter()
+        stop_reason = "rounds"
+        last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
+        bar = _Progress(cfg.rounds, self.round, enabled=progress)
+        try:
+            while self.round < last:
+                r = self.round
+                if self.guard is not None and not self.guard.allows(
+                    (self.dp.noise_multiplier, self.sampler.sample_rate)
+                ):
+                    stop_reason = "privacy budget"
+                    break
+                t0 = time.perf_counter()
+                tasks, plan = self.plan_round(r)
+                params_ref = ray.put(self.params.numpy())
+                hook = None if on_round_submitted is None else (lambda p, r=r: on_round_submitted(r, p))
+                results, failures = pool.run(tasks, params_ref, on_submitted=hook) if tasks else ([], 0)
+                delta, info = self.combine(r, results)
+                server_lr = float(self.server_lr(r))
+                if delta is not None:
+                    self.params = self.strategy.step(self.params, torch.from_numpy(delta).float(), server_lr)
+                if self.dp is not None:
+                    if self.guard is not None:
+                        self.guard.record(self.dp.noise_multiplier, self.sampler.sample_rate)
+                    else:
+                        self.accountant.step(self.dp.noise_multiplier, self.sampler.sample_rate)
+                self.round = r + 1
+                rec = RoundRecord(
+                    round=self.round,
+                    sampled=plan["sampled"],
+                    dropped=plan["dropped"],
+                    late=plan["late"],
+                    trained=info["trained"],
+                    client_lr=plan["lr"],
+                    server_lr=server_lr,
+                    local_work=plan["work"],
+                    train_loss=info["train_loss"],
+                    round_time_s=time.perf_counter() - t0,
+                    actor_failures=failures,
+                    clip_norm=info.get("clip_norm"),
+                    unclipped_fraction=info.get("unclipped_fraction"),
+                )
+                if self.accountant is not None:
+                    rec.epsilon = self.accountant.epsilon(cfg.dp.delta)
+                if self.round % cfg.eval_every == 0 or self.round == last:
+                    rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
+                self.history.append(rec)
+                metrics.write({k: v for k, v in dataclasses.asdict(rec).items() if v is not None})
+                bar.update(rec)
+                if self.round % cfg.checkpoint_every == 0:
+                    save_checkpoint(folder.checkpoints, self.round, self.state_dict())
+            if stop_after is None or stop_reason != "rounds":
+                save_checkpoint(folder.checkpoints, self.round, self.state_dict())
+            actor_rss = pool.max_rss_kib()
+        finally:
+            bar.close()
+            metrics.close()
+            pool.shutdown()
+        t_end = time.perf_counter()
+        summary = self._summary(stop_reason, t_start, t_ready, t_end, actor_rss)
+        folder.write_summary(summary)
+        self._plots(folder)
+        return summary
+
+    def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
+        hist = self.history
+        evals = [h for h in hist if h.test_acc is not None]
+        steady = hist[1:] if len(hist) > 1 else hist
+        steady_time = sum(h.round_time_s for h in steady)
+        driver_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "rounds": self.round,
+            "stop_reason": stop_reason,
+            "final_test_acc": evals[-1].test_acc if evals else None,
+            "final_test_loss": evals[-1].test_loss if evals else None,
+            "epsilon": hist[-1].epsilon if hist and hist[-1].epsilon is not None else None,
+            "delta": self.cfg.dp.delta if self.cfg.dp else None,
+            "client_updates": int(sum(h.trained for h in hist)),
+            "end_to_end_s": t_end - t_start,
+            "startup_s": t_ready - t_start,
+            "steady_updates_per_s": (sum(h.trained for h in steady) / steady_time) if steady_time > 0 else None,
+            "actor_failures": int(sum(h.actor_failures for h in hist)),
+            "num_actors": self.num_actors,
+            "num_clients": self.num_clients,
+            "partition": self.stats.as_dict(),
+            "driver_max_rss_mib": driver_mib,
+            "actor_max_rss_mib": max(actor_rss) / 1024 if actor_rss else None,
+            "peak_rss_mib_upper_bound": driver_mib + sum(actor_rss) / 1024,
+            "run_dir": str(self.folder.root),
+        }
+
+    def _plots(self, folder: Any) -> None:
+        from distsched.report import line_plot, read_metrics
+
+        recs = read_metrics(folder.metrics_path)
+        if not recs:
+            return
+
+        def series(key: str) -> tuple[list[float], list[float]]:
+            pts = [(r["round"], r[key]) for r in recs if r.get(key) is not None]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        line_plot(
+            folder.plots / "accuracy.png", {"test accuracy": series("test_acc")}, xlabel="round", ylabel="accuracy"
+        )
+        line_plot(
+            folder.plots / "loss.png",
+            {"train loss": series("train_loss"), "test loss": series("test_loss")},
+            xlabel="round",
+            ylabel="cross-entropy",
+        )
+        line_plot(
+            folder.plots / "participation.png",
+            {k: series(k) for k in ("sampled", "trained", "dropped", "late")},
+            xlabel="round",
+            ylabel="clients",
+            step_style=True,
+        )
+        if any("epsilon" in r for r in recs):
+            line_plot(folder.plots / "epsilon.png", {"epsilon": series("epsilon")}, xlabel="round", ylabel="epsilon")
+
+
+class _Progress:
+    """A rich progress bar with round, accuracy, loss and epsilon (silent when disabled)."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self._bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("simulate", total=total, completed=done, status="")
+
+    def update(self, rec: RoundRecord) -> None:
+        if self._bar is None:
+            return
+        parts = [f"loss {rec.train_loss:.4f}"]
+        if rec.test_acc is not None:
+            parts.append(f"acc {rec.test_acc:.4f}")
+        if rec.epsilon is not None:
+            parts.append(f"eps {rec.epsilon:.3f}")
+        self._bar.update(self._task, completed=rec.round, status="  ".join(parts))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def simulate(
+    config: FedConfig | Mapping[str, Any] | str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run a federated simulation from a config (object, mapping or YAML path); returns the summary.
+
+    ``overrides`` replace top-level config keys (e.g. ``rounds=5``, ``num_actors=1``).
+    """
+    if isinstance(config, (str, Path, os.PathLike)):
+        config = load_yaml(config)
+    if isinstance(config, FedConfig):
+        config = to_mapping(config)
+    cfg = fed_config({**dict(config), **overrides})
+    return Simulation(cfg).run(out_dir=out_dir, resume=resume, address=address, progress=progress)

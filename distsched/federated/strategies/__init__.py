@@ -1,0 +1,41 @@
+"""Server strategies, one file each behind :class:`Strategy`; ``build_strategy(name, **params)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distsched._checks import check_choice
+from distsched.federated.strategies.base import Strategy
+from distsched.federated.strategies.fedadagrad import FedAdagrad
+from distsched.federated.strategies.fedadam import FedAdam
+from distsched.federated.strategies.fedavg import FedAvg
+from distsched.federated.strategies.fedavgm import FedAvgM
+from distsched.federated.strategies.fedprox import FedProx
+from distsched.federated.strategies.fedyogi import FedYogi
+
+#: name -> strategy class (a new strategy is one file plus one line here).
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+}
+
+
+def build_strategy(name: str, **params: Any) -> Strategy:
+    """The strategy called ``name`` with its parameters (``TypeError`` on unknown ones becomes ``ValueError``)."""
+    check_choice("strategy.name", name, tuple(STRATEGIES))
+    try:
+        return STRATEGIES[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"strategy.params for {name!r}: {exc}") from None
+
+
+__all__ = [
+    "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedProx",
+    "FedYogi",
+    "Strategy",
+    "build_strategy",
+]
