@@ -1,0 +1,95 @@
+"""LocalSGD without a process group (world size 1): rounds follow the rule, nothing is sent, the
+model is untouched by a sync; LR compensation and argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distsched import schedules as S
+from distsched.sync import QSR, FixedH, LocalSGD, LRCompensation, OuterSGD, default_backend, suggest_alpha
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+
+
+def _run(eng: LocalSGD, model: torch.nn.Module, steps: int) -> tuple[list[int], list[float]]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    syncs, factors = [], []
+    for t in range(steps):
+        factors.append(eng.lr_factor(t))
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        before = [p.detach().clone() for p in model.parameters()]
+        if eng.step(t):
+            syncs.append(t)
+            for a, p in zip(before, model.parameters()):
+                assert torch.equal(a, p)  # averaging over one worker changes nothing
+    return syncs, factors
+
+
+def test_world_size_one_counts_rounds_and_sends_nothing():
+    assert not torch.distributed.is_initialized()
+    model = _model()
+    eng = LocalSGD(model, FixedH(4), total_steps=10)
+    syncs, _ = _run(eng, model, 10)
+    assert syncs == [3, 7, 9]  # min(4(r+1), 10) - 1
+    assert eng.rounds == math.ceil(10 / 4)
+    assert eng.bytes_sent == 0
+    assert eng.world_size == 1 and eng.finalize() is False
+
+
+def test_lr_factor_follows_the_rule_period_not_the_cut():
+    model = _model()
+    sched = S.cosine(lr=0.1, total_steps=40)
+    rule = QSR(h_base=2, alpha=suggest_alpha(0.1, 2))  # H = h_base = h_ref at the peak: factor 1
+    eng = LocalSGD(model, rule, sched, total_steps=40, lr_compensation=(2, 0.5))
+    # independent reference: the round containing t started at s with H = QSR(s), factor min(1, sqrt(2/H))
+    start, expected = 0, []
+    while start < 40:
+        h = rule.next_period(start, sched(start))  # uncut period
+        expected += [min(1.0, math.sqrt(2 / h))] * min(h, 40 - start)
+        start += min(h, 40 - start)
+    _, factors = _run(eng, model, 40)
+    assert factors == pytest.approx(expected)
+    assert factors[0] == 1.0 and factors[-1] < 0.5 and factors == sorted(factors, reverse=True)
+
+
+def test_lr_factor_is_one_without_compensation():
+    model = _model()
+    eng = LocalSGD(model, FixedH(64))
+    assert eng.lr_factor(0) == 1.0
+    assert LocalSGD(model, FixedH(64), lr_compensation=LRCompensation(4, 1.0)).lr_factor(0) == 1 / 16
+
+
+def test_default_backend_follows_cuda():
+    assert default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"rule": QSR(4, 0.2)}, r"schedule must be given for rule QSR"),
+        ({"rule": FixedH(4), "average_momentum": True}, r"optimizer must be given when average_momentum=True"),
+        ({"rule": FixedH(4), "total_steps": 0}, r"total_steps must be an integer >= 1, got 0"),
+        ({"rule": FixedH(4), "bucket_bytes": 0}, r"bucket_bytes must be an integer >= 1, got 0"),
+        ({"rule": FixedH(4), "lr_compensation": 3}, r"lr_compensation must be"),
+        ({"rule": "qsr"}, r"rule must have next_period"),
+        ({"rule": FixedH(4), "group": object()}, r"group must be None when torch.distributed is not initialized"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalSGD(_model(), **kwargs)
+
+
+def test_outer_sgd_checks_its_arguments():
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
+        OuterSGD(momentum=1.0)
+    with pytest.raises(ValueError, match=r"lr must be > 0, got 0.0"):
+        OuterSGD(lr=0.0)
