@@ -1,0 +1,272 @@
+"""Diagnosis of loss curves: divergence, overfitting by slow decay, underfitting by premature decay,
+plateau, or healthy, with the evidence and the remedies.
+
+Remedies as usually given for LR schedules (Smith 2018, "A disciplined approach to neural network
+hyper-parameters"; Loshchilov & Hutter 2017, "SGDR"): premature decay -> less aggressive decay, a
+higher minimum LR, warm restarts; slow decay -> stronger decay, early stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+VERDICTS = ("divergence", "overfitting", "underfitting", "plateau", "healthy")
+
+REMEDIES: dict[str, tuple[str, ...]] = {
+    "divergence": (
+        "lower the peak LR (an LR range test or 2/lambda_max gives the ceiling)",
+        "a longer warmup",
+        "gradient clipping",
+    ),
+    "overfitting": (
+        "stronger decay: decay earlier or faster, to a lower min_lr",
+        "early stopping at the best validation step",
+    ),
+    "underfitting": (
+        "less aggressive decay (decay later or more slowly)",
+        "a higher minimum LR (min_lr)",
+        "warm restarts (SGDR) to resume progress",
+    ),
+    "plateau": (
+        "reduce the LR on the plateau (ReduceOnPlateau) to get below the noise floor",
+        "warm restarts (WarmRestartOnPlateau) to escape a flat region",
+    ),
+    "healthy": (),
+}
+
+STEP_KEYS = ("step", "round", "epoch", "iteration")
+TRAIN_KEYS = ("train_loss", "loss")
+VAL_KEYS = ("val_loss", "valid_loss", "eval_loss", "test_loss")
+LR_KEYS = ("lr", "learning_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """``verdict`` (one of :data:`VERDICTS`), the ``evidence`` lines and the suggested ``remedies``."""
+
+    verdict: str
+    evidence: tuple[str, ...]
+    remedies: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [f"verdict: {self.verdict}"]
+        lines += [f"  evidence: {e}" for e in self.evidence]
+        lines += [f"  remedy: {r}" for r in self.remedies]
+        return "\n".join(lines)
+
+
+Series = tuple[np.ndarray, np.ndarray]
+
+
+def _series(steps: Sequence[float] | None, values: Sequence[float] | None) -> Series | None:
+    if values is None:
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    x = np.arange(len(v), dtype=np.float64) if steps is None else np.asarray(steps, dtype=np.float64)
+    if len(x) != len(v):
+        raise ValueError(f"steps and values must have the same length, got {len(x)} and {len(v)}")
+    order = np.argsort(x, kind="stable")
+    return x[order], v[order]
+
+
+def _smooth(v: np.ndarray) -> np.ndarray:
+    """Centred moving average over ~5% of the points (edges use the available points)."""
+    w = max(1, len(v) // 20)
+    if w == 1:
+        return v.copy()
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    idx = np.arange(len(v))
+    lo, hi = np.maximum(idx - w, 0), np.minimum(idx + w + 1, len(v))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _noise(v: np.ndarray, s: np.ndarray) -> float:
+    tail = slice(len(v) // 2, None)
+    return float(np.std(v[tail] - s[tail])) if len(v) > 4 else 0.0
+
+
+def _interp(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    return float(np.interp(at, x, y))
+
+
+def diagnose(
+    train_loss: Sequence[float],
+    val_loss: Sequence[float] | None = None,
+    lr: Sequence[float] | None = None,
+    *,
+    steps: Sequence[float] | None = None,
+    val_steps: Sequence[float] | None = None,
+    lr_steps: Sequence[float] | None = None,
+    flat_fraction: float = 0.4,
+) -> Diagnosis:
+    """Classify a run from its curves (each with its own steps, default ``0..n-1``).
+
+    Rules, checked in this order on curves smoothed over ~5% of their points:
+
+    * divergence: a non-finite loss, or the training loss rose from its minimum by more than half of
+      the progress made (``start - min``) and by more than 3 noise standard deviations;
+    * overfitting: the validation loss rose from its minimum (before 85% of the run) by more than 10%
+      of its own progress and 2% of its level, while the training loss kept falling;
+    * underfitting (premature decay): the LR fell below 10% of its peak in the first 60% of the run,
+      the loss was still falling just before (>= 10% of its total progress in the preceding 10% of the
+      run) and it stalled (< 5% of its progress left) soon after, for at least ``flat_fraction`` of the run;
+    * plateau: no progress (< 5% left) over at least ``flat_fraction`` of the run at an LR that is
+      not decayed (or unknown);
+    * healthy otherwise.
+    """
+    tr = _series(steps, train_loss)
+    if tr is None or len(tr[1]) < 5:
+        raise ValueError(f"train_loss must have at least 5 points, got {0 if tr is None else len(tr[1])}")
+    va = _series(val_steps, val_loss)
+    lrs = _series(lr_steps, lr)
+    x, v = tr
+    span = max(float(x[-1] - x[0]), 1e-12)
+
+    def at(frac_step: float) -> str:
+        return f"step {frac_step:g} ({100 * (frac_step - x[0]) / span:.0f}% of the run)"
+
+    # divergence
+    for name, ser in (("training", tr), ("validation", va)):
+        if ser is not None and not np.all(np.isfinite(ser[1])):
+            i = int(np.argmin(np.isfinite(ser[1])))
+            return _verdict("divergence", [f"{name} loss is {ser[1][i]} at step {ser[0][i]:g}"])
+    s = _smooth(v)
+    start, end = float(s[0]), float(s[-1])
+    i_min = int(np.argmin(s))
+    low = float(s[i_min])
+    gain = start - low
+    scale = max(gain, 0.05 * abs(start), 1e-12)
+    noise = _noise(v, s)
+    if end - low > 0.5 * scale and end - low > 3 * noise:
+        return _verdict("divergence", [
+            f"training loss fell to {low:.4g} at {at(x[i_min])} and rose to {end:.4g} by the end "
+            f"(+{end - low:.3g}, more than half of the {gain:.3g} gained)",
+        ])
+
+    # overfitting
+    if va is not None and len(va[1]) >= 5:
+        vx, vv = va
+        vs = _smooth(vv)
+        j = int(np.argmin(vs))
+        vlow, vend, vstart = float(vs[j]), float(vs[-1]), float(vs[0])
+        rise = vend - vlow
+        train_at_j = _interp(x, s, vx[j])
+        if (
+            vx[j] - vx[0] < 0.85 * max(vx[-1] - vx[0], 1e-12)
+            and rise > max(0.1 * (vstart - vlow), 0.02 * abs(vlow))
+            and end < train_at_j
+        ):
+            return _verdict("overfitting", [
+                f"validation loss reached its minimum {vlow:.4g} at {at(vx[j])} and rose to {vend:.4g} "
+                f"(+{100 * rise / max(abs(vlow), 1e-12):.1f}%)",
+                f"training loss kept falling meanwhile, from {train_at_j:.4g} to {end:.4g}",
+                f"best validation step for early stopping: {vx[j]:g}",
+            ])
+
+    # where the training loss stalled: first point within 5% of its progress from the final level
+    final = float(np.min(s[-max(1, len(s) // 10):]))
+    progress = max(start - final, 1e-12)
+    left = s - final
+    stall_i = int(np.argmax(left <= 0.05 * progress)) if start > final else 0
+    stall_x = float(x[stall_i])
+    flat = (x[-1] - stall_x) / span
+    evidence_flat = (f"training loss within 5% of its final {final:.4g} from {at(stall_x)} on: "
+                     f"flat for {100 * flat:.0f}% of the run")
+
+    if lrs is not None and len(lrs[1]) >= 2:
+        lx, lv = lrs
+        peak_i = int(np.argmax(lv))
+        peak = float(lv[peak_i])
+        decayed = np.nonzero((lv <= 0.1 * peak) & (np.arange(len(lv)) > peak_i))[0]
+        if peak > 0 and len(decayed):
+            dx = float(lx[decayed[0]])
+            before = _interp(x, s, dx - 0.1 * span) - _interp(x, s, dx)
+            if (
+                (dx - x[0]) / span <= 0.6
+                and before >= 0.1 * progress
+                and stall_x <= dx + 0.25 * span
+                and flat >= flat_fraction
+            ):
+                return _verdict("underfitting", [
+                    f"LR fell to 10% of its peak {peak:.3g} at {at(dx)}",
+                    f"the training loss was still falling just before (-{before:.3g} in the preceding 10% "
+                    f"of the run, {100 * before / progress:.0f}% of its total progress)",
+                    evidence_flat,
+                ])
+        lr_at_stall = _interp(lx, lv, stall_x)
+        if flat >= flat_fraction and lr_at_stall > 0.1 * peak:
+            return _verdict("plateau", [evidence_flat, f"LR at the stall {lr_at_stall:.3g} (peak {peak:.3g})"])
+        return _verdict("healthy", [
+            f"training loss fell from {start:.4g} to {end:.4g}",
+            f"it stalled only for the last {100 * flat:.0f}% of the run"
+            + (f", after the LR decayed to {lr_at_stall:.3g}" if lr_at_stall <= 0.1 * peak else ""),
+        ])
+    if flat >= flat_fraction:
+        return _verdict("plateau", [evidence_flat, "no LR in the metrics: premature decay cannot be told apart"])
+    return _verdict("healthy", [f"training loss fell from {start:.4g} to {end:.4g}",
+                                f"it stalled only for the last {100 * flat:.0f}% of the run"])
+
+
+def _verdict(name: str, evidence: list[str]) -> Diagnosis:
+    return Diagnosis(name, tuple(evidence), REMEDIES[name])
+
+
+def _pick(records: Sequence[Mapping[str, Any]], keys: Sequence[str], wanted: str | None) -> str | None:
+    if wanted is not None:
+        if not any(wanted in r for r in records):
+            keys = sorted({k for r in records for k in r})
+            raise ValueError(f"key {wanted!r} not found in the metrics (keys: {keys})")
+        return wanted
+    for k in keys:
+        if any(r.get(k) is not None for r in records):
+            return k
+    return None
+
+
+def _column(records: Sequence[Mapping[str, Any]], key: str, step_key: str | None) -> Series:
+    xs, ys = [], []
+    for i, r in enumerate(records):
+        value = r.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        xs.append(float(r[step_key]) if step_key and r.get(step_key) is not None else float(i))
+        ys.append(float(value))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def diagnose_records(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    train_key: str | None = None,
+    val_key: str | None = None,
+    step_key: str | None = None,
+    lr_key: str | None = None,
+) -> Diagnosis:
+    """:func:`diagnose` on metric records (``metrics.jsonl``/``.csv`` rows); the keys are found among
+    ``step``/``round``/``epoch``, ``train_loss``/``loss``, ``val_loss``/``test_loss``... and ``lr``."""
+    if not records:
+        raise ValueError("metrics must hold at least one record, got none")
+    sk = _pick(records, STEP_KEYS, step_key)
+    tk = _pick(records, TRAIN_KEYS, train_key)
+    if tk is None:
+        raise ValueError(f"no training loss in the metrics: expected one of {list(TRAIN_KEYS)}")
+    vk = _pick(records, VAL_KEYS, val_key)
+    lk = _pick(records, LR_KEYS, lr_key)
+    tx, ty = _column(records, tk, sk)
+    kw: dict[str, Any] = {"steps": tx}
+    val = lr = None
+    if vk is not None:
+        vx, val = _column(records, vk, sk)
+        kw["val_steps"] = vx
+    if lk is not None:
+        lx, lr = _column(records, lk, sk)
+        kw["lr_steps"] = lx
+    d = diagnose(ty, val, lr, **kw)
+    used = f"columns: train={tk!r}" + (f", val={vk!r}" if vk else "") + (f", lr={lk!r}" if lk else "") + (
+        f", step={sk!r}" if sk else "")
+    used += f"; {len(ty)} training points"
+    return dataclasses.replace(d, evidence=(*d.evidence, used))
