@@ -44,6 +44,7 @@ class Schedule:
                 continue
             text = _pretty_type(f.type)
             if f.default is not dataclasses.MISSING:
-                text += f" = {f.default!r}"
+                default = f.default
+                text += f" = {default:.6g}" if isinstance(default, float) else f" = {default}"
             out[f.name] = text
         return out
