@@ -1,27 +1,89 @@
-"""``distsched schedule NAME --set KEY=VALUE ... --steps N [--plot FILE.png] [--csv FILE.csv]``."""
+"""``distsched schedule NAME --set KEY=VALUE ... --steps N [--plot FILE.png] [--csv FILE.csv]``.
+
+Builds the schedule with :func:`distsched.schedules.from_spec` (so every config key works, including
+``warmup_steps`` and nested specs such as ``--set 'schedules=[{name: constant, lr: 0.1}, ...]'``),
+prints first, peak, last and minimum values and writes the curve. ``--list`` shows the catalogue.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="catalogue name, e.g. cosine")
-    parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("name", nargs="?", help="catalogue name, e.g. cosine (see --list)")
+    parser.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a schedule parameter; VALUE is read as YAML (0.1, [100, 200], {name: constant, lr: 0.1})",
+    )
+    parser.add_argument("--steps", type=int, default=1000, help="number of steps to evaluate (default 1000)")
     parser.add_argument("--list", action="store_true", help="list the catalogue and each schedule's parameters")
-    parser.add_argument("--plot", metavar="FILE.png")
-    parser.add_argument("--csv", metavar="FILE.csv")
+    parser.add_argument("--plot", metavar="FILE.png", help="write the curve as a PNG")
+    parser.add_argument("--csv", metavar="FILE.csv", help="write step,value rows")
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.1", "milestones=[10, 20]"]`` -> ``{"lr": 0.1, "milestones": [10, 20]}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set must be KEY=VALUE, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key}: cannot read value {text!r} as YAML") from None
+    return out
+
+
+def _list(catalogue: dict) -> None:
+    width = max(len(n) for n in catalogue)
+    for name, cls in catalogue.items():
+        params = ", ".join(f"{k}: {v}" for k, v in cls.parameters().items())
+        print(f"{name:{width}s}  {params}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from distsched import schedules as S
+    from distsched._checks import check_int
 
     if args.list:
-        for name, cls in S.CATALOGUE.items():
-            params = ", ".join(f"{k}: {v}" for k, v in cls.parameters().items())
-            print(f"{name:24s} {params}")
+        _list(S.CATALOGUE)
         return 0
     if not args.name:
-        raise ValueError("name is required (or use --list)")
-    raise ValueError("not yet wired")  # replaced by the schedules work
+        raise ValueError("name is required (one of the catalogue, see --list)")
+    steps = check_int("steps", args.steps, 1)
+    sched = S.from_spec({"name": args.name, **parse_params(args.params)})
+    values = sched.values(steps)
+    peak, low = int(values.argmax()), int(values.argmin())
+    print(f"{sched!r}")
+    print(
+        f"{steps} steps: first {values[0]:.6g} | peak {values[peak]:.6g} at step {peak} | "
+        f"last {values[-1]:.6g} | min {values[low]:.6g} at step {low}"
+    )
+    if args.csv:
+        path = Path(args.csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            f.write("step,value\n")
+            for t, v in enumerate(values.tolist()):
+                f.write(f"{t},{v!r}\n")
+        print(f"wrote {path}")
+    if args.plot:
+        from distsched.report.plots import line_plot
+
+        path = line_plot(
+            args.plot, {args.name: (range(steps), values.tolist())}, title=args.name, ylabel="learning rate"
+        )
+        print(f"wrote {path}")
+    return 0

@@ -84,7 +84,12 @@ def from_spec(spec: Mapping[str, Any] | Schedule, *, _where: str = "schedule") -
     if missing:
         raise ValueError(f"missing required key {missing[0]!r} for schedule {name!r} in {_where}")
     kwargs = {k: _convert(v, str(fields[k].type), f"{_where}.{k}") for k, v in params.items()}
-    schedule = cls(**kwargs)
+    try:
+        schedule = cls(**kwargs)
+    except ValueError as exc:
+        if _where == "schedule":
+            raise
+        raise ValueError(f"{_where} ({name}): {exc}") from None
     if wrap:
         if "warmup_steps" not in wrap:
             raise ValueError(f"{_where}: warmup_mode/warmup_start_factor need warmup_steps")
