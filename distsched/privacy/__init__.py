@@ -6,6 +6,7 @@ from distsched.privacy.accounting import (
     Segment,
     compress,
     epsilon,
+    epsilon_curve,
     opacus_accountant,
 )
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
@@ -39,6 +40,7 @@ __all__ = [
     "StepNoise",
     "compress",
     "epsilon",
+    "epsilon_curve",
     "noise_schedule_from_spec",
     "opacus_accountant",
     "plan",

@@ -277,3 +277,35 @@ class Accountant:
                 self._cache.clear()
             self._cache[key] = epsilon(history, delta, self.mechanism, eps_error=self.eps_error)
         return self._cache[key]
+
+
+def epsilon_curve(
+    history: Iterable[Segment | Sequence[float]],
+    delta: float,
+    accountant: str = "rdp",
+    *,
+    points: int = 50,
+    eps_error: float = 0.01,
+) -> tuple[list[int], list[float]]:
+    """Epsilon spent after each of up to ``points`` evenly spaced step counts of ``history`` (last step included),
+    for plots of epsilon over steps."""
+    check_int("points", points, 1)
+    segments = compress(history)
+    total = sum(s.steps for s in segments)
+    if total == 0:
+        return [0], [0.0]
+    marks = sorted({max(1, round(total * (i + 1) / points)) for i in range(min(points, total))})
+    acc = Accountant(accountant, eps_error=eps_error)
+    xs, ys = [], []
+    done, idx, pos = 0, 0, 0  # steps recorded; current segment; steps recorded inside it
+    for mark in marks:
+        while done < mark:
+            seg = segments[idx]
+            take = min(seg.steps - pos, mark - done)
+            acc.step(seg.noise_multiplier, seg.sample_rate, take)
+            done, pos = done + take, pos + take
+            if pos == seg.steps:
+                idx, pos = idx + 1, 0
+        xs.append(mark)
+        ys.append(acc.epsilon(delta))
+    return xs, ys
