@@ -155,6 +155,8 @@ class Accountant:
         self._orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
         self._rdp = np.zeros_like(self._orders)
         self._cache: dict[tuple[Any, ...], float] = {}
+        #: bumped whenever the history is replaced (not when it grows), so callers can cache per history prefix.
+        self.generation = 0
         for seg in compress(history):
             self.step(seg.noise_multiplier, seg.sample_rate, seg.steps)
 
@@ -192,6 +194,14 @@ class Accountant:
     def history(self) -> list[Segment]:
         """A copy of the recorded segments."""
         return list(self._history)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self._history)
+
+    @property
+    def last_segment(self) -> Segment | None:
+        return self._history[-1] if self._history else None
 
     @property
     def steps(self) -> int:
@@ -241,6 +251,7 @@ class Accountant:
             )
         self._history = []
         self._rdp = np.zeros_like(self._orders)
+        self.generation += 1
         for seg in compress(state_dict["history"]):
             self.step(seg.noise_multiplier, seg.sample_rate, seg.steps)
 

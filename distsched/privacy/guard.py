@@ -31,9 +31,11 @@ class BudgetGuard:
         accountant: ``"rdp"``, ``"prv"``, ``"gdp"`` or an :class:`Accountant` (its history is the
             budget already spent).
 
-    For ``rdp`` each question costs one segment's RDP curve. For ``prv``/``gdp`` the guard finds, once
-    per ``(history so far, sigma, q)``, the largest number of such steps the budget allows (exponential
-    search then bisection, epsilon being increasing in the number of steps) and then answers from it.
+    Once per ``(history so far, sigma, q)`` the guard finds the largest number of such steps the budget
+    allows (exponential search then bisection, epsilon being increasing in the number of steps) and then
+    answers in O(1) while the run keeps that ``(sigma, q)``. With ``rdp`` the first question about a new
+    ``(sigma, q)`` is answered by one direct check, so a noise schedule that changes every step costs one
+    RDP conversion per step, not a search.
     """
 
     def __init__(self, target_epsilon: float, delta: float, accountant: str | Accountant = "rdp") -> None:
@@ -41,6 +43,7 @@ class BudgetGuard:
         self.delta = check_delta(delta)
         self.accountant = accountant if isinstance(accountant, Accountant) else Accountant(accountant)
         self._headroom: dict[tuple[Any, ...], int] = {}
+        self._seen: set[tuple[Any, ...]] = set()
 
     # -- questions --------------------------------------------------------------------------
     @property
@@ -57,18 +60,25 @@ class BudgetGuard:
         seg = as_segment(segment)
         if seg.steps == 0:
             return self.epsilon <= self.target_epsilon
-        if self.accountant.mechanism == "rdp":
+        n_base, already = self._split(seg)
+        key = self._key(n_base, seg)
+        known = self._headroom.get(key)
+        if known is not None:
+            return already + seg.steps <= known
+        if self.accountant.mechanism == "rdp" and key not in self._seen:
+            # first time with this (sigma, q) after this history: one direct check (an RDP check is cheap);
+            # a second time means the segment repeats, and its headroom is then found once
+            if len(self._seen) > 4096:
+                self._seen.clear()
+            self._seen.add(key)
             return self.accountant.epsilon_after(self.delta, seg) <= self.target_epsilon
-        base, already = self._split(seg)
-        return already + seg.steps <= self._max_total(base, seg, already + seg.steps)
+        return already + seg.steps <= self._max_total(n_base, seg, already + seg.steps)
 
     def remaining_steps(self, noise_multiplier: float, sample_rate: float) -> int:
         """The largest ``k`` with ``allows((noise_multiplier, sample_rate, k))`` (``MAX_STEPS`` if unbounded)."""
         seg = as_segment((noise_multiplier, sample_rate, 1))
-        if self.accountant.mechanism != "rdp":
-            base, already = self._split(seg)
-            return max(0, self._max_total(base, seg, already + 1) - already)
-        return self._search(lambda k: self.accountant.epsilon_after(self.delta, seg._replace(steps=k)), 1)
+        n_base, already = self._split(seg)
+        return max(0, self._max_total(n_base, seg, already + 1) - already)
 
     # -- recording --------------------------------------------------------------------------
     def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
@@ -102,6 +112,7 @@ class BudgetGuard:
         self.accountant.load_state_dict(state_dict["accountant"])
         self.target_epsilon = min(self.target_epsilon, float(state_dict["target_epsilon"]))
         self._headroom.clear()
+        self._seen.clear()
 
     def __repr__(self) -> str:
         return (
@@ -110,20 +121,30 @@ class BudgetGuard:
         )
 
     # -- internals --------------------------------------------------------------------------
-    def _split(self, seg: Segment) -> tuple[tuple[Segment, ...], int]:
-        """History without its trailing run of ``(sigma, q)`` steps, and that run's length."""
-        hist = self.accountant.history
-        if hist and hist[-1].noise_multiplier == seg.noise_multiplier and hist[-1].sample_rate == seg.sample_rate:
-            return tuple(hist[:-1]), hist[-1].steps
-        return tuple(hist), 0
+    def _split(self, seg: Segment) -> tuple[int, int]:
+        """Number of segments before the trailing run of ``(sigma, q)`` steps, and that run's length.
 
-    def _max_total(self, base: tuple[Segment, ...], seg: Segment, start: int) -> int:
-        key = (self.target_epsilon, base, seg.noise_multiplier, seg.sample_rate)
+        The history only grows (or is replaced, which bumps ``generation``), so that prefix is identified
+        by its length and the accountant's generation."""
+        last = self.accountant.last_segment
+        n = self.accountant.num_segments
+        if last is not None and last.noise_multiplier == seg.noise_multiplier and last.sample_rate == seg.sample_rate:
+            return n - 1, last.steps
+        return n, 0
+
+    def _key(self, n_base: int, seg: Segment) -> tuple[Any, ...]:
+        return (self.target_epsilon, self.accountant.generation, n_base, seg.noise_multiplier, seg.sample_rate)
+
+    def _max_total(self, n_base: int, seg: Segment, start: int) -> int:
+        key = self._key(n_base, seg)
         known = self._headroom.get(key)
         if known is not None:
             return known
+        base = self.accountant.history[:n_base]
         acc = Accountant(self.accountant.mechanism, base, eps_error=self.accountant.eps_error)
         total = self._search(lambda k: acc.epsilon_after(self.delta, seg._replace(steps=k)), start)
+        if len(self._headroom) > 1024:
+            self._headroom.clear()
         self._headroom[key] = total
         return total
 
