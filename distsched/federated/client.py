@@ -97,7 +97,7 @@ def train_client(
                 if anchors is not None:
                     g = g + prox_mu * (p - anchors[i])
                 p.sub_(lr * g)
-        total += float(loss)
+        total += float(loss.detach())
     with torch.no_grad():
         delta = torch.nn.utils.parameters_to_vector(plist) - params
     return delta, total / max(steps, 1)

@@ -131,7 +131,12 @@ class Stragglers:
         if self.speed_sigma == 0.0:
             return np.ones(len(clients))
         return np.array(
-            [round_rng(self.seed, -1, _SPEED * 1_000_003 + int(c)).lognormal(0.0, self.speed_sigma) for c in clients]
+            [
+                np.random.default_rng(np.random.SeedSequence([self.seed, _SPEED, int(c), 0])).lognormal(
+                    0.0, self.speed_sigma
+                )
+                for c in clients
+            ]
         )
 
     def times(self, round_: int, clients: np.ndarray, steps: np.ndarray) -> np.ndarray:

@@ -1,0 +1,210 @@
+"""The simulator on the real Ray fixture: aggregation against a direct weighted mean, 1 vs 2 actors,
+resume, a real actor kill, DP-FedAvg accounting against Opacus, the budget guard, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distsched.federated import Simulation, client_seed, train_client
+from distsched.report import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("round_time_s",)
+
+
+def _config(**over):
+    cfg = {
+        "name": "t",
+        "seed": 11,
+        "rounds": 6,
+        "data": {"name": "digits"},
+        "partition": {"scheme": "dirichlet", "num_clients": 30, "alpha": 0.5, "min_size": 2},
+        "model": {"hidden": [32]},
+        "client": {"lr": {"name": "cosine", "lr": 0.1, "total_steps": 6, "min_lr": 0.02}, "batch_size": 10},
+        "sampling": {
+            "cohort_size": 9,
+            "dropout": 0.1,
+            "speed_sigma": 0.5,
+            "deadline": 3.0,
+            "late_policy": "downweight",
+        },
+        "strategy": {"name": "fedadam", "server_lr": 0.05},
+        "checkpoint_every": 2,
+        "num_actors": 2,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _rows(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, tmp_path_factory):
+    sim = Simulation(_config())
+    summary = sim.run(out_dir=tmp_path_factory.mktemp("ref"), progress=False)
+    return sim, summary
+
+
+def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
+    cfg = _config(rounds=1, strategy={"name": "fedavg"}, sampling={"cohort_size": 7})
+    sim = Simulation(cfg)
+    start = sim.params.clone()
+    sim.run(out_dir=tmp_path, progress=False)
+    # reference: every sampled client trained here, in-process, and averaged by sample counts
+    cohort = sim.sampler.sample(0).sampled
+    x, y = torch.as_tensor(sim.data.x_train), torch.as_tensor(sim.data.y_train)
+    deltas, weights = [], []
+    for k in cohort:
+        idx = torch.as_tensor(sim.parts[k])
+        gen = torch.Generator().manual_seed(client_seed(cfg["seed"], 0, int(k)))
+        steps = math.ceil(len(idx) / 10)
+        d, _ = train_client(sim.model, start, x[idx], y[idx], lr=0.1, steps=steps, batch_size=10, generator=gen)
+        deltas.append(d.double())
+        weights.append(len(idx))
+    w = torch.tensor(weights, dtype=torch.float64)
+    expected = start.double() + (torch.stack(deltas) * w[:, None]).sum(0) / w.sum()
+    assert torch.allclose(sim.params.double(), expected, atol=1e-6, rtol=0)
+    assert not torch.equal(sim.params, start)
+
+
+def test_actor_count_does_not_change_the_result(reference_run, tmp_path):
+    ref, _ = reference_run
+    # same chunking on one actor: bit-identical
+    one = Simulation(_config(num_actors=1, chunks_per_round=2))
+    one.run(out_dir=tmp_path / "a", progress=False)
+    assert torch.equal(one.params, ref.params)
+    # one chunk instead of two: float64 sums grouped differently (~1e-16 relative), then cast to
+    # float32 and stepped by FedAdam; equal to float32 rounding
+    single = Simulation(_config(num_actors=1))
+    single.run(out_dir=tmp_path / "b", progress=False)
+    assert torch.allclose(single.params, ref.params, atol=1e-6, rtol=0)
+
+
+def test_resume_gives_identical_results(reference_run, tmp_path):
+    ref, ref_summary = reference_run
+    first = Simulation(_config())
+    first.run(out_dir=tmp_path, progress=False, stop_after=5)  # "crashes" after round 5, last checkpoint at 4
+    run_dir = first.folder.root
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000002.pt", "round_000004.pt"]
+    resumed = Simulation(_config())
+    summary = resumed.run(resume=run_dir, progress=False)
+    assert resumed.round == 6
+    assert torch.equal(resumed.params, ref.params)
+    assert _rows(run_dir) == _rows(ref_summary["run_dir"])
+    assert [r["round"] for r in _rows(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert summary["final_test_acc"] == ref_summary["final_test_acc"]
+
+
+def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
+    import ray
+
+    ref, ref_summary = reference_run
+    killed = []
+
+    def kill_mid_round(round_, pool):
+        if round_ == 2 and not killed:
+            killed.append(pool.actors[0])
+            ray.kill(pool.actors[0], no_restart=True)
+
+    sim = Simulation(_config())
+    summary = sim.run(out_dir=tmp_path, progress=False, on_round_submitted=kill_mid_round)
+    assert killed and summary["actor_failures"] == 1
+    rows = _rows(summary["run_dir"])
+    assert [r["actor_failures"] for r in rows] == [0, 0, 1, 0, 0, 0]
+    assert torch.equal(sim.params, ref.params)
+    strip = [{k: v for k, v in r.items() if k != "actor_failures"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "actor_failures"} for r in _rows(ref_summary["run_dir"])]
+
+
+def test_run_folder_and_participation(reference_run):
+    _, summary = reference_run
+    root = Path(summary["run_dir"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (root / name).exists()
+    for plot in ("accuracy", "loss", "participation", "partition"):
+        assert (root / "plots" / f"{plot}.png").stat().st_size > 1000
+    rows = read_metrics(root / "metrics.jsonl")
+    assert all(r["sampled"] == 9 and r["trained"] == 9 - r["dropped"] for r in rows)
+    assert sum(r["late"] for r in rows) > 0  # speed_sigma 0.5 with a 3-unit deadline: some are late
+    cosine = [0.02 + 0.04 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]  # the client LR schedule by round
+    assert [r["client_lr"] for r in rows] == pytest.approx(cosine)
+    assert json.loads((root / "summary.json").read_text())["client_updates"] == sum(r["trained"] for r in rows)
+
+
+def _dp_config(**over):
+    cfg = _config(
+        rounds=4,
+        partition={"scheme": "iid", "num_clients": 200},
+        sampling={"fraction": 0.1, "poisson": True},
+        strategy={"name": "fedavg"},
+        dp={"noise_multiplier": 0.8, "clip_norm": 0.5, "delta": 1e-4, "adaptive": True, "count_noise_std": 2.0},
+    )
+    cfg.update(over)
+    return cfg
+
+
+def test_dp_fedavg_epsilon_matches_opacus(ray_cluster, tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    sim = Simulation(_dp_config())
+    summary = sim.run(out_dir=tmp_path, progress=False)
+    acc = RDPAccountant()
+    acc.history = [(0.8, 20 / 200, 4)]
+    assert summary["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-4), rel=1e-9)
+    rows = read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    clip = [r["clip_norm"] for r in rows]
+    assert clip[0] == 0.5 and len(set(clip)) == 4  # adaptive clipping moved the norm every round
+    assert (Path(summary["run_dir"]) / "plots" / "epsilon.png").exists()
+
+
+def test_budget_guard_stops_before_exceeding(ray_cluster, tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    def eps(rounds):
+        acc = RDPAccountant()
+        acc.history = [(0.8, 0.1, rounds)]
+        return acc.get_epsilon(delta=1e-4)
+
+    target = (eps(2) + eps(3)) / 2  # allows 2 rounds, not 3
+    cfg = _dp_config(rounds=10)
+    cfg["dp"] = {**cfg["dp"], "target_epsilon": target}
+    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False)
+    assert summary["stop_reason"] == "privacy budget" and summary["rounds"] == 2
+    assert summary["epsilon"] <= target
+
+
+def test_cli_simulate_joins_cluster_and_writes_run_folder(ray_cluster, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "distsched", "simulate", str(ROOT / "examples" / "fed_digits.yaml")]
+    cmd += ["--address", ray_cluster["address"], "--rounds", "2", "--out", str(tmp_path), "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    assert summary["rounds"] == 2 and summary["client_updates"] == 40
+    assert len(read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")) == 2
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: 3\nsampling: {cohort_size: 5, dropout: 1.5}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "distsched", "simulate", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "dropout" in out.stderr
+
+
