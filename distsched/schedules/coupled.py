@@ -66,7 +66,8 @@ class LinearBeta(Schedule):
         if self.total_steps == 1:
             return self.beta_start
         t = min(step, self.total_steps - 1)
-        return self.beta_start + (self.beta_end - self.beta_start) * t / (self.total_steps - 1)
+        frac = t / (self.total_steps - 1)
+        return (1.0 - frac) * self.beta_start + frac * self.beta_end
 
 
 @dataclasses.dataclass(frozen=True)

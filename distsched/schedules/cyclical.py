@@ -54,7 +54,7 @@ class Cyclic(Schedule):
         if self.mode == "triangular":
             return self.min_lr + height
         if self.mode == "triangular2":
-            return self.min_lr + height * (1 / (2.0 ** (cycle - 1)))
+            return self.min_lr + height * 0.5 ** (cycle - 1)  # = 1 / 2^(c-1), exact; underflows to 0, never overflows
         return self.min_lr + height * self.gamma**step
 
 
@@ -115,7 +115,7 @@ class OneCycle(Schedule):
                 pct = (step - start) / (end - start)
                 if self.anneal == "cos":
                     return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
-                return (b - a) * pct + a
+                return (1.0 - pct) * a + pct * b  # torch's (b - a) * pct + a, but exact at both ends
         raise AssertionError("unreachable")  # pragma: no cover
 
 

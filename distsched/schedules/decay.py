@@ -12,6 +12,14 @@ from distsched.schedules.base import Schedule
 from distsched.schedules.cosine import _check_min_lr
 
 
+def _pow(base: float, exponent: float) -> float:
+    """``base ** exponent``, ``inf`` instead of an OverflowError (``gamma > 1`` at a huge step)."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
+
+
 @dataclasses.dataclass(frozen=True)
 class Step(Schedule):
     """``v(t) = lr * gamma^floor(t / step_size)`` (torch ``StepLR``). Bounds for ``gamma <= 1``: ``(0, lr]``."""
@@ -26,7 +34,7 @@ class Step(Schedule):
         check_positive("gamma", self.gamma)
 
     def __call__(self, step: int) -> float:
-        return self.lr * self.gamma ** (step // self.step_size)
+        return self.lr * _pow(self.gamma, step // self.step_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Exponential(Schedule):
         check_positive("gamma", self.gamma)
 
     def __call__(self, step: int) -> float:
-        return self.lr * self.gamma**step
+        return self.lr * _pow(self.gamma, step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +104,7 @@ class InversePower(Schedule):
         check_positive("power", self.power)
 
     def __call__(self, step: int) -> float:
-        return self.lr / (1.0 + step) ** self.power
+        return self.lr * (1.0 + step) ** -self.power  # underflows to 0, never overflows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +150,8 @@ class Linear(Schedule):
 
     def __call__(self, step: int) -> float:
         frac = min(step, self.total_steps) / self.total_steps
-        return self.lr * (self.start_factor + (self.end_factor - self.start_factor) * frac)
+        # the convex form is exact at both ends (s + (e - s) * 1 can round away from e)
+        return self.lr * ((1.0 - frac) * self.start_factor + frac * self.end_factor)
 
 
 @dataclasses.dataclass(frozen=True)
