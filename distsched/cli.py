@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("distsched.commands.demo", "run the main demo job on the embedded local default"),
     "schedule": ("distsched.commands.schedule", "evaluate, list and plot learning-rate schedules"),
+    "diagnose": ("distsched.commands.diagnose", "diagnose a run from its loss curves (verdict, evidence, remedies)"),
     "epsilon": ("distsched.commands.epsilon", "epsilon spent by DP-SGD (Opacus accountants)"),
     "plan": ("distsched.commands.plan", "solve a DP-SGD plan: noise, steps, batch size or epsilon"),
     "simulate": ("distsched.commands.simulate", "federated simulation on Ray actors (distsched simulate CONFIG.yaml)"),

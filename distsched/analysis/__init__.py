@@ -1,7 +1,7 @@
 """Theory tools: Robbins-Monro conditions, Hessian stability bounds, the FP16/BF16 overflow-safe LR,
 the LR range test and the diagnosis of loss curves."""
 
-from distsched.analysis.diagnosis import VERDICTS, Diagnosis, diagnose, diagnose_records
+from distsched.analysis.diagnosis import REMEDIES_BY_VERDICT, VERDICTS, Diagnosis, diagnose, diagnose_records
 from distsched.analysis.fp16 import dtype_max, overflow_safe_lr
 from distsched.analysis.hessian import (
     EigenEstimate,
@@ -16,6 +16,7 @@ from distsched.analysis.range_test import RangeTestResult, lr_range_test
 from distsched.analysis.robbins_monro import RobbinsMonro, robbins_monro
 
 __all__ = [
+    "REMEDIES_BY_VERDICT",
     "VERDICTS",
     "Diagnosis",
     "EigenEstimate",

@@ -9,14 +9,17 @@ higher minimum LR, warm restarts; slow decay -> stronger decay, early stopping.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from distsched._checks import check_range
+
 VERDICTS = ("divergence", "overfitting", "underfitting", "plateau", "healthy")
 
-REMEDIES: dict[str, tuple[str, ...]] = {
+REMEDIES_BY_VERDICT: dict[str, tuple[str, ...]] = {
     "divergence": (
         "lower the peak LR (an LR range test or 2/lambda_max gives the ceiling)",
         "a longer warmup",
@@ -38,10 +41,12 @@ REMEDIES: dict[str, tuple[str, ...]] = {
     "healthy": (),
 }
 
+_HUGE = 1e300
+
 STEP_KEYS = ("step", "round", "epoch", "iteration")
 TRAIN_KEYS = ("train_loss", "loss")
 VAL_KEYS = ("val_loss", "valid_loss", "eval_loss", "test_loss")
-LR_KEYS = ("lr", "learning_rate")
+LR_KEYS = ("lr", "learning_rate", "client_lr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +89,6 @@ def _smooth(v: np.ndarray) -> np.ndarray:
     return (c[hi] - c[lo]) / (hi - lo)
 
 
-def _noise(v: np.ndarray, s: np.ndarray) -> float:
-    tail = slice(len(v) // 2, None)
-    return float(np.std(v[tail] - s[tail])) if len(v) > 4 else 0.0
-
-
 def _interp(x: np.ndarray, y: np.ndarray, at: float) -> float:
     return float(np.interp(at, x, y))
 
@@ -102,6 +102,7 @@ def diagnose(
     val_steps: Sequence[float] | None = None,
     lr_steps: Sequence[float] | None = None,
     flat_fraction: float = 0.4,
+    rel_tol: float = 0.05,
 ) -> Diagnosis:
     """Classify a run from its curves (each with its own steps, default ``0..n-1``).
 
@@ -111,13 +112,18 @@ def diagnose(
       the progress made (``start - min``) and by more than 3 noise standard deviations;
     * overfitting: the validation loss rose from its minimum (before 85% of the run) by more than 10%
       of its own progress and 2% of its level, while the training loss kept falling;
+    * levels are means of the raw training loss over windows given as fractions of the run; the
+      tolerance is ``tol = max(rel_tol * |final level|, 3 standard errors of a window mean)``;
     * underfitting (premature decay): the LR fell below 10% of its peak in the first 60% of the run,
-      the loss was still falling just before (>= 10% of its total progress in the preceding 10% of the
-      run) and it stalled (< 5% of its progress left) soon after, for at least ``flat_fraction`` of the run;
-    * plateau: no progress (< 5% left) over at least ``flat_fraction`` of the run at an LR that is
-      not decayed (or unknown);
+      the loss was still falling just before (by more than ``tol`` per 10% of the run) and over the
+      last 30% of the run it falls less than a tenth as fast, at a level above 0.1% of the start;
+    * plateau: over the last ``flat_fraction`` of the run the level fell by less than ``tol``, at an
+      LR not below 10% of its peak (or with no LR in the metrics); with a decayed LR the same is a
+      converged, healthy run;
     * healthy otherwise.
     """
+    check_range("flat_fraction", flat_fraction, 0.0, 1.0, low_open=True)
+    check_range("rel_tol", rel_tol, 0.0, 1.0)
     tr = _series(steps, train_loss)
     if tr is None or len(tr[1]) < 5:
         raise ValueError(f"train_loss must have at least 5 points, got {0 if tr is None else len(tr[1])}")
@@ -129,9 +135,9 @@ def diagnose(
     def at(frac_step: float) -> str:
         return f"step {frac_step:g} ({100 * (frac_step - x[0]) / span:.0f}% of the run)"
 
-    # divergence
+    # divergence (|value| >= 1e300 counts as infinite: MetricsWriter stores inf as 1e308)
     for name, ser in (("training", tr), ("validation", va)):
-        if ser is not None and not np.all(np.isfinite(ser[1])):
+        if ser is not None and not np.all(np.isfinite(ser[1]) & (np.abs(ser[1]) < _HUGE)):
             i = int(np.argmin(np.isfinite(ser[1])))
             return _verdict("divergence", [f"{name} loss is {ser[1][i]} at step {ser[0][i]:g}"])
     s = _smooth(v)
@@ -140,7 +146,9 @@ def diagnose(
     low = float(s[i_min])
     gain = start - low
     scale = max(gain, 0.05 * abs(start), 1e-12)
-    noise = _noise(v, s)
+    k = max(2, len(v) // 10)
+    around = slice(max(0, i_min - k), min(len(v), i_min + k + 1))
+    noise = float(np.std(v[around] - s[around]))  # noise near the minimum, before any blow-up
     if end - low > 0.5 * scale and end - low > 3 * noise:
         return _verdict("divergence", [
             f"training loss fell to {low:.4g} at {at(x[i_min])} and rose to {end:.4g} by the end "
@@ -167,15 +175,22 @@ def diagnose(
                 f"best validation step for early stopping: {vx[j]:g}",
             ])
 
-    # where the training loss stalled: first point within 5% of its progress from the final level
-    final = float(np.min(s[-max(1, len(s) // 10):]))
-    progress = max(start - final, 1e-12)
-    left = s - final
-    stall_i = int(np.argmax(left <= 0.05 * progress)) if start > final else 0
-    stall_x = float(x[stall_i])
-    flat = (x[-1] - stall_x) / span
-    evidence_flat = (f"training loss within 5% of its final {final:.4g} from {at(stall_x)} on: "
-                     f"flat for {100 * flat:.0f}% of the run")
+    def level(a: float, b: float) -> tuple[float, int]:
+        sel = (x >= x[0] + a * span) & (x <= x[0] + b * span)
+        if not sel.any():
+            return _interp(x, s, x[0] + 0.5 * (a + b) * span), 1
+        return float(np.mean(v[sel])), int(sel.sum())
+
+    final, n_final = level(0.9, 1.0)
+    tol = max(rel_tol * abs(final), 3.0 * noise * math.sqrt(2.0 / max(n_final, 1)), 1e-12)
+    ff = flat_fraction
+    tail_start, _ = level(1.0 - ff, 1.0 - ff + 0.1)
+    tail_drop = tail_start - final
+    flat = tail_drop < tol
+    evidence_flat = (f"over the last {100 * ff:.0f}% of the run the training loss fell only from {tail_start:.4g} "
+                     f"to {final:.4g} (less than the tolerance {tol:.3g})")
+    evidence_falling = (f"training loss fell from {start:.4g} to {final:.4g}, "
+                        f"by {tail_drop:.3g} in the last {100 * ff:.0f}% of the run")
 
     if lrs is not None and len(lrs[1]) >= 2:
         lx, lv = lrs
@@ -184,35 +199,31 @@ def diagnose(
         decayed = np.nonzero((lv <= 0.1 * peak) & (np.arange(len(lv)) > peak_i))[0]
         if peak > 0 and len(decayed):
             dx = float(lx[decayed[0]])
-            before = _interp(x, s, dx - 0.1 * span) - _interp(x, s, dx)
-            if (
-                (dx - x[0]) / span <= 0.6
-                and before >= 0.1 * progress
-                and stall_x <= dx + 0.25 * span
-                and flat >= flat_fraction
-            ):
-                return _verdict("underfitting", [
-                    f"LR fell to 10% of its peak {peak:.3g} at {at(dx)}",
-                    f"the training loss was still falling just before (-{before:.3g} in the preceding 10% "
-                    f"of the run, {100 * before / progress:.0f}% of its total progress)",
-                    evidence_flat,
-                ])
-        lr_at_stall = _interp(lx, lv, stall_x)
-        if flat >= flat_fraction and lr_at_stall > 0.1 * peak:
-            return _verdict("plateau", [evidence_flat, f"LR at the stall {lr_at_stall:.3g} (peak {peak:.3g})"])
-        return _verdict("healthy", [
-            f"training loss fell from {start:.4g} to {end:.4g}",
-            f"it stalled only for the last {100 * flat:.0f}% of the run"
-            + (f", after the LR decayed to {lr_at_stall:.3g}" if lr_at_stall <= 0.1 * peak else ""),
-        ])
-    if flat >= flat_fraction:
+            df = (dx - x[0]) / span
+            if 0.05 <= df <= 0.6:
+                rate_before = 2.0 * (level(df - 0.1, df - 0.05)[0] - level(df - 0.05, df)[0])  # per 10% of the run
+                rate_end = 0.5 * (level(0.7, 0.8)[0] - final)
+                near_zero = abs(final) < 1e-3 * abs(start)  # fitted the data: converged, not stuck
+                if rate_before > tol and rate_end < 0.1 * rate_before and not near_zero:
+                    return _verdict("underfitting", [
+                        f"LR fell to 10% of its peak {peak:.3g} at {at(dx)}",
+                        f"the training loss was still falling just before: -{rate_before:.3g} per 10% of the run",
+                        f"over the last 30% it falls only {max(rate_end, 0.0):.3g} per 10% of the run, "
+                        f"stuck near {final:.4g}",
+                    ])
+        lr_tail = _interp(lx, lv, x[0] + (1.0 - ff) * span)
+        if flat and lr_tail > 0.1 * peak:
+            return _verdict("plateau", [evidence_flat, f"at an LR of {lr_tail:.3g} (peak {peak:.3g}), not decayed"])
+        if flat:
+            return _verdict("healthy", [evidence_flat, f"after the LR decayed to {lr_tail:.3g}: converged"])
+        return _verdict("healthy", [evidence_falling])
+    if flat:
         return _verdict("plateau", [evidence_flat, "no LR in the metrics: premature decay cannot be told apart"])
-    return _verdict("healthy", [f"training loss fell from {start:.4g} to {end:.4g}",
-                                f"it stalled only for the last {100 * flat:.0f}% of the run"])
+    return _verdict("healthy", [evidence_falling])
 
 
 def _verdict(name: str, evidence: list[str]) -> Diagnosis:
-    return Diagnosis(name, tuple(evidence), REMEDIES[name])
+    return Diagnosis(name, tuple(evidence), REMEDIES_BY_VERDICT[name])
 
 
 def _pick(records: Sequence[Mapping[str, Any]], keys: Sequence[str], wanted: str | None) -> str | None:
@@ -230,9 +241,9 @@ def _pick(records: Sequence[Mapping[str, Any]], keys: Sequence[str], wanted: str
 def _column(records: Sequence[Mapping[str, Any]], key: str, step_key: str | None) -> Series:
     xs, ys = [], []
     for i, r in enumerate(records):
-        value = r.get(key)
-        if value is None or isinstance(value, str):
+        if key not in r or isinstance(r[key], str):
             continue
+        value = math.nan if r[key] is None else r[key]  # null is how MetricsWriter stores NaN
         xs.append(float(r[step_key]) if step_key and r.get(step_key) is not None else float(i))
         ys.append(float(value))
     return np.asarray(xs), np.asarray(ys)
@@ -247,7 +258,8 @@ def diagnose_records(
     lr_key: str | None = None,
 ) -> Diagnosis:
     """:func:`diagnose` on metric records (``metrics.jsonl``/``.csv`` rows); the keys are found among
-    ``step``/``round``/``epoch``, ``train_loss``/``loss``, ``val_loss``/``test_loss``... and ``lr``."""
+    ``step``/``round``/``epoch``, ``train_loss``/``loss``, ``val_loss``/``test_loss``... and ``lr``.
+    Records without a key are skipped for that curve; a ``null`` value counts as NaN."""
     if not records:
         raise ValueError("metrics must hold at least one record, got none")
     sk = _pick(records, STEP_KEYS, step_key)
