@@ -310,7 +310,10 @@ class Simulation:
                 )
                 if self.accountant is not None:
                     rec.epsilon = self.accountant.epsilon(cfg.dp.delta)
-                if self.round % cfg.eval_every == 0 or self.round == last:
+                budget_ends = self.guard is not None and not self.guard.allows(
+                    (self.dp.noise_multiplier, self.sampler.sample_rate)
+                )
+                if self.round % cfg.eval_every == 0 or self.round == last or budget_ends:
                     rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
                 self.history.append(rec)
                 metrics.write({k: v for k, v in dataclasses.asdict(rec).items() if v is not None})
