@@ -1,0 +1,104 @@
+"""Run the worker loop on N workers with Ray Train's ``TorchTrainer``.
+
+Ray Train builds the process group (gloo on CPU, NCCL on GPU), places the workers, and restarts the
+whole worker group when one dies (``FailureConfig(max_failures)``); the loop then resumes from the
+latest checkpoint that every worker reported. Checkpoints and Ray's own bookkeeping live in
+``<run>/checkpoints`` (``RunConfig(storage_path=<run>, name="checkpoints")``), so training the same
+run folder again (``--resume``) picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from distsched._checks import check_int
+from distsched.report import RunFolder
+from distsched.train.config import TrainConfig, config_from_mapping, config_to_mapping
+from distsched.train.loop import FaultInjection
+
+#: Ray Train's controller polls its workers this often (s); a report waits for that poll, so
+#: Ray's default (2 s) would make every checkpoint cost up to 2 s.
+POLL_INTERVAL_S = "0.2"
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    from distsched.cluster.session import RaySession
+    from distsched.train.loop import train_worker
+
+    cfg = config_from_mapping(config["config"])
+    root = RunFolder.open(config["run_dir"])
+    session = RaySession(root.checkpoints, resume=config["resume"])
+    fault = FaultInjection(**config["fault"]) if config.get("fault") else None
+    train_worker(cfg, root.root, session, fault=fault)
+
+
+def planned_steps(cfg: TrainConfig) -> int:
+    """Total steps of ``cfg`` (loads the data set when the config counts epochs)."""
+    if cfg.steps is not None:
+        return cfg.steps
+    from distsched.train.data import load_data, make_shards
+    from distsched.train.loop import total_steps_of
+
+    bundle = load_data(cfg.data, cfg.seed)
+    shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
+    return total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+
+
+def train_on_ray(
+    cfg: TrainConfig,
+    folder: RunFolder,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    max_failures: int = 3,
+    resume: bool = False,
+    progress: bool = True,
+    fault: FaultInjection | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` on ``cfg.workers`` Ray Train workers; returns the run's ``summary.json``.
+
+    ``address=None`` starts an embedded cluster on 127.0.0.1 (``num_cpus`` CPUs, default: those this
+    process may use) unless Ray is already initialized; ``address`` joins an existing cluster.
+    """
+    import dataclasses
+    import json
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from distsched.cluster.local import connect
+    from distsched.cluster.progress import Progress
+
+    check_int("max_failures", max_failures, -1)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    connect(address, num_cpus=num_cpus, dashboard=dashboard)
+
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) >= cfg.workers
+    cpus = resources.get("CPU", 1.0)
+    per_worker = {"CPU": min(1.0, math.floor(100 * cpus / cfg.workers) / 100)}
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={
+            "config": config_to_mapping(cfg),
+            "run_dir": str(folder.root),
+            "resume": resume,
+            "fault": dataclasses.asdict(fault) if fault else None,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=folder.checkpoints.name,
+            storage_path=str(folder.root),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+    )
+    with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=progress):
+        trainer.fit()
+    return json.loads(folder.summary_path.read_text(encoding="utf-8"))

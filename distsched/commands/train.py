@@ -1,0 +1,102 @@
+"""``distsched train CONFIG.yaml [--address ADDR] [--workers N] [--out DIR] [--resume RUN_DIR]``.
+
+Launchers: ``ray`` (default: Ray Train's TorchTrainer on an embedded 127.0.0.1 cluster, or on
+``--address``), ``torchrun`` (inside a torchrun process; chosen automatically when torchrun's
+environment is present) and ``processes`` (N local processes, no Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+LAUNCHERS = ("auto", "ray", "torchrun", "processes")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="training config (YAML); not needed with --resume")
+    parser.add_argument("--address", help="join this Ray cluster (HOST:PORT or 'auto') instead of starting one")
+    parser.add_argument("--workers", type=int, help="number of workers (overrides the config's 'workers')")
+    parser.add_argument("--out", default="runs", help="parent of the new run folder (default ./runs)")
+    parser.add_argument("--run-dir", help="use exactly this run folder (created if missing)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="resume (or re-finish) the run in RUN_DIR")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                        help="auto: torchrun inside a torchrun process, else ray")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray cluster (default: all usable)")
+    parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1)")
+    parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts Ray Train may do")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress on the driver")
+
+
+def _launcher(args: argparse.Namespace) -> str:
+    if args.launcher != "auto":
+        return args.launcher
+    return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ else "ray"
+
+
+def _print_summary(summary: dict) -> None:
+    parts = [f"steps {summary.get('steps_done')}/{summary.get('total_steps')}"]
+    if isinstance(summary.get("final_loss"), float):
+        parts.append(f"final loss {summary['final_loss']:.4f}")
+    if isinstance(summary.get("test_accuracy"), float):
+        parts.append(f"test accuracy {summary['test_accuracy']:.4f}")
+    parts += [
+        f"sync rounds {summary.get('sync_rounds')}",
+        f"bytes/worker {summary.get('bytes_sent')}",
+        f"wall {summary.get('wall_time_s')} s",
+    ]
+    print("  ".join(parts))
+    print(f"run folder: {summary.get('run_dir')}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distsched.train.config import load_config
+    from distsched.train.run import prepare_run
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    if args.config is None and args.resume is None:
+        raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
+    overrides = {"workers": args.workers} if args.workers is not None else None
+    launcher = _launcher(args)
+
+    if launcher == "torchrun":
+        from distsched.train.run import run_torchrun
+
+        cfg = load_config(args.config, overrides) if args.config else None
+        summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
+        if summary:
+            _print_summary(summary)
+        return 0
+
+    cfg = load_config(args.config, overrides) if args.config else None
+    if args.resume and cfg is None and args.workers is not None:
+        from distsched.report import RunFolder
+        from distsched.train.config import config_from_mapping
+
+        saved = config_from_mapping(RunFolder(args.resume).read_config())
+        if saved.workers != args.workers:
+            raise ValueError(f"--workers must be {saved.workers} to resume {args.resume}, got {args.workers}")
+    folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
+    print(f"run folder: {folder.root}", flush=True)
+    if launcher == "processes":
+        from distsched.train.run import run_processes
+
+        summary = run_processes(cfg, folder)
+    else:
+        from ray.train import TrainingFailedError
+
+        from distsched.cluster.trainer import train_on_ray
+
+        try:
+            summary = train_on_ray(
+                cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
+                max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
+            )
+        except TrainingFailedError as exc:
+            first = str(exc).strip().splitlines()
+            print(f"distsched train: training failed: {first[0] if first else type(exc).__name__}")
+            print(f"resume with: distsched train --resume {folder.root}")
+            return 1
+    _print_summary(summary)
+    return 0

@@ -1,0 +1,49 @@
+"""One worker's training loop (model, data shard, optimizer, schedule, sync engine, checkpoints,
+metrics), identical under torchrun and under Ray Train, and its typed YAML config."""
+
+from distsched.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrainConfig,
+    config_from_mapping,
+    config_to_mapping,
+    load_config,
+)
+from distsched.train.data import DataBundle, ShardBatches, iid_shards, label_skew_shards, load_data, make_shards
+from distsched.train.loop import FaultInjection, build_training, evaluate, train_step, train_worker
+from distsched.train.models import build_model, cnn, mlp
+from distsched.train.run import prepare_run, read_summary, run_processes, run_torchrun
+from distsched.train.session import LocalSession, Session
+
+__all__ = [
+    "CheckpointConfig",
+    "DataBundle",
+    "DataConfig",
+    "FaultInjection",
+    "LocalSession",
+    "ModelConfig",
+    "OptimizerConfig",
+    "Session",
+    "ShardBatches",
+    "TrainConfig",
+    "build_model",
+    "build_training",
+    "cnn",
+    "config_from_mapping",
+    "config_to_mapping",
+    "evaluate",
+    "iid_shards",
+    "label_skew_shards",
+    "load_config",
+    "load_data",
+    "make_shards",
+    "mlp",
+    "prepare_run",
+    "read_summary",
+    "run_processes",
+    "run_torchrun",
+    "train_step",
+    "train_worker",
+]

@@ -1,0 +1,262 @@
+"""The training config: typed dataclasses read from YAML, validated once at the edge.
+
+A config file is one mapping::
+
+    name: digits_qsr
+    seed: 0
+    workers: 2
+    steps: 400              # or epochs: 5
+    batch_size: 32
+    model: {name: mlp, hidden: [64]}
+    data: {name: digits, partition: iid}
+    optimizer: {name: sgd, momentum: 0.0}
+    schedule: {name: cosine, lr: 0.2, total_steps: 400, warmup_steps: 20}
+    sync: {rule: qsr, h_base: 2, alpha: 0.2}
+    checkpoint: {every: 100, keep: 2}
+
+``schedule`` is any :func:`distsched.schedules.from_spec` mapping (composition allowed) and ``sync``
+is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
+(``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
+``outer: {lr, momentum, nesterov}``). Both are checked at load time by building them.
+``privacy`` is reserved for differentially private training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
+from distsched.config import from_mapping, load_yaml, to_mapping
+
+BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_DATA = ("digits", "synthetic")
+PARTITIONS = ("iid", "label_skew")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: ``sync`` keys that configure the engine, not the rule.
+ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer")
+
+
+def _is_import_path(name: str) -> bool:
+    """``"package.module:attribute"``."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr and all(part.isidentifier() for part in module.split(".")))
+
+
+def _check_name(key: str, name: str, builtins: tuple[str, ...]) -> str:
+    if name in builtins or _is_import_path(name):
+        return name
+    allowed = ", ".join(repr(b) for b in builtins)
+    raise ValueError(f"{key} must be one of {allowed} or an import path 'package.module:factory', got {name!r}")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network. ``name``: ``mlp``, ``cnn`` or ``package.module:factory`` (called as
+    ``factory(input_shape=..., num_classes=..., **kwargs)``)."""
+
+    name: str = "mlp"
+    #: hidden layer widths of the MLP; channels of the CNN's two conv layers.
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    #: extra keyword arguments for an import-path factory.
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name, BUILTIN_MODELS)
+        self.hidden = [check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(self.hidden)]
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The data set and how it is split over the workers.
+
+    ``name``: ``digits`` (scikit-learn's 8x8 digits, 1797 images, 10 classes), ``synthetic``
+    (Gaussian blobs) or ``package.module:factory`` returning a Dataset or ``(train, test)``.
+    ``partition``: ``iid`` (equal random shards) or ``label_skew`` (per class, the shares of the
+    workers are drawn from ``Dirichlet(alpha)``; Hsu et al. 2019, "Measuring the effects of
+    non-identical data distribution"). Smaller ``alpha`` = more skew.
+    """
+
+    name: str = "digits"
+    partition: str = "iid"
+    alpha: float = 0.5
+    #: fraction held out as the test split (built-in data sets).
+    test_fraction: float = 0.2
+    #: synthetic: samples, features, classes and the noise around each class centre.
+    samples: int = 2048
+    features: int = 16
+    classes: int = 4
+    noise: float = 1.0
+    #: extra keyword arguments for an import-path factory.
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name, BUILTIN_DATA)
+        check_choice("partition", self.partition, PARTITIONS)
+        check_positive("alpha", self.alpha)
+        check_range("test_fraction", self.test_fraction, 0.0, 1.0, high_open=True)
+        check_int("samples", self.samples, 8)
+        check_int("features", self.features, 1)
+        check_int("classes", self.classes, 2)
+        check_non_negative("noise", self.noise)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """The inner optimizer; its learning rate comes from ``schedule``."""
+
+    name: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+
+    def __post_init__(self) -> None:
+        check_choice("name", self.name, OPTIMIZERS)
+        check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_non_negative("weight_decay", self.weight_decay)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have 2 entries, got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            check_range(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0, got momentum=0.0")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Every ``every`` steps each worker saves its own state; the last ``keep`` checkpoints stay."""
+
+    every: int = 100
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        check_int("every", self.every, 1)
+        check_int("keep", self.keep, 1)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. Exactly one of ``steps`` and ``epochs`` is given; ``epochs`` counts passes
+    over the smallest worker shard."""
+
+    schedule: dict[str, Any]
+    name: str = "run"
+    seed: int = 0
+    workers: int = 2
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    #: a metrics record (loss averaged over the workers) every ``log_every`` steps.
+    log_every: int = 10
+    #: torch intra-op threads per worker.
+    threads: int = 1
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    sync: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rule": "fixed", "h": 1})
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    #: reserved for differentially private training (the privacy issue).
+    privacy: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(f"name must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}")
+        check_int("seed", self.seed, 0)
+        check_int("workers", self.workers, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("log_every", self.log_every, 1)
+        check_int("threads", self.threads, 1)
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(f"give exactly one of steps and epochs, got steps={self.steps!r}, epochs={self.epochs!r}")
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
+        if self.epochs is not None:
+            check_positive("epochs", self.epochs)
+        build_schedule(self.schedule)
+        build_sync(self.sync)
+        if self.privacy:
+            raise ValueError("privacy: differentially private training is not available in this version (leave it out)")
+
+
+def build_schedule(spec: Mapping[str, Any]) -> Any:
+    """The schedule of a ``schedule`` block (errors name ``schedule.<key>``)."""
+    from distsched.schedules import from_spec
+
+    return from_spec(spec, _where="schedule")
+
+
+def _rule_class(spec: Mapping[str, Any]) -> type:
+    from distsched.sync import RULES
+
+    if "rule" not in spec:
+        raise ValueError(f"sync needs a 'rule' key (one of: {', '.join(sorted(RULES))})")
+    rule = spec["rule"]
+    if rule not in RULES:
+        raise ValueError(f"unknown sync rule {rule!r} in sync.rule (known: {', '.join(sorted(RULES))})")
+    return RULES[rule]
+
+
+def build_rule(spec: Mapping[str, Any]) -> Any:
+    """The sync rule of a ``sync`` block: ``RULES[spec["rule"]](**parameters)``."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"sync must be a mapping with a 'rule' key, got {spec!r}")
+    cls = _rule_class(spec)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    params = {k: v for k, v in spec.items() if k != "rule" and k not in ENGINE_KEYS}
+    unknown = [k for k in params if k not in fields]
+    if unknown:
+        allowed = ", ".join(sorted(fields) + list(ENGINE_KEYS))
+        raise ValueError(f"unknown key sync.{unknown[0]} for rule {spec['rule']!r} (allowed: {allowed})")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a missing required parameter
+        raise ValueError(f"sync: {exc}".replace("__init__() ", "")) from None
+    except ValueError as exc:
+        raise ValueError(f"sync.{exc}") from None
+
+
+def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """LocalSGD keyword arguments from a ``sync`` block (average_buffers, average_momentum,
+    lr_compensation, outer_optimizer)."""
+    from distsched.sync import LRCompensation, OuterSGD
+
+    out: dict[str, Any] = {}
+    for key in ("average_buffers", "average_momentum"):
+        if key in spec:
+            if not isinstance(spec[key], bool):
+                raise ValueError(f"sync.{key}: expected true or false, got {spec[key]!r}")
+            out[key] = spec[key]
+    comp = spec.get("lr_compensation")
+    if comp is not None:
+        out["lr_compensation"] = from_mapping(LRCompensation, comp, prefix="sync.lr_compensation")
+    outer = spec.get("outer")
+    if outer is not None:
+        out["outer_optimizer"] = from_mapping(OuterSGD, outer, prefix="sync.outer")
+    return out
+
+
+def build_sync(spec: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(rule, engine options) of a ``sync`` block, validated."""
+    rule = build_rule(spec)
+    return rule, engine_options(spec)
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a YAML training config; ``overrides`` replace top-level keys."""
+    data = load_yaml(path)
+    if overrides:
+        data = {**data, **overrides}
+    return from_mapping(TrainConfig, data)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain mapping (e.g. a run folder's ``config.yaml``)."""
+    return from_mapping(TrainConfig, data)
+
+
+def config_to_mapping(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain mapping of ``cfg`` (for ``config.yaml``)."""
+    return to_mapping(cfg)

@@ -1,0 +1,294 @@
+"""The ONE worker loop: model, data shard, optimizer, schedule adapter, sync engine, checkpoints and
+metrics. It runs unchanged under Ray Train and under torchrun; what differs is the
+:class:`~distsched.train.session.Session` handed to it.
+
+Per step ``t`` (0-based), with ``lr_t = schedule(t) * engine.lr_factor(t)``::
+
+    loss = train_step(model, optimizer, batch)      # forward, backward, optimizer.step()
+    engine.step(t, loss)                            # local SGD: average when the rule says so
+    scheduler.step()                                # lr for step t + 1, closed form
+
+Two seams for differentially private training: :func:`build_training` (where the optimizer and the
+data loader are made) and :func:`train_step` (where one step is taken).
+
+Resuming: a checkpoint holds each worker's own model and optimizer (models differ between syncs),
+the schedule step, the engine (rounds, bytes, round in progress, rule state), RNG states, the data
+position and the metrics window; rank 0 truncates ``metrics.jsonl`` to the checkpoint's step, so
+no step is counted twice and the resumed run equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
+from distsched.train import checkpoint as ckpt
+from distsched.train.config import TrainConfig, build_schedule, build_sync
+from distsched.train.data import DataBundle, ShardBatches, load_data, make_shards
+from distsched.train.models import build_model
+from distsched.train.session import Session
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """Test hook: worker ``rank`` kills its own process (SIGKILL) just before step ``step``, once:
+    the first time it creates ``marker``; a restarted worker finds the marker and carries on."""
+
+    rank: int
+    step: int
+    marker: str
+
+    def maybe_fire(self, rank: int, step: int) -> None:
+        if rank == self.rank and step == self.step and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def total_steps_of(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """``steps``, or ``ceil(epochs * batches_per_epoch)`` of the smallest shard."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(float(cfg.epochs) * batches_per_epoch))
+
+
+def device_for(local_rank: int) -> torch.device:
+    """CUDA device ``local_rank`` when CUDA exists, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------- seams
+@dataclasses.dataclass
+class Training:
+    """What :func:`build_training` makes: the optimizer, the loader and its resumable sampler."""
+
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: ShardBatches
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def build_training(
+    cfg: TrainConfig, model: nn.Module, train: Dataset, shard: np.ndarray, rank: int, lr: float
+) -> Training:
+    """SEAM (privacy): the optimizer and the data loader of one worker."""
+    optimizer = make_optimizer(cfg, model, lr)
+    sampler = ShardBatches(shard, cfg.batch_size, cfg.seed, rank)
+    loader = DataLoader(train, batch_sampler=sampler, num_workers=0)
+    return Training(optimizer, loader, sampler)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, device: torch.device) -> float:
+    """SEAM (privacy): one optimizer step on one batch; returns the batch's mean loss."""
+    x, y = batch
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``data``."""
+    was_training = model.training
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(dim=1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return {"test_accuracy": correct / max(total, 1), "test_loss": loss_sum / max(total, 1)}
+
+
+def _mean_over_workers(loss_sum: float, count: int, world_size: int, device: torch.device) -> float:
+    if world_size > 1:
+        t = torch.tensor([loss_sum, float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        loss_sum, count = float(t[0]), int(t[1])
+    return loss_sum / max(count, 1)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    for group, lr in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = lr * factor
+
+
+def write_plots(folder: RunFolder) -> list[Path]:
+    """``plots/lr.png``, ``period.png``, ``loss.png``, ``rounds.png`` from ``metrics.jsonl``."""
+    records = [r for r in read_metrics(folder.metrics_path) if "step" in r]
+    if not records:
+        return []
+    steps = [r["step"] for r in records]
+
+    def col(key: str) -> list[float]:
+        return [float(r.get(key) or 0.0) for r in records]
+
+    return [
+        line_plot(folder.plots / "lr.png", {"lr": (steps, col("lr"))}, title="learning rate", ylabel="lr"),
+        line_plot(folder.plots / "period.png", {"H": (steps, col("H"))}, title="sync period H",
+                  ylabel="local steps per round", step_style=True),
+        line_plot(folder.plots / "loss.png", {"train loss": (steps, col("loss"))}, title="training loss",
+                  ylabel="cross-entropy", logy=True),
+        line_plot(folder.plots / "rounds.png", {"rounds": (steps, col("rounds"))}, title="sync rounds",
+                  ylabel="rounds"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------- the loop
+def train_worker(
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    session: Session,
+    *,
+    fault: FaultInjection | None = None,
+    echo: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) one worker of a training run; returns rank 0's summary (others: {}).
+
+    torch.distributed must be initialized when ``session.world_size > 1``.
+    """
+    from distsched.schedules import ScheduledLR
+    from distsched.sync import LocalSGD
+
+    torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    rank, world = session.rank, session.world_size
+    if world != cfg.workers:
+        raise ValueError(f"workers must match the launched world size {world}, got {cfg.workers}")
+    folder = RunFolder.open(run_dir)
+    device = device_for(session.local_rank)
+
+    bundle: DataBundle = load_data(cfg.data, cfg.seed)
+    shards = make_shards(bundle, cfg.data, world, cfg.batch_size, cfg.seed)
+    total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+
+    torch.manual_seed(cfg.seed)  # identical initial replicas
+    model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
+    schedule = build_schedule(cfg.schedule)
+    tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
+    optimizer = tr.optimizer
+    scheduler = ScheduledLR(optimizer, schedule)
+    rule, options = build_sync(cfg.sync)
+    engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=total, **options)
+
+    start, elapsed_before, window, finished = 0, 0.0, (0.0, 0), False
+    restore = session.restore_dir()
+    if restore is not None:
+        state = ckpt.load_rank_state(restore, rank)
+        if int(state["world_size"]) != world:
+            raise ValueError(f"workers must be {state['world_size']} to resume {restore}, got {world}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        engine.load_state_dict(state["engine"])
+        tr.sampler.load_state_dict(state["sampler"])
+        ckpt.restore_rng(state["rng"])
+        start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+        window, finished = tuple(state["window"]), bool(state["finished"])
+    else:
+        torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
+    _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start))
+
+    writer = MetricsWriter(folder.metrics_path) if rank == 0 else None
+    if writer is not None:
+        writer.truncate_after("step", start)
+
+    def snapshot(step: int, elapsed: float, done: bool) -> dict[str, Any]:
+        return {
+            "step": step, "world_size": world, "finished": done, "elapsed_s": elapsed, "window": window,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
+        }
+
+    def save(step: int, elapsed: float, done: bool, metrics: Mapping[str, Any]) -> None:
+        state = snapshot(step, elapsed, done)
+        session.save(step, lambda d: ckpt.save_rank_state(d, rank, state), metrics)
+
+    t0 = time.perf_counter()
+    last: dict[str, Any] = {}
+    batches = iter(tr.loader)
+    model.train()
+    for t in range(start, total):
+        if fault is not None:
+            fault.maybe_fire(rank, t)
+        lr_t = float(optimizer.param_groups[0]["lr"])
+        h_t = engine.current_period
+        loss = train_step(model, optimizer, next(batches), device)
+        engine.step(t, loss)
+        scheduler.step()
+        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1))
+        window = (window[0] + loss, window[1] + 1)
+        done = t + 1
+        if done % cfg.log_every == 0 or done == total:
+            mean_loss = _mean_over_workers(window[0], window[1], world, device)
+            window = (0.0, 0)
+            last = {
+                "step": done, "epoch": tr.sampler.epoch + tr.sampler.batch / tr.sampler.batches_per_epoch,
+                "lr": lr_t, "H": h_t, "loss": mean_loss, "rounds": engine.rounds, "bytes": engine.bytes_sent,
+                "time_s": elapsed_before + time.perf_counter() - t0,
+            }
+            if writer is not None:
+                writer.write(last)
+                if echo:
+                    print(
+                        f"step {done}/{total}  lr {lr_t:.4g}  H {h_t}  loss {mean_loss:.4f}  "
+                        f"rounds {engine.rounds}  bytes {engine.bytes_sent}", flush=True,
+                    )
+        if done % cfg.checkpoint.every == 0 and done < total:
+            save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
+
+    elapsed = elapsed_before + time.perf_counter() - t0
+    engine.finalize()  # no-op when the last step synced (it does whenever total_steps is known)
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        records = read_metrics(folder.metrics_path)
+        final = records[-1] if records else {}
+        summary = {
+            "name": cfg.name, "workers": world, "total_steps": total, "steps_done": int(final.get("step", start)),
+            "final_loss": final.get("loss"), "sync_rounds": engine.rounds, "bytes_sent": engine.bytes_sent,
+            "bytes_sent_all_workers": engine.bytes_sent * world, "wall_time_s": round(elapsed, 3),
+            "resumed_from_step": start if restore is not None else None, "device": str(device),
+            "run_dir": str(folder.root),
+        }
+        if bundle.test is not None:
+            summary.update(evaluate(model, bundle.test, device))
+    if not finished:
+        save(total, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    else:
+        session.report({"step": total})
+    if writer is not None:
+        writer.close()
+        write_plots(folder)
+        folder.write_summary(summary)
+    return summary

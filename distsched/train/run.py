@@ -1,0 +1,143 @@
+"""Entry points without Ray: the run folder, a torchrun worker, and N local processes.
+
+* :func:`prepare_run` makes (or reopens) the run folder and writes ``config.yaml``.
+* :func:`run_torchrun` is what each torchrun process runs (``env://`` rendezvous, MASTER_ADDR
+  defaults to 127.0.0.1, backend from :func:`distsched.sync.default_backend`).
+* :func:`run_processes` starts ``workers`` local processes joined by a gloo/NCCL group on
+  ``tcp://127.0.0.1:<free port>`` (used by tests and ``--launcher processes``).
+
+The Ray Train entry is :func:`distsched.cluster.train_on_ray`; all three run
+:func:`distsched.train.loop.train_worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from distsched.report import RunFolder
+from distsched.train.config import TrainConfig, config_from_mapping, config_to_mapping
+from distsched.train.loop import FaultInjection, train_worker
+from distsched.train.session import LocalSession
+
+DEFAULT_OUT = "runs"
+
+
+def prepare_run(
+    cfg: TrainConfig | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+) -> tuple[RunFolder, TrainConfig]:
+    """The run folder and its config.
+
+    ``resume``: an existing run folder, its ``config.yaml`` is read back (``cfg`` may set only the
+    same number of workers). Otherwise ``run_dir`` (an exact folder) or a new
+    ``<out>/<name>-<timestamp>`` folder, with ``cfg`` written to ``config.yaml``.
+    """
+    if resume is not None:
+        folder = RunFolder(Path(resume).resolve())
+        saved = config_from_mapping(folder.read_config())
+        if cfg is not None and cfg.workers != saved.workers:
+            raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
+        return RunFolder.open(folder.root), saved
+    if cfg is None:
+        raise ValueError("a config is required unless resuming (--resume RUN_DIR)")
+    if run_dir is not None:
+        folder = RunFolder.open(Path(run_dir).resolve())
+    else:
+        folder = RunFolder.create(Path(out if out is not None else DEFAULT_OUT).resolve(), cfg.name)
+    folder.write_config(config_to_mapping(cfg))
+    return folder, cfg
+
+
+def read_summary(folder: RunFolder) -> dict[str, Any]:
+    return json.loads(folder.summary_path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+def run_torchrun(
+    cfg: TrainConfig | None,
+    *,
+    out: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    timeout_s: float = 1800.0,
+) -> dict[str, Any]:
+    """One torchrun worker: join the group (env://), agree on the run folder, run the loop.
+
+    Rank 0 creates the folder and broadcasts its path. ``workers`` is the launched world size.
+    Restarted workers (``torchrun --max-restarts``) resume from the newest complete checkpoint.
+    """
+    import torch.distributed as dist
+
+    from distsched.sync import default_backend
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    backend = default_backend()
+    if backend == "nccl":
+        import torch
+
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    try:
+        if cfg is not None and cfg.workers != world:
+            cfg = config_from_mapping({**config_to_mapping(cfg), "workers": world})
+        box: list[Any] = [None]
+        if rank == 0:
+            folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume)
+            box = [(str(folder.root), config_to_mapping(cfg))]
+        dist.broadcast_object_list(box, src=0)
+        root, mapping = box[0]
+        cfg = config_from_mapping(mapping)
+        folder = RunFolder.open(root)
+        session = LocalSession(folder.checkpoints, rank, world, local_rank, keep=cfg.checkpoint.keep)
+        return train_worker(cfg, folder.root, session, echo=(rank == 0))
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------- processes
+def _process_main(rank: int, world: int, init_method: str, mapping: dict, root: str, fault: dict | None) -> None:
+    import torch.distributed as dist
+
+    from distsched.sync import default_backend
+
+    backend = default_backend()
+    if backend == "nccl":
+        import torch
+
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=600))
+    try:
+        cfg = config_from_mapping(mapping)
+        folder = RunFolder.open(root)
+        session = LocalSession(folder.checkpoints, rank, world, rank, keep=cfg.checkpoint.keep)
+        train_worker(cfg, root, session, fault=FaultInjection(**fault) if fault else None)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_processes(cfg: TrainConfig, folder: RunFolder, *, fault: FaultInjection | None = None) -> dict[str, Any]:
+    """Run ``cfg.workers`` local processes (torch.multiprocessing spawn, loopback rendezvous);
+    resumes from the folder's newest complete checkpoint if there is one. Returns the summary."""
+    import dataclasses
+
+    import torch.multiprocessing as mp
+
+    from distsched.sync import free_port
+
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    args = (cfg.workers, init_method, config_to_mapping(cfg), str(folder.root),
+            dataclasses.asdict(fault) if fault else None)
+    mp.spawn(_process_main, args=args, nprocs=cfg.workers, join=True)
+    return read_summary(folder)
