@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("distsched.commands.diagnose", "diagnose a run from its loss curves (verdict, evidence, remedies)"),
     "epsilon": ("distsched.commands.epsilon", "epsilon spent by DP-SGD (Opacus accountants)"),
     "plan": ("distsched.commands.plan", "solve a DP-SGD plan: noise, steps, batch size or epsilon"),
+    "train": ("distsched.commands.train", "train CONFIG.yaml on N workers (Ray Train, torchrun or local processes)"),
     "simulate": ("distsched.commands.simulate", "federated simulation on Ray actors (distsched simulate CONFIG.yaml)"),
 }
 
