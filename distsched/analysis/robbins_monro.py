@@ -65,12 +65,87 @@ def _exact(s: Callable[[int], float]) -> RobbinsMonro | None:
         if not r.sum_diverges or math.isinf(s.max_lr):
             return dataclasses.replace(r, explanation=f"clamping from above keeps finite sums finite; {r.explanation}")
         return None
+    fam = _exact_families(s, S)
+    if fam is not None:
+        return fam
     if isinstance(s, S.Repeat):
         peak = max(float(s.schedule(t)) for t in range(min(s.period, 100_000)))
         if peak > 0:
             return RobbinsMonro(True, False, True, f"periodic with period {s.period} and peak {peak:g} > 0: every "
                                 "period adds a fixed positive amount to both sums, so both diverge")
         return _constant_tail(0.0, f"periodic with period {s.period}, zero everywhere")
+    return None
+
+
+def _power_tail(p: float, why: str) -> RobbinsMonro:
+    div, conv = p <= 1.0, p > 0.5
+    return RobbinsMonro(div, conv, True, f"{why}: lr_t ~ c t^-{p:g}; sum lr_t {'diverges' if div else 'converges'} "
+                        f"(p {'<=' if div else '>'} 1), sum lr_t^2 {'converges' if conv else 'diverges'} "
+                        f"(2p {'>' if conv else '<='} 1)", p)
+
+
+def _geometric(ratio: float, why: str) -> RobbinsMonro:
+    if ratio >= 1.0:
+        return RobbinsMonro(True, False, True, f"{why}: ratio {ratio:g} >= 1, lr_t does not decay, both sums diverge")
+    return RobbinsMonro(False, True, True, f"{why}: geometric decay with ratio {ratio:g} < 1, both sums are finite "
+                        "(the steps stop short of the optimum)", math.inf)
+
+
+def _exact_families(s: Callable[[int], float], S) -> RobbinsMonro | None:
+    """The catalogue's decays, cycles and coupled schedules (looked up by name: they may be absent)."""
+
+    def isa(name: str) -> bool:
+        cls = getattr(S, name, None)
+        return cls is not None and isinstance(s, cls)
+
+    if isa("Step"):
+        return _geometric(s.gamma, f"step decay x{s.gamma:g} every {s.step_size} steps")
+    if isa("Exponential"):
+        return _geometric(s.gamma, f"exponential decay lr * {s.gamma:g}^t")
+    if isa("MultiStep"):
+        last = s.milestones[-1]
+        return _constant_tail(s(last), f"multistep holds its value after the last milestone {last}")
+    if isa("InverseTime"):
+        if s.decay_rate == 0:
+            return _constant_tail(s.lr, "inverse time with decay_rate=0")
+        return _power_tail(1.0, f"inverse time lr / (1 + {s.decay_rate:g} t)")
+    if isa("InversePower"):
+        return _power_tail(s.power, f"inverse power lr / (1 + t)^{s.power:g}")
+    if isa("InverseSqrt"):
+        return _power_tail(0.5, "inverse square root")
+    if isa("Polynomial") or isa("WarmupStableDecay"):
+        return _constant_tail(s.min_lr, f"{type(s).__name__} holds min_lr after total_steps={s.total_steps}")
+    if isa("Linear"):
+        return _constant_tail(s.lr * s.end_factor, f"linear holds lr * end_factor after total_steps={s.total_steps}")
+    if isa("OneCycle"):
+        why = f"one-cycle holds its final value after total_steps={s.total_steps}"
+        return _constant_tail(s(s.total_steps - 1), why)
+    if isa("CosineRestarts"):
+        if s.min_lr > 0:
+            return RobbinsMonro(True, False, True, f"SGDR with min_lr={s.min_lr:g} > 0: both sums diverge")
+        m, d = s.cycle_mult, s.cycle_decay
+        # cycle i adds ~ T_0 m^i (lr d^i)/2 to sum lr_t and ~ T_0 m^i (lr d^i)^2 3/8 to sum lr_t^2
+        div, conv = m * d >= 1.0, m * d * d < 1.0
+        return RobbinsMonro(div, conv, True, f"SGDR: cycle i contributes ~ (cycle_mult*cycle_decay)^i = "
+                            f"{m * d:g}^i to sum lr_t ({'diverges' if div else 'converges'}) and "
+                            f"(cycle_mult*cycle_decay^2)^i = {m * d * d:g}^i to sum lr_t^2 "
+                            f"({'converges' if conv else 'diverges'})")
+    if isa("Cyclic"):
+        if s.min_lr > 0:
+            return RobbinsMonro(True, False, True, f"cyclic with min_lr={s.min_lr:g} > 0: both sums diverge")
+        if s.mode == "triangular" or (s.mode == "exp_range" and s.gamma == 1.0):
+            return RobbinsMonro(True, False, True, "periodic triangular cycles: every cycle adds a fixed positive "
+                                "amount to both sums, so both diverge")
+        ratio = 0.5 if s.mode == "triangular2" else s.gamma ** s.period
+        return _geometric(ratio, f"cyclic {s.mode}: the cycle heights shrink geometrically")
+    if isa("PhaseShift"):
+        r = robbins_monro(s.schedule)
+        return dataclasses.replace(r, explanation=f"a finite phase shift changes no sum; {r.explanation}")
+    if isa("CurriculumSpike"):
+        r = robbins_monro(s.phases[-1])
+        return dataclasses.replace(r, explanation=f"the consolidation phase sets the tail; {r.explanation}")
+    if isa("DiffusionCoupled"):
+        return _constant_tail(s(10**15), "diffusion-coupled lr / (1 + beta_t) with beta held after its horizon")
     return None
 
 
@@ -93,7 +168,9 @@ def robbins_monro(
 ) -> RobbinsMonro:
     """Check ``sum_t lr_t = inf`` and ``sum_t lr_t^2 < inf``.
 
-    Exact for the known families (constant, cosine, warmup, join, scale, clamp, repeat). Otherwise
+    Exact for the catalogue's families (constant, cosine, SGDR, step, multistep, exponential, inverse
+    time/power/sqrt, polynomial, linear, one-cycle, cyclic, WSD, coupled) and compositions (warmup,
+    join, scale, clamp, repeat). Otherwise
     numeric: over dyadic windows ``(t/2, t]`` for ``t`` on the last ``decades`` decades before
     ``horizon`` the window sums behave like ``t^(1-p)`` for ``lr_t ~ c t^-p``; their log-log slope
     gives ``p``. ``sum lr_t`` diverges iff ``p <= 1`` and ``sum lr_t^2`` converges iff ``p > 1/2``;
