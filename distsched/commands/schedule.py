@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the catalogue and each schedule's parameters")
     parser.add_argument("--plot", metavar="FILE.png", help="write the curve as a PNG")
     parser.add_argument("--csv", metavar="FILE.csv", help="write step,value rows")
+    parser.add_argument("--showcase", metavar="DIR", help="draw a few catalogue schedules into DIR/schedules.png")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -51,6 +52,38 @@ def _list(catalogue: dict) -> None:
         print(f"{name:{width}s}  {params}")
 
 
+def showcase_schedules(steps: int) -> dict:
+    """A few catalogue schedules, all with peak ``lr = 0.1`` over ``steps`` steps."""
+    from distsched import schedules as S
+
+    w = max(1, steps // 20)
+    return {
+        "warmup + cosine": S.warmup(S.cosine(lr=0.1, total_steps=steps - w, min_lr=1e-3), warmup_steps=w),
+        "SGDR (T_mult=2, decay 0.7)": S.cosine_restarts(
+            lr=0.1, cycle_steps=max(1, steps // 7), cycle_mult=2, cycle_decay=0.7
+        ),
+        "one-cycle": S.one_cycle(lr=0.1, total_steps=steps),
+        "WSD (1-sqrt)": S.wsd(
+            lr=0.1, total_steps=steps, warmup_steps=w, decay_steps=max(1, steps // 5), decay="1-sqrt"
+        ),
+        "triangular2": S.cyclic(lr=0.1, step_size_up=max(1, steps // 8), min_lr=0.01, mode="triangular2"),
+        "inverse sqrt (+warmup)": S.warmup(S.inverse_sqrt(lr=0.1, timescale=w), warmup_steps=w),
+    }
+
+
+def showcase(folder: str, steps: int = 1000) -> str:
+    """Write ``folder/schedules.png`` with :func:`showcase_schedules`; returns the path."""
+    from pathlib import Path
+
+    from distsched._checks import check_int
+    from distsched.report.plots import line_plot
+
+    steps = check_int("steps", steps, 20)
+    series = {label: (range(steps), s.values(steps).tolist()) for label, s in showcase_schedules(steps).items()}
+    path = line_plot(Path(folder) / "schedules.png", series, title="distsched schedules", ylabel="learning rate")
+    return str(path)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -59,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         _list(S.CATALOGUE)
+        return 0
+    if args.showcase:
+        print(f"schedule showcase: {showcase(args.showcase, args.steps)}")
         return 0
     if not args.name:
         raise ValueError("name is required (one of the catalogue, see --list)")
