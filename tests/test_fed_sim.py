@@ -17,7 +17,7 @@ from distsched.federated import Simulation, client_seed, train_client
 from distsched.report import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("round_time_s",)
+TIMING = ("round_time_s", "elapsed_s")
 
 
 def _config(**over):

@@ -54,6 +54,7 @@ class RoundRecord:
     local_work: int
     train_loss: float
     round_time_s: float
+    elapsed_s: float
     actor_failures: int
     test_acc: float | None = None
     test_loss: float | None = None
@@ -304,6 +305,7 @@ class Simulation:
                     local_work=plan["work"],
                     train_loss=info["train_loss"],
                     round_time_s=time.perf_counter() - t0,
+                    elapsed_s=0.0,
                     actor_failures=failures,
                     clip_norm=info.get("clip_norm"),
                     unclipped_fraction=info.get("unclipped_fraction"),
@@ -315,6 +317,7 @@ class Simulation:
                 )
                 if self.round % cfg.eval_every == 0 or self.round == last or budget_ends:
                     rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
+                rec.elapsed_s = time.perf_counter() - t_start
                 self.history.append(rec)
                 metrics.write({k: v for k, v in dataclasses.asdict(rec).items() if v is not None})
                 bar.update(rec)
@@ -336,8 +339,9 @@ class Simulation:
     def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
         hist = self.history
         evals = [h for h in hist if h.test_acc is not None]
-        steady = hist[1:] if len(hist) > 1 else hist
-        steady_time = sum(h.round_time_s for h in steady)
+        # steady state: rounds after the first of this process, wall clock between round ends
+        steady = hist[1:]
+        steady_time = hist[-1].elapsed_s - hist[0].elapsed_s if steady else 0.0
         driver_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return {
             "rounds": self.round,
