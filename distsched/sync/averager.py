@@ -190,7 +190,7 @@ class LocalSGD:
         """
         step = check_int("step", step, 0)
         if loss is not None and getattr(self.rule, "uses_loss", False):
-            self._loss_sum += float(loss)
+            self._loss_sum += float(loss.detach()) if torch.is_tensor(loss) else float(loss)
             self._loss_count += 1
         self._dirty = True
         if step + 1 >= self._next_sync:

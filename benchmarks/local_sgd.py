@@ -1,0 +1,295 @@
+"""Local SGD benchmark: DDP vs fixed H vs post-local vs QSR vs AdaComm (+ LR compensation), with
+torch's own PeriodicModelAverager at the same H as a reference.
+
+Set-up (issue 3): 2 gloo workers on one machine; sklearn digits, 297 test samples (stratified,
+random_state=0), the other 1500 for training, split by label (worker 0: digits 0-4, worker 1:
+digits 5-9); MLP 64-256-256-10; global batch 64 (32 per worker), 23 steps per epoch; SGD momentum
+0.9; cosine from 0.1 to 0; the same seed (init and data order) for every variant.
+
+Part 1 (main table): every variant once, seed 0, ``--epochs`` epochs.
+Part 2: QSR vs fixed H at (about) the same number of rounds, and DDP, over ``--seeds`` seeds.
+Part 3: interleaved timing of one averaging call, ours vs torch's ``average_parameters``.
+
+    .venv/bin/python benchmarks/local_sgd.py                 # full run
+    .venv/bin/python benchmarks/local_sgd.py --epochs 2 --compare-epochs 2 --seeds 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from distsched import schedules as S
+from distsched.sync import QSR, AdaComm, FixedH, LocalSGD, PostLocal, free_port, init_process_group, suggest_alpha
+
+WORLD = 2
+BATCH_PER_WORKER = 32
+N_TEST = 297
+LR_PEAK = 0.1
+H_BASE = 8  # QSR: the smallest power of two whose rule-of-thumb alpha gives >= 10x fewer rounds than DDP
+
+
+def load_data(rank: int) -> dict[str, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=N_TEST, random_state=0, stratify=y)
+    own = (y_tr < 5) if rank == 0 else (y_tr >= 5)
+    t = lambda a, dt: torch.tensor(np.asarray(a), dtype=dt)  # noqa: E731
+    return {
+        "x_own": t(x_tr[own] / 16.0, torch.float32), "y_own": t(y_tr[own], torch.long),
+        "x_train": t(x_tr / 16.0, torch.float32), "y_train": t(y_tr, torch.long),
+        "x_test": t(x_te / 16.0, torch.float32), "y_test": t(y_te, torch.long),
+    }
+
+
+def mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
+
+
+def steps_per_epoch() -> int:
+    return (1797 - N_TEST) // (WORLD * BATCH_PER_WORKER)  # 1500 // 64 = 23
+
+
+def variants(total_steps: int, include_pma: bool = True) -> list[dict]:
+    """The main table's variants (rules are built fresh per run: they hold state)."""
+    alpha = suggest_alpha(LR_PEAK, H_BASE)
+    out = [{"name": "DDP (grad all_reduce every step)", "kind": "ddp"}]
+    for h in (4, 16, 64):
+        out.append({"name": f"fixed H={h}", "kind": "local", "rule": lambda h=h: FixedH(h)})
+        if include_pma:
+            out.append({"name": f"torch PeriodicModelAverager H={h}", "kind": "pma", "h": h})
+    out += [
+        {"name": "post-local (H=1, then H=16 from 50%)", "kind": "local",
+         "rule": lambda: PostLocal(h=16, switch_step=total_steps // 2)},
+        {"name": f"QSR (h_base={H_BASE}, alpha={alpha:.3f})", "kind": "local",
+         "rule": lambda: QSR(h_base=H_BASE, alpha=alpha)},
+        {"name": "AdaComm (h_0=8)", "kind": "local", "rule": lambda: AdaComm(h_0=8)},
+        {"name": "fixed H=64 + LR comp. (h_ref=4, p=0.5)", "kind": "local", "rule": lambda: FixedH(64),
+         "comp": (4, 0.5)},
+        {"name": f"QSR + LR comp. (h_ref={H_BASE}, p=0.5)", "kind": "local",
+         "rule": lambda: QSR(h_base=H_BASE, alpha=alpha), "comp": (H_BASE, 0.5)},
+    ]
+    return out
+
+
+def qsr_rounds(total_steps: int) -> int:
+    """Rounds QSR takes on the cosine schedule (the rule alone, no training)."""
+    sched, rule = S.cosine(lr=LR_PEAK, total_steps=total_steps), QSR(H_BASE, suggest_alpha(LR_PEAK, H_BASE))
+    start, n = 0, 0
+    while start < total_steps:
+        start += rule.next_period(start, sched(start), total_steps=total_steps)
+        n += 1
+    return n
+
+
+def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
+    from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+    from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+    total = steps_per_epoch() * epochs
+    sched = S.cosine(lr=LR_PEAK, total_steps=total)
+    model = mlp(seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=LR_PEAK, momentum=0.9)
+    net, engine, pma = model, None, None
+    if v["kind"] == "ddp":
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    elif v["kind"] == "pma":
+        pma = PeriodicModelAverager(period=v["h"], warmup_steps=v["h"] - 1)  # syncs after steps H-1, 2H-1, ...
+    else:
+        engine = LocalSGD(model, v["rule"](), sched, total_steps=total, lr_compensation=v.get("comp"))
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    n_own, per_epoch = len(data["y_own"]), steps_per_epoch() * BATCH_PER_WORKER
+    assert n_own >= per_epoch
+    sync_s, pma_rounds, losses = 0.0, 0, []
+    dist.barrier()
+    wall0 = time.perf_counter()
+    for t in range(total):
+        if t % steps_per_epoch() == 0:
+            perm = torch.randperm(n_own, generator=gen)[:per_epoch]
+        idx = perm[(t % steps_per_epoch()) * BATCH_PER_WORKER:][:BATCH_PER_WORKER]
+        lr = sched(t) * (engine.lr_factor(t) if engine is not None else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(data["x_own"][idx]), data["y_own"][idx])
+        loss.backward()
+        opt.step()
+        loss_value = loss.item()
+        losses.append(loss_value)
+        # wait for the peer outside the timer on sync steps (same for ours and torch's), so that
+        # "time in averaging" is the averaging itself, not a straggler's compute
+        pma_due = pma is not None and pma.step >= pma.warmup_steps and (pma.step - pma.warmup_steps) % pma.period == 0
+        if (engine is not None and t == engine.next_sync_step) or pma_due or (pma is not None and t == total - 1):
+            dist.barrier()
+        t0 = time.perf_counter()
+        if engine is not None:
+            engine.step(t, loss_value)
+        elif pma is not None:
+            pma_rounds += int(pma_due)
+            pma.average_parameters(model.parameters())
+            if t == total - 1 and total % v["h"] != 0:  # the final sync ours always does
+                average_parameters(iter(model.parameters()), None)
+                pma_rounds += 1
+        sync_s += time.perf_counter() - t0
+    wall = time.perf_counter() - wall0
+    if engine is not None:
+        engine.finalize()
+    with torch.no_grad():
+        model.eval()
+        acc = float((model(data["x_test"]).argmax(1) == data["y_test"]).float().mean())
+        train_loss = float(F.cross_entropy(model(data["x_train"]), data["y_train"]))
+        flat = torch.nn.utils.parameters_to_vector(model.parameters())
+        other = [torch.empty_like(flat) for _ in range(WORLD)]
+        dist.all_gather(other, flat)
+        spread = float(max((o - flat).abs().max() for o in other))
+    if v["kind"] == "ddp":
+        rounds, bytes_sent = total, total * 4 * n_params
+    elif v["kind"] == "pma":
+        rounds, bytes_sent = pma_rounds, pma_rounds * 4 * n_params
+    else:
+        rounds, bytes_sent = engine.rounds, engine.bytes_sent
+    return {"name": v["name"], "kind": v["kind"], "seed": seed, "epochs": epochs, "steps": total,
+            "rounds": rounds, "bytes": bytes_sent, "wall_s": wall,
+            "sync_s": None if v["kind"] == "ddp" else sync_s, "test_acc": acc, "train_loss": train_loss,
+            "rank_spread": spread, "last_local_loss": float(np.mean(losses[-steps_per_epoch():]))}
+
+
+def interleaved_timing(calls: int) -> dict:
+    """One averaging call, ours (``LocalSGD.sync``) vs torch's ``average_parameters``, alternating
+    order each call, on two copies of the benchmark MLP."""
+    from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+    ours_model, torch_model = mlp(0), mlp(0)
+    engine = LocalSGD(ours_model, FixedH(1))
+    ours, theirs = [], []
+    for i in range(calls + 20):
+        order = ("ours", "torch") if i % 2 == 0 else ("torch", "ours")
+        for who in order:
+            dist.barrier()
+            t0 = time.perf_counter()
+            if who == "ours":
+                engine.sync()
+            else:
+                average_parameters(iter(torch_model.parameters()), None)
+            dt = time.perf_counter() - t0
+            if i >= 20:  # warm-up calls dropped
+                (ours if who == "ours" else theirs).append(dt)
+    return {"calls": calls, "ours_median_us": 1e6 * statistics.median(ours),
+            "torch_median_us": 1e6 * statistics.median(theirs),
+            "ratio_median": statistics.median(ours) / statistics.median(theirs)}
+
+
+def worker(rank: int, port: int, args: argparse.Namespace, out_path: str) -> None:
+    torch.set_num_threads(1)
+    init_process_group(rank, WORLD, f"tcp://127.0.0.1:{port}", backend="gloo")
+    data = load_data(rank)
+    results = {"main": [], "compare": [], "timing": None}
+    total = steps_per_epoch() * args.epochs
+    for v in variants(total):
+        r = run_variant(v, 0, args.epochs, data, rank)
+        results["main"].append(r)
+        if rank == 0:
+            print(f"[main] {r['name']}: acc {r['test_acc']:.4f} rounds {r['rounds']} wall {r['wall_s']:.1f}s",
+                  flush=True)
+    # QSR vs fixed H at about the same number of rounds, several seeds
+    ctotal = steps_per_epoch() * args.compare_epochs
+    q_rounds = qsr_rounds(ctotal)
+    h_match = max(1, round(ctotal / q_rounds))
+    alpha = suggest_alpha(LR_PEAK, H_BASE)
+    pair = [{"name": "DDP", "kind": "ddp"},
+            {"name": "QSR", "kind": "local", "rule": lambda: QSR(h_base=H_BASE, alpha=alpha)},
+            {"name": f"fixed H={h_match}", "kind": "local", "rule": lambda: FixedH(h_match)}]
+    for seed in range(args.seeds):
+        for v in pair:
+            r = run_variant(v, seed, args.compare_epochs, data, rank)
+            results["compare"].append(r)
+            if rank == 0:
+                print(f"[compare] seed {seed} {r['name']}: acc {r['test_acc']:.4f} loss {r['train_loss']:.4f} "
+                      f"rounds {r['rounds']}", flush=True)
+    results["timing"] = interleaved_timing(args.timing_calls)
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    dist.destroy_process_group()
+
+
+def _mb(b: int) -> str:
+    return f"{b / 2**20:.1f}"
+
+
+def report(res: dict) -> str:
+    main = res["main"]
+    ddp = next(r for r in main if r["kind"] == "ddp")
+    lines = ["| variant | rounds | MiB sent / worker | wall s | time averaging s | test acc % | final train loss |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in main:
+        sync = "-" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
+        lines.append(f"| {r['name']} | {r['rounds']} | {_mb(r['bytes'])} | {r['wall_s']:.1f} | {sync} | "
+                     f"{100 * r['test_acc']:.2f} | {r['train_loss']:.4f} |")
+    qsr = next(r for r in main if r["name"].startswith("QSR ("))
+    lines.append("")
+    lines.append(f"QSR vs DDP: accuracy {100 * (qsr['test_acc'] - ddp['test_acc']):+.2f} points, "
+                 f"{ddp['rounds'] / qsr['rounds']:.1f}x fewer rounds "
+                 f"(target: within 0.5 points, >= 10x fewer).")
+    for h in (4, 16, 64):
+        ours = next(r for r in main if r["name"] == f"fixed H={h}")
+        pma = next(r for r in main if r["name"] == f"torch PeriodicModelAverager H={h}")
+        lines.append(f"H={h}: time averaging ours/torch = {ours['sync_s']:.3f}/{pma['sync_s']:.3f} s "
+                     f"= {ours['sync_s'] / pma['sync_s']:.2f} ({ours['rounds']} vs {pma['rounds']} rounds)")
+    t = res["timing"]
+    lines.append(f"Interleaved, {t['calls']} calls each: median {t['ours_median_us']:.0f} us (ours) vs "
+                 f"{t['torch_median_us']:.0f} us (torch) per averaging, ratio {t['ratio_median']:.2f} "
+                 f"(target <= 1.0).")
+    lines.append("")
+    comp = res["compare"]
+    names = list(dict.fromkeys(r["name"] for r in comp))
+    lines.append(f"| {len({r['seed'] for r in comp})} seeds, {comp[0]['epochs']} epochs | rounds | test acc mean "
+                 "(std) | final train loss mean (std) |")
+    lines.append("|---|---:|---:|---:|")
+    for n in names:
+        rs = [r for r in comp if r["name"] == n]
+        acc = [100 * r["test_acc"] for r in rs]
+        loss = [r["train_loss"] for r in rs]
+        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+        lines.append(f"| {n} | {rs[0]['rounds']} | {statistics.mean(acc):.2f} ({sd(acc):.2f}) | "
+                     f"{statistics.mean(loss):.4f} ({sd(loss):.4f}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=60, help="epochs of the main table")
+    p.add_argument("--compare-epochs", type=int, default=60, help="epochs of the QSR vs fixed-H comparison")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the QSR vs fixed-H comparison")
+    p.add_argument("--timing-calls", type=int, default=300, help="interleaved averaging calls timed")
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = args.json or os.path.join("/tmp", f"local_sgd_{os.getpid()}.json")
+    t0 = time.perf_counter()
+    mp.spawn(worker, args=(free_port(), args, out), nprocs=WORLD, join=True)
+    with open(out) as f:
+        res = json.load(f)
+    print(f"\n{report(res)}\n\ntotal {time.perf_counter() - t0:.0f} s; torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, steps/epoch {steps_per_epoch()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
