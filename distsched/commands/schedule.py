@@ -60,7 +60,7 @@ def showcase_schedules(steps: int) -> dict:
     return {
         "warmup + cosine": S.warmup(S.cosine(lr=0.1, total_steps=steps - w, min_lr=1e-3), warmup_steps=w),
         "SGDR (T_mult=2, decay 0.7)": S.cosine_restarts(
-            lr=0.1, cycle_steps=max(1, steps // 7), cycle_mult=2, cycle_decay=0.7
+            lr=0.1, cycle_steps=steps // 7 + 1, cycle_mult=2, cycle_decay=0.7
         ),
         "one-cycle": S.one_cycle(lr=0.1, total_steps=steps),
         "WSD (1-sqrt)": S.wsd(
