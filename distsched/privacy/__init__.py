@@ -1,4 +1,5 @@
-"""Differential privacy over schedules, backed by Opacus: accounting, budget guard, noise schedules, planner."""
+"""Differential privacy over schedules, backed by Opacus: accounting, budget guard, noise schedules, planner,
+LR-noise coupling and DP-SGD in single, group (DP-SGD across workers) and local (DP local SGD) modes."""
 
 from distsched.privacy.accounting import (
     ACCOUNTANTS,
@@ -9,6 +10,13 @@ from distsched.privacy.accounting import (
     epsilon_curve,
     opacus_accountant,
 )
+from distsched.privacy.coupling import (
+    NoiseAwareLR,
+    expected_sq_distance_after_step,
+    optimal_step_quadratic,
+    update_noise_std,
+)
+from distsched.privacy.engine import MODES, PoissonBatches, PrivateTraining, make_private, poisson_loader
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import (
     NOISE_SCHEDULES,
@@ -25,6 +33,7 @@ from distsched.privacy.planner import Plan, plan, scale_batch_and_noise, steps_f
 
 __all__ = [
     "ACCOUNTANTS",
+    "MODES",
     "NOISE_SCHEDULES",
     "Accountant",
     "BudgetExhausted",
@@ -32,18 +41,26 @@ __all__ = [
     "ConstantNoise",
     "ExponentialNoise",
     "LinearNoise",
+    "NoiseAwareLR",
     "NoiseSchedule",
     "NoiseScheduler",
     "PiecewiseNoise",
     "Plan",
+    "PoissonBatches",
+    "PrivateTraining",
     "Segment",
     "StepNoise",
     "compress",
     "epsilon",
     "epsilon_curve",
+    "expected_sq_distance_after_step",
+    "make_private",
     "noise_schedule_from_spec",
     "opacus_accountant",
+    "optimal_step_quadratic",
     "plan",
+    "poisson_loader",
     "scale_batch_and_noise",
     "steps_for_epochs",
+    "update_noise_std",
 ]

@@ -1,0 +1,225 @@
+"""DP-SGD with Opacus' own pieces, driven by distsched's accountant, budget guard, noise schedule and LR coupling.
+
+Three modes, one accounting rule each:
+
+* ``single``: one process; Opacus ``GradSampleModule`` + ``DPOptimizer``; Poisson sampling at rate ``q``.
+* ``group`` (DP-SGD across workers): every rank Poisson-samples its own shard at the same rate ``q``, so
+  the union of the local batches is a Poisson sample of the whole data set at rate ``q`` (expected batch
+  ``qN``, ``qN / W`` per worker). Opacus' ``DistributedDPOptimizer`` clips per example on each rank, adds
+  the noise ``N(0, sigma^2 C^2)`` once (rank 0), all-reduces and divides by the global expected batch size.
+  One Gaussian mechanism per step on the whole data set: the run spends ``eps(sigma, q, T)``.
+* ``local`` (DP local SGD): each rank runs DP-SGD on its own disjoint shard with ``q_k = B_k / N_k`` and
+  its own noise, and the models are averaged every ``H`` steps. An example lives on one shard only; the
+  other ranks' steps are functions of their own data and of released (noisy) models, so by adaptive
+  composition the privacy loss for that example is that of its rank's ``T`` steps alone (parallel
+  composition over disjoint data), and averaging is post-processing. The run spends
+  ``max_k eps(sigma, q_k, T)``, whatever ``H`` is, and however ``H`` changes during the run.
+
+The guard is checked before every step (:meth:`PrivateTraining.allows_next_step`); ranks agree with an
+all-reduce (MIN) so that all stop at the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.data_loader import wrap_collate_with_empty
+from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from distsched._checks import check_choice, check_int, check_positive
+from distsched.privacy.accounting import Accountant, check_delta, check_sample_rate
+from distsched.privacy.coupling import NoiseAwareLR
+from distsched.privacy.guard import BudgetGuard
+from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
+
+MODES: tuple[str, ...] = ("single", "group", "local")
+
+
+class PoissonBatches(Sampler[list[int]]):
+    """Poisson sampling (each index of ``indices`` in the batch independently with probability ``q``, as
+    Opacus' ``UniformWithReplacementSampler``), endless and resumable: batch ``t`` comes from a generator
+    seeded with ``(seed, rank, t)``, so the whole state is ``t``."""
+
+    def __init__(self, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.size == 0:
+            raise ValueError("indices must not be empty")
+        self.sample_rate = check_sample_rate(sample_rate)
+        self.seed = check_int("seed", seed, 0)
+        self.rank = check_int("rank", rank, 0)
+        self.step = 0
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.sample_rate * len(self.indices)
+
+    def batch(self, step: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, self.rank, step, 0x5D9])
+        mask = rng.random(len(self.indices)) < self.sample_rate
+        return self.indices[mask].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            out = self.batch(self.step)
+            self.step += 1
+            yield out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.step = int(state_dict["step"])
+
+
+def poisson_loader(
+    dataset: Dataset, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0
+) -> DataLoader:
+    """An endless DataLoader of Poisson batches over ``indices``; empty batches keep the tensors' structure
+    (Opacus' ``wrap_collate_with_empty``). Its sampler is ``loader.batch_sampler``."""
+    sampler = PoissonBatches(indices, sample_rate, seed, rank)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=0,
+                      collate_fn=wrap_collate_with_empty(collate_fn=default_collate))
+
+
+@dataclasses.dataclass
+class PrivateTraining:
+    """What :func:`make_private` returns; the training loop calls :meth:`allows_next_step` before and
+    :meth:`after_step` after each ``optimizer.step()``."""
+
+    model: nn.Module
+    optimizer: DPOptimizer
+    accountant: Accountant
+    noise: NoiseScheduler
+    sample_rate: float
+    delta: float
+    mode: str = "single"
+    guard: BudgetGuard | None = None
+    lr_controller: NoiseAwareLR | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The noise multiplier of the next step."""
+        return float(self.optimizer.noise_multiplier)
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon spent by this rank's steps (in ``local`` mode the run's is the max over ranks)."""
+        return self.accountant.epsilon(self.delta)
+
+    def allows_next_step(self) -> bool:
+        """Whether the next step keeps epsilon within the budget (always, without a guard). With a process
+        group, all ranks get the same answer (MIN over ranks)."""
+        ok = True if self.guard is None else self.guard.allows((self.noise_multiplier, self.sample_rate))
+        if self.mode != "single" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = bool(flag.item())
+        return ok
+
+    def after_step(self) -> None:
+        """Feed the LR controller (privatized gradient only) and set the next step's noise multiplier."""
+        if self.lr_controller is not None:
+            nxt = float(self.noise.schedule(self.noise.step_count + 1))
+            self.lr_controller.observe(self.optimizer, next_noise_multiplier=nxt)
+        self.noise.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Accountant history (with the guard's target), noise-schedule step and LR-controller state."""
+        state: dict[str, Any] = {"accountant": self.accountant.state_dict(), "noise": self.noise.state_dict()}
+        if self.generator is not None:
+            state["noise_rng"] = self.generator.get_state()
+        if self.guard is not None:
+            state["guard"] = self.guard.state_dict()
+        if self.lr_controller is not None:
+            state["lr_controller"] = self.lr_controller.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.guard is not None and "guard" in state:
+            self.guard.load_state_dict(state["guard"])  # restores the shared accountant's history
+        else:
+            self.accountant.load_state_dict(state["accountant"])
+        self.noise.load_state_dict(state["noise"])
+        if self.generator is not None and "noise_rng" in state:
+            self.generator.set_state(state["noise_rng"])
+        if self.lr_controller is not None and "lr_controller" in state:
+            self.lr_controller.load_state_dict(state["lr_controller"])
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    sample_rate: float,
+    expected_batch_size: float,
+    max_grad_norm: float,
+    delta: float,
+    noise: NoiseSchedule | float,
+    accountant: str = "rdp",
+    target_epsilon: float | None = None,
+    mode: str = "single",
+    lr_coupling: bool = False,
+    coupling_beta: float = 0.9,
+    min_lr_factor: float = 0.0,
+    eps_error: float = 0.01,
+    noise_seed: int | None = None,
+) -> PrivateTraining:
+    """Wrap ``model`` and ``optimizer`` for DP-SGD.
+
+    Args:
+        sample_rate: ``q`` charged to the accountant per step (``group``: the global rate; ``local``: this
+            rank's ``B_k / N_k``).
+        expected_batch_size: this rank's expected batch size (the denominator of the mean gradient; Opacus
+            divides by it, never by the realized Poisson batch size).
+        noise: a noise schedule, or a constant noise multiplier.
+        target_epsilon: with it, a :class:`BudgetGuard` that stops the run before a step would exceed it.
+        mode: ``single``, ``group`` or ``local`` (see the module docstring); ``group`` and ``local`` need an
+            initialized torch.distributed process group.
+        lr_coupling: attach a :class:`NoiseAwareLR` (read it as ``training.lr_controller.factor``).
+        noise_seed: seed of the noise generator (default: drawn from torch's global generator). The noise
+            has its own ``torch.Generator``, saved in :meth:`PrivateTraining.state_dict`, so a resumed run
+            draws the same noise as an uninterrupted one. (Not Opacus' ``secure_mode``: for experiments.)
+    """
+    check_choice("mode", mode, MODES)
+    q = check_sample_rate(sample_rate)
+    check_positive("expected_batch_size", expected_batch_size)
+    check_positive("max_grad_norm", max_grad_norm)
+    check_delta(delta)
+    schedule = noise if isinstance(noise, NoiseSchedule) else ConstantNoise(check_positive("noise_multiplier", noise))
+    if mode != "single" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(f"mode {mode!r} needs an initialized torch.distributed process group")
+
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if noise_seed is None else check_int("noise_seed", noise_seed, 0)
+    generator = torch.Generator().manual_seed(seed)
+    if mode == "group":
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        gsm = GradSampleModule(DPDDP(model))  # DPDDP broadcasts rank 0's parameters
+        dp_opt: DPOptimizer = DistributedDPOptimizer(
+            optimizer, noise_multiplier=schedule(0), max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size, generator=generator,
+        )
+    else:
+        gsm = GradSampleModule(model)
+        dp_opt = DPOptimizer(optimizer, noise_multiplier=schedule(0), max_grad_norm=max_grad_norm,
+                             expected_batch_size=expected_batch_size, generator=generator)
+    acc = Accountant(accountant, eps_error=eps_error)
+    dp_opt.attach_step_hook(acc.optimizer_hook(q))
+    guard = BudgetGuard(target_epsilon, delta, acc) if target_epsilon is not None else None
+    controller = None
+    if lr_coupling:
+        dim = sum(p.numel() for p in gsm.parameters() if p.requires_grad)
+        controller = NoiseAwareLR(dim, beta=coupling_beta, min_factor=min_lr_factor)
+    return PrivateTraining(
+        model=gsm, optimizer=dp_opt, accountant=acc, noise=NoiseScheduler(dp_opt, schedule), sample_rate=q,
+        delta=delta, mode=mode, guard=guard, lr_controller=controller, generator=generator,
+    )
