@@ -82,3 +82,12 @@ def test_to_spec_round_trip_and_plain_values():
         back = S.from_spec(yaml.safe_load(text))
         assert back == sched
         assert pickle.loads(pickle.dumps(back)) == sched
+
+
+def test_package_docstring_examples_run():
+    import doctest
+
+    import distsched.schedules
+
+    result = doctest.testmod(distsched.schedules)
+    assert result.attempted >= 2 and result.failed == 0

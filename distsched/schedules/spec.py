@@ -60,7 +60,9 @@ def from_spec(spec: Mapping[str, Any] | Schedule, *, _where: str = "schedule") -
     """Build a schedule from ``{name: ..., <parameters>}``.
 
     A ``warmup_steps`` key (with optional ``warmup_mode``, ``warmup_start_factor``) on a schedule that
-    has no such parameter of its own wraps it in :class:`Warmup`. Unknown names, unknown keys and
+    has no such parameter of its own wraps it in :class:`Warmup`, in front: the schedule's own steps
+    (its ``total_steps``) start after the warmup, so the run lasts ``warmup_steps + total_steps``.
+    Unknown names, unknown keys and
     missing keys raise ``ValueError`` naming them; values are validated by the schedule itself.
     """
     if isinstance(spec, Schedule):

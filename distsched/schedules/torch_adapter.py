@@ -93,7 +93,10 @@ class ScheduledLR(LRScheduler):
         return {"step": self.last_epoch, "multipliers": list(self.multipliers)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_epoch = int(state_dict["step"])
+        step = state_dict["step"] if "step" in state_dict else state_dict.get("last_epoch")
+        if step is None:
+            raise ValueError(f"state_dict must hold 'step', got keys {sorted(state_dict)}")
+        self.last_epoch = int(step)
         if "multipliers" in state_dict:
             self.multipliers = [float(m) for m in state_dict["multipliers"]]
         self._apply()
