@@ -62,8 +62,8 @@ def from_spec(spec: Mapping[str, Any] | Schedule, *, _where: str = "schedule") -
     A ``warmup_steps`` key (with optional ``warmup_mode``, ``warmup_start_factor``) on a schedule that
     has no such parameter of its own wraps it in :class:`Warmup`, in front: the schedule's own steps
     (its ``total_steps``) start after the warmup, so the run lasts ``warmup_steps + total_steps``.
-    Unknown names, unknown keys and
-    missing keys raise ``ValueError`` naming them; values are validated by the schedule itself.
+    Unknown names, unknown keys and missing keys raise ``ValueError`` naming them; values are
+    validated by the schedule itself.
     """
     if isinstance(spec, Schedule):
         return spec
