@@ -1,0 +1,231 @@
+"""DP across workers on a real 2-process gloo group: DP-SGD for the whole group (Poisson sampling per shard,
+noise added once, global expected batch size) and DP local SGD (accounting independent of the sync period).
+
+One spawn runs every scenario; each rank saves what it saw, the assertions run in the test process against
+independent references (per-example clipping by hand, Opacus' accountant, the noise variance closed form).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from opacus.accountants import RDPAccountant
+from torch import nn
+
+from distsched.privacy import ConstantNoise, make_private
+
+WORLD = 2
+N, D = 400, 6
+LR, CLIP = 0.5, 1.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def _model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def _shard(rank):
+    return np.arange(rank, N, WORLD)
+
+
+def _scenario_group_exact(rank):
+    """sigma = 0: the update must be the clipped per-example sum of the union batch over the global B."""
+    from distsched.privacy import PoissonBatches
+
+    x, y = _data()
+    q = 0.1
+    model = _model()
+    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
+                      expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=ConstantNoise(0.0),
+                      mode="group", noise_seed=rank)
+    sampler = PoissonBatches(_shard(rank), q, seed=5, rank=rank)
+    batches, params = [], []
+    for t in range(3):
+        idx = sampler.batch(t)
+        batches.append(idx)
+        pt.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
+        pt.optimizer.step()
+        pt.after_step()
+        params.append([p.detach().clone() for p in pt.model.parameters()])
+    return {"batches": batches, "params": params, "history": pt.accountant.history}
+
+
+def _scenario_group_noise(rank):
+    """Zero gradients: the parameter change is the noise alone, lr * N(0, sigma^2 C^2) / B_global, added once."""
+    x, _ = _data()
+    q, sigma, steps = 0.1, 2.0, 40
+    model = _model()
+    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
+                      expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=sigma,
+                      mode="group", noise_seed=100 + rank)
+    deltas = []
+    for _ in range(steps):
+        before = torch.cat([p.detach().flatten() for p in pt.model.parameters()])
+        pt.optimizer.zero_grad(set_to_none=True)
+        (0.0 * pt.model(x[:20]).sum()).backward()
+        pt.optimizer.step()
+        pt.after_step()
+        deltas.append(torch.cat([p.detach().flatten() for p in pt.model.parameters()]) - before)
+    return {"deltas": torch.stack(deltas), "history": pt.accountant.history, "epsilon": pt.epsilon}
+
+
+def _scenario_local(rank, period):
+    """DP local SGD: each rank private on its shard, models averaged every ``period`` steps."""
+    from distsched.privacy import PoissonBatches
+
+    x, y = _data()
+    b_local, steps = 10, 12
+    shard = _shard(rank)
+    q_local = b_local / len(shard)
+    model = _model()
+    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q_local,
+                      expected_batch_size=b_local, max_grad_norm=CLIP, delta=1e-5, noise=1.1, mode="local",
+                      noise_seed=7 + rank)
+    sampler = PoissonBatches(shard, q_local, seed=9, rank=rank)
+    for t in range(steps):
+        idx = sampler.batch(t)
+        pt.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
+        pt.optimizer.step()
+        pt.after_step()
+        if (t + 1) % period == 0:
+            with torch.no_grad():
+                for p in pt.model.parameters():
+                    dist.all_reduce(p.data)
+                    p.data /= WORLD
+    return {"history": pt.accountant.history, "epsilon": pt.epsilon, "q_local": q_local,
+            "params": [p.detach().clone() for p in pt.model.parameters()]}
+
+
+def _scenario_guard(rank, mode):
+    """Train until the guard refuses; then a fresh wrapper restored from the state refuses at once."""
+    from distsched.privacy import PoissonBatches
+
+    x, y = _data()
+    q = 0.1
+    kwargs = dict(sample_rate=q, expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=2.0,
+                  target_epsilon=1.0, mode=mode, noise_seed=rank)
+    model = _model()
+    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), **kwargs)
+    sampler = PoissonBatches(_shard(rank), q, seed=2, rank=rank)
+    taken = 0
+    while pt.allows_next_step():
+        idx = sampler.batch(taken)
+        pt.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
+        pt.optimizer.step()
+        pt.after_step()
+        taken += 1
+    state = pt.state_dict()
+    model2 = _model()
+    pt2 = make_private(model2, torch.optim.SGD(model2.parameters(), lr=LR), **kwargs)
+    fresh_allows = pt2.allows_next_step()
+    pt2.load_state_dict(state)
+    return {"taken": taken, "epsilon": pt.epsilon, "fresh_allows": fresh_allows,
+            "restored_allows": pt2.allows_next_step(), "restored_steps": pt2.accountant.steps}
+
+
+def _worker(rank: int, port: int, outdir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        res = {
+            "group_exact": _scenario_group_exact(rank),
+            "group_noise": _scenario_group_noise(rank),
+            "local_h1": _scenario_local(rank, 1),
+            "local_h4": _scenario_local(rank, 4),
+            "guard_group": _scenario_guard(rank, "group"),
+        }
+        torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[dict]:
+    outdir = tmp_path_factory.mktemp("privacy_gloo")
+    mp.spawn(_worker, args=(_free_port(), str(outdir)), nprocs=WORLD, join=True)
+    return [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _opacus_eps(history, delta=1e-5):
+    acc = RDPAccountant()
+    acc.history = [tuple(s) for s in history]
+    return acc.get_epsilon(delta=delta)
+
+
+def test_group_dp_sgd_is_the_clipped_sum_over_the_global_expected_batch(runs):
+    x, y = _data()
+    model = _model()
+    q = 0.1
+    b_global = q * N
+    for t in range(3):
+        union = runs[0]["group_exact"]["batches"][t] + runs[1]["group_exact"]["batches"][t]
+        total = [torch.zeros_like(p) for p in model.parameters()]
+        for i in union:  # per-example gradients, clipped to CLIP by hand
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+            grads = [p.grad.detach().clone() for p in model.parameters()]
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            scale = min(1.0, CLIP / (float(norm) + 1e-6))
+            total = [a + scale * g for a, g in zip(total, grads)]
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), total):
+                p -= LR * g / b_global
+        for rank in range(WORLD):
+            for p_ref, p_rank in zip(model.parameters(), runs[rank]["group_exact"]["params"][t]):
+                torch.testing.assert_close(p_rank, p_ref.detach(), rtol=1e-5, atol=1e-6)
+    assert runs[0]["group_exact"]["history"] == [(0.0, 0.1, 3)]
+
+
+def test_group_noise_is_added_once_for_the_whole_group(runs):
+    d0, d1 = runs[0]["group_noise"]["deltas"], runs[1]["group_noise"]["deltas"]
+    torch.testing.assert_close(d0, d1, rtol=0, atol=0)  # all ranks apply the same noisy update
+    sigma, b_global = 2.0, 0.1 * N
+    expected_var = (LR * sigma * CLIP / b_global) ** 2  # once; twice would double it
+    ratio = float(d0.double().pow(2).mean()) / expected_var
+    assert 0.88 < ratio < 1.12, ratio
+    assert runs[0]["group_noise"]["history"] == [(2.0, 0.1, 40)]
+    assert runs[0]["group_noise"]["epsilon"] == pytest.approx(_opacus_eps([(2.0, 0.1, 40)]), rel=1e-12)
+
+
+def test_local_dp_sgd_accounting_is_independent_of_the_sync_period(runs):
+    for rank in range(WORLD):
+        h1, h4 = runs[rank]["local_h1"], runs[rank]["local_h4"]
+        q_local = 10 / len(_shard(rank))
+        assert h1["q_local"] == q_local
+        assert h1["history"] == h4["history"] == [(1.1, q_local, 12)]
+        assert h1["epsilon"] == h4["epsilon"] == pytest.approx(_opacus_eps([(1.1, q_local, 12)]), rel=1e-12)
+    # after an averaging step the replicas agree (H=4, 12 steps: the last step synced)
+    for a, b in zip(runs[0]["local_h4"]["params"], runs[1]["local_h4"]["params"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_group_guard_stops_all_ranks_at_the_same_step_and_resume_cannot_reset(runs):
+    g0, g1 = runs[0]["guard_group"], runs[1]["guard_group"]
+    assert g0["taken"] == g1["taken"] > 0
+    n = g0["taken"]
+    assert _opacus_eps([(2.0, 0.1, n)]) <= 1.0 < _opacus_eps([(2.0, 0.1, n + 1)])
+    assert g0["fresh_allows"] and g1["fresh_allows"]
+    assert not g0["restored_allows"] and not g1["restored_allows"]
+    assert g0["restored_steps"] == n
