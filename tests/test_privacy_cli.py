@@ -1,0 +1,93 @@
+"""``distsched epsilon`` and ``distsched plan``: values against Opacus, JSON keys, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from distsched.cli import main
+
+
+def _run(capsys, *argv):
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _opacus_eps(sigma, q, steps, delta, mech="rdp"):
+    acc = RDPAccountant() if mech == "rdp" else PRVAccountant()
+    acc.history = [(sigma, q, steps)]
+    return acc.get_epsilon(delta=delta)
+
+
+def test_epsilon_json_matches_opacus(capsys):
+    rc, out, _ = _run(capsys, "epsilon", "--sigma", "1.5", "--sample-rate", "0.04", "--steps", "2250",
+                      "--delta", "1e-5", "--json")
+    assert rc == 0
+    res = json.loads(out)
+    assert res["epsilon"] == pytest.approx(7.32911117143, abs=1e-7)  # Opacus' own test value
+    assert {"noise_multiplier", "epsilon", "delta", "steps", "sample_rate", "accountant"} <= set(res)
+
+
+def test_epsilon_table_prv(capsys):
+    rc, out, _ = _run(capsys, "epsilon", "--sigma", "1.2", "--sample-rate", "0.02", "--steps", "200",
+                      "--delta", "1e-5", "--accountant", "prv")
+    assert rc == 0
+    line = [ln for ln in out.splitlines() if ln.startswith("epsilon")][0]
+    assert float(line.split()[-1]) == pytest.approx(_opacus_eps(1.2, 0.02, 200, 1e-5, "prv"), abs=1e-6)
+
+
+def test_plan_json_and_plot(capsys, tmp_path):
+    png = tmp_path / "plan.png"
+    rc, out, _ = _run(capsys, "plan", "--target-epsilon", "4", "--delta", "1e-5", "--batch-size", "64",
+                      "--dataset-size", "6400", "--epochs", "10", "--json", "--plot", str(png))
+    assert rc == 0
+    res = json.loads(out)
+    assert {"noise_multiplier", "epsilon", "delta", "steps", "sample_rate", "accountant"} <= set(res)
+    assert res["steps"] == 1000 and res["sample_rate"] == 0.01
+    eps = _opacus_eps(res["noise_multiplier"], 0.01, 1000, 1e-5)
+    assert 4 - 1e-3 <= eps <= 4
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_solve_steps_and_schedule_table(capsys):
+    rc, out, _ = _run(capsys, "plan", "--target-epsilon", "3", "--delta", "1e-5", "--sample-rate", "0.02",
+                      "--noise-multiplier", "1.0", "--solve", "steps", "--json")
+    assert rc == 0
+    n = json.loads(out)["steps"]
+    assert _opacus_eps(1.0, 0.02, n, 1e-5) <= 3 < _opacus_eps(1.0, 0.02, n + 1, 1e-5)
+    rc, out, _ = _run(capsys, "plan", "--target-epsilon", "3", "--delta", "1e-5", "--sample-rate", "0.02",
+                      "--steps", "300", "--noise-schedule", "step:gamma=0.8,step_size=100")
+    assert rc == 0 and "StepNoise" in out and "noise multiplier" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["epsilon", "--sigma", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1.5"], "delta"),
+        (["epsilon", "--sigma", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "0"], "delta"),
+        (["epsilon", "--sigma", "1", "--sample-rate", "1.5", "--steps", "10", "--delta", "1e-5"], "sample_rate"),
+        (["epsilon", "--sigma", "1", "--sample-rate", "0", "--steps", "10", "--delta", "1e-5"], "sample_rate"),
+        (["epsilon", "--sigma", "-1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1e-5"], "sigma"),
+        (["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1", "--steps", "10",
+          "--epochs", "1"], "steps"),
+        (["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1"], "steps"),
+        (["plan", "--target-epsilon", "1", "--delta", "2", "--sample-rate", "0.1", "--steps", "10"], "delta"),
+        (["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1", "--steps", "10",
+          "--noise-schedule", "bogus"], "noise schedule"),
+        (["plan", "--target-epsilon", "1e-4", "--delta", "1e-5", "--sample-rate", "0.5",
+          "--noise-multiplier", "0.5"], "reachable"),
+        (["epsilon", "--sigma", "1", "--sample-rate", "0.1", "--delta", "1e-5"], "--steps"),
+    ],
+)
+def test_invalid_input_is_one_line_exit_2(capsys, argv, needle):
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert "Traceback" not in err
+
