@@ -153,7 +153,7 @@ class Accountant:
         self.eps_error = check_range("eps_error", eps_error, 0.0, 1.0, low_open=True)
         self._history: list[Segment] = []
         self._orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
-        self._rdp = np.zeros_like(self._orders)
+        self._rdp_closed = np.zeros_like(self._orders)  # RDP curve of all segments but the last
         self._cache: dict[tuple[Any, ...], float] = {}
         #: bumped whenever the history is replaced (not when it grows), so callers can cache per history prefix.
         self.generation = 0
@@ -163,21 +163,36 @@ class Accountant:
     # -- recording --------------------------------------------------------------------------
     def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Record ``steps`` steps of ``(noise_multiplier, sample_rate)``."""
+        last = self._history[-1] if self._history else None
+        if (
+            last is not None
+            and type(steps) is int
+            and steps > 0
+            and last.noise_multiplier == noise_multiplier
+            and last.sample_rate == sample_rate
+        ):  # fast path: more steps of the last (already validated) segment
+            self._history[-1] = Segment(last.noise_multiplier, last.sample_rate, last.steps + steps)
+            return
         seg = as_segment((noise_multiplier, sample_rate, steps))
         if seg.steps == 0:
             return
-        if self.mechanism == "gdp" and self._history and self._history[-1][:2] != seg[:2]:
+        if self.mechanism == "gdp" and last is not None and last[:2] != seg[:2]:
             raise ValueError(
                 "accountant 'gdp' needs one constant (noise_multiplier, sample_rate): got "
-                f"{seg[:2]} after {tuple(self._history[-1][:2])}; use 'rdp' or 'prv'"
+                f"{seg[:2]} after {tuple(last[:2])}; use 'rdp' or 'prv'"
             )
-        last = self._history[-1] if self._history else None
         if last is not None and last.noise_multiplier == seg.noise_multiplier and last.sample_rate == seg.sample_rate:
             self._history[-1] = Segment(last.noise_multiplier, last.sample_rate, last.steps + seg.steps)
-        else:
-            self._history.append(seg)
-        if self.mechanism == "rdp":
-            self._rdp = self._rdp + self._segment_rdp(seg)
+            return
+        if last is not None and self.mechanism == "rdp":
+            self._rdp_closed = self._rdp_closed + self._segment_rdp(last)
+        self._history.append(seg)
+
+    def _rdp_curve(self) -> np.ndarray:
+        """RDP curve of the whole history: the closed segments' running sum plus the open last segment."""
+        if not self._history:
+            return self._rdp_closed
+        return self._rdp_closed + self._segment_rdp(self._history[-1])
 
     def optimizer_hook(self, sample_rate: float) -> Callable[[Any], None]:
         """A hook for Opacus' ``DPOptimizer.attach_step_hook``: each real (not skipped) step records the
@@ -226,7 +241,7 @@ class Accountant:
                 return math.inf
             if any(s.noise_multiplier == 0.0 for s in self._history):
                 return math.inf
-            return self._rdp_to_epsilon(self._rdp + self._segment_rdp(seg), delta)
+            return self._rdp_to_epsilon(self._rdp_curve() + self._segment_rdp(seg), delta)
         return self._epsilon([*self._history, seg], delta)
 
     def to_opacus(self) -> IAccountant:
@@ -250,7 +265,7 @@ class Accountant:
                 f"accountant state_dict mechanism must be {self.mechanism!r}, got {state_dict['mechanism']!r}"
             )
         self._history = []
-        self._rdp = np.zeros_like(self._orders)
+        self._rdp_closed = np.zeros_like(self._orders)
         self.generation += 1
         for seg in compress(state_dict["history"]):
             self.step(seg.noise_multiplier, seg.sample_rate, seg.steps)
