@@ -185,7 +185,8 @@ def plan(
         assert sample_rate is not None
         total = steps if steps is not None else steps_for_epochs(epochs, sample_rate)  # type: ignore[arg-type]
         base = shape_for(total, sample_rate, 1.0)
-        sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), total, sample_rate), target_epsilon, tol)
+        guess = _noise_guess(target_epsilon, sample_rate, total, delta)
+        sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), total, sample_rate), target_epsilon, tol, guess)
         return Plan(sigma, value, steps=total, sample_rate=sample_rate, noise_schedule=base.with_sigma(sigma),
                     batch_size=batch_size, dataset_size=dataset_size, evaluations=eps.calls, **common)
 
@@ -276,11 +277,20 @@ def _resolve_sample_rate(
     return batch_size / dataset_size, batch_size
 
 
-def _solve_noise(eps_of: Callable[[float], float], target: float, tol: float) -> tuple[float, float]:
+def _noise_guess(target: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Starting point ``1.5 q sqrt(T log(1/delta)) / epsilon`` (the moments-accountant scaling of Abadi et al. 2016,
+    ``epsilon ~ q sqrt(T log(1/delta)) / sigma``), kept inside the search range."""
+    guess = 1.5 * sample_rate * math.sqrt(steps * math.log(1.0 / delta)) / target
+    return min(max(guess, 4 * MIN_NOISE), MAX_NOISE / 4)
+
+
+def _solve_noise(
+    eps_of: Callable[[float], float], target: float, tol: float, guess: float = 1.0
+) -> tuple[float, float]:
     """Smallest-epsilon-gap sigma with ``target - tol <= eps_of(sigma) <= target`` (eps decreasing in sigma)."""
     # bracket in log sigma: lo infeasible (eps > target), hi feasible (eps <= target)
-    x = 0.0
-    e = eps_of(1.0)
+    x = math.log(guess)
+    e = eps_of(guess)
     if e <= target:
         x_hi, e_hi = x, e
         while True:
