@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,7 +89,9 @@ def run_distsched(config: dict, out: Path, export: Path | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Flower side (runs in Flower's environment; imports nothing from distsched)
 # ---------------------------------------------------------------------------------------------
-def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int) -> dict:
+def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed: int) -> dict:
+    import random
+
     import numpy as np
     import torch
     from flwr.client import ClientApp, NumPyClient
@@ -99,6 +102,9 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int) -> di
     from torch import nn
     from torch.nn import functional as F
 
+    random.seed(seed)  # Flower's client manager samples cohorts with `random`
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     d = np.load(data_path)
     x_train, y_train = torch.as_tensor(d["x_train"]), torch.as_tensor(d["y_train"])
     x_test, y_test = torch.as_tensor(d["x_test"]), torch.as_tensor(d["y_test"])
@@ -183,15 +189,32 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int) -> di
     }
 
 
-def flower_subprocess(python: str, data: Path, rounds: int, cohort: int, clients: int, timeout: int) -> dict:
+def flower_subprocess(python: str, data: Path, rounds: int, cohort: int, clients: int, seed: int, timeout: int) -> dict:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    cmd = [python, __file__, "--flower-worker", str(data), str(rounds), str(cohort), str(clients)]
+    cmd = [python, __file__, "--flower-worker", str(data), str(rounds), str(cohort), str(clients), str(seed)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode != 0:
         return {"error": f"exit {out.returncode}", "stderr_tail": out.stderr[-3000:]}
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("FLOWER_RESULT ")][-1]
     return json.loads(line[len("FLOWER_RESULT ") :])
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    """Median time and throughput, mean accuracy over repetitions (and every run)."""
+    import statistics
+
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"runs": runs}
+    return {
+        "end_to_end_s_median": statistics.median(r["end_to_end_s"] for r in ok),
+        "steady_updates_per_s_median": statistics.median(r["steady_updates_per_s"] for r in ok),
+        "final_test_acc_mean": statistics.fmean(r["final_test_acc"] for r in ok),
+        "final_test_acc_std": statistics.pstdev(r["final_test_acc"] for r in ok),
+        "final_test_loss_mean": statistics.fmean(r["final_test_loss"] for r in ok),
+        "runs": runs,
+    }
 
 
 def main() -> int:
@@ -200,34 +223,53 @@ def main() -> int:
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fed_vs_flower.json"))
-    parser.add_argument("--flower-worker", nargs=4, metavar=("DATA", "ROUNDS", "COHORT", "CLIENTS"))
+    parser.add_argument("--repeats", type=int, default=3, help="FED-DIGITS runs per framework (seeds 0..n-1)")
+    parser.add_argument("--flower-worker", nargs=5, metavar=("DATA", "ROUNDS", "COHORT", "CLIENTS", "SEED"))
+    parser.add_argument("--scale-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flower_worker:
-        data, rounds, cohort, clients = args.flower_worker
-        result = run_flower(data, int(rounds), int(cohort), int(clients))
+        data, rounds, cohort, clients, seed = args.flower_worker
+        result = run_flower(data, int(rounds), int(cohort), int(clients), int(seed))
         print("FLOWER_RESULT " + json.dumps(result), flush=True)
+        return 0
+    if args.scale_worker:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        result = run_distsched(SCALE, Path(args.scale_worker))
+        print("SCALE_RESULT " + json.dumps(result), flush=True)
         return 0
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    keep = ("end_to_end_s", "steady_updates_per_s", "final_test_acc", "client_updates", "rounds")
+    keep = ("end_to_end_s", "steady_updates_per_s", "final_test_acc", "final_test_loss", "client_updates", "rounds")
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": 2}
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "fed_digits.npz"
-        ours = run_distsched(FED_DIGITS, Path(tmp) / "runs", export=data)
-        results["distsched"] = {k: ours[k] for k in keep}
-        print("distsched", json.dumps(results["distsched"]), flush=True)
-        if not args.skip_flower:
+        # repetition i: both frameworks get the same data split, partition and initial model (seed i);
+        # cohorts and batch order are each framework's own.
+        ours_runs, flower_runs = [], []
+        for seed in range(args.repeats):
+            data = Path(tmp) / f"fed_digits_{seed}.npz"
+            ours = run_distsched({**FED_DIGITS, "seed": seed}, Path(tmp) / "runs", export=data)
+            ours_runs.append({k: ours[k] for k in keep})
+            print("distsched", seed, json.dumps(ours_runs[-1]), flush=True)
+            if args.skip_flower:
+                continue
             if not Path(args.flower_python).exists():
-                results["flower"] = {"error": f"no Flower environment at {args.flower_python} (see the docstring)"}
+                flower_runs.append({"error": f"no Flower environment at {args.flower_python} (see the docstring)"})
             else:
-                results["flower"] = flower_subprocess(args.flower_python, data, 30, 20, 100, timeout=480)
-            print("flower", json.dumps(results["flower"]), flush=True)
-            fl = results["flower"]
-            if fl.get("steady_updates_per_s"):
-                results["speedup_steady"] = ours["steady_updates_per_s"] / fl["steady_updates_per_s"]
-                results["accuracy_gap_points"] = 100 * (ours["final_test_acc"] - fl["final_test_acc"])
+                flower_runs.append(flower_subprocess(args.flower_python, data, 30, 20, 100, seed, timeout=480))
+            print("flower", seed, json.dumps(flower_runs[-1]), flush=True)
+        results["distsched"] = _aggregate(ours_runs)
+        if flower_runs:
+            results["flower"] = _aggregate(flower_runs)
+            fl, us = results["flower"], results["distsched"]
+            if fl.get("steady_updates_per_s_median"):
+                results["speedup_steady"] = us["steady_updates_per_s_median"] / fl["steady_updates_per_s_median"]
+                results["accuracy_gap_points"] = 100 * (us["final_test_acc_mean"] - fl["final_test_acc_mean"])
         if not args.skip_scale:
-            scale = run_distsched(SCALE, Path(tmp) / "runs")
+            # its own process, so that peak memory is the scale run's alone
+            cmd = [sys.executable, __file__, "--scale-worker", str(Path(tmp) / "runs")]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=480, check=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("SCALE_RESULT ")][-1]
+            scale = json.loads(line[len("SCALE_RESULT ") :])
             results["distsched_scale"] = {
                 **{k: scale[k] for k in keep},
                 "num_clients": scale["num_clients"],

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         "end_to_end_s",
         "steady_updates_per_s",
         "actor_failures",
+        "partition",
         "run_dir",
     )
     print(json.dumps({k: summary[k] for k in keep}, indent=2))
