@@ -85,8 +85,22 @@ class MetricsFollower(threading.Thread):
         self.poll()
 
 
+COLUMNS = ("step", "lr", "H", "loss", "rounds", "bytes", "epoch", "time")
+
+
+def _cells(r: dict[str, Any], total: int | None) -> list[str]:
+    def num(key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    step = f"{r.get('step', '-')}/{total}" if total else str(r.get("step", "-"))
+    return [step, num("lr", ".4g"), str(r.get("H", "-")), num("loss", ".4f"), str(r.get("rounds", "-")),
+            _bytes(r.get("bytes")), num("epoch", ".2f"), num("time_s", ".1f") + " s"]
+
+
 class Progress:
-    """Context manager showing a run's progress from its ``metrics.jsonl``."""
+    """Context manager showing a run's progress from its ``metrics.jsonl``: in a terminal a live
+    progress bar over a table of the latest values, elsewhere one plain line per record."""
 
     def __init__(self, metrics_path: str | os.PathLike, total_steps: int | None, title: str = "train",
                  stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -94,33 +108,52 @@ class Progress:
         self.title = title
         self.stream = stream or sys.stdout
         self.enabled = enabled
+        self._live: Any = None
         self._bar: Any = None
         self._task: Any = None
+        self._last: dict[str, Any] = {}
         self.follower = MetricsFollower(metrics_path, self._show)
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for name in COLUMNS:
+            table.add_column(name, justify="right")
+        table.add_row(*(_cells(self._last, self.total) if self._last else ["-"] * len(COLUMNS)))
+        return table
+
+    def _render(self) -> Any:
+        from rich.console import Group
+
+        return Group(self._bar, self._table())
 
     def _show(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.update(self._task, completed=record.get("step", 0), info=format_record(record))
+        self._last = record
+        if self._live is not None:
+            self._bar.update(self._task, completed=record.get("step", 0))
+            self._live.update(self._render())
         else:
             print(format_record(record, self.total), file=self.stream, flush=True)
 
     def __enter__(self) -> Progress:
         if self.enabled and self.stream.isatty():
+            from rich.live import Live
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(
-                TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.title, total=self.total, info="starting workers...")
+            self._bar = RichProgress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn())
+            self._task = self._bar.add_task(self.title, total=self.total)
+            self._live = Live(self._render(), refresh_per_second=4, transient=False)
+            self._live.start()
         self.follower.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.follower.stop()
-        if self._bar is not None:
-            self._bar.stop()
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.stop()
