@@ -156,11 +156,15 @@ def _dp_config(**over):
 def test_dp_fedavg_epsilon_matches_opacus(ray_cluster, tmp_path):
     from opacus.accountants import RDPAccountant
 
-    sim = Simulation(_dp_config())
-    summary = sim.run(out_dir=tmp_path, progress=False)
+    cfg = _dp_config()
+    del cfg["dp"]["noise_multiplier"]
+    cfg["dp"]["target_epsilon"] = 6.0  # the noise multiplier is planned to spend 6.0 in the 4 rounds
+    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False)
+    assert summary["rounds"] == 4 and summary["stop_reason"] == "rounds"
     acc = RDPAccountant()
-    acc.history = [(0.8, 20 / 200, 4)]
+    acc.history = [(summary["noise_multiplier"], 20 / 200, 4)]
     assert summary["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-4), rel=1e-9)
+    assert 6.0 * (1 - 2e-3) <= summary["epsilon"] <= 6.0
     rows = read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
     clip = [r["clip_norm"] for r in rows]
     assert clip[0] == 0.5 and len(set(clip)) == 4  # adaptive clipping moved the norm every round
@@ -206,5 +210,3 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "dropout" in out.stderr
-
-

@@ -111,8 +111,9 @@ class StrategyConfig:
 
 @dataclasses.dataclass
 class DPConfig:
-    noise_multiplier: float = 1.0
-    """``z``, charged to the accountant each round."""
+    noise_multiplier: float | None = None
+    """``z``, charged to the accountant each round; left out, it is planned so that ``rounds`` rounds
+    spend exactly ``target_epsilon`` (:func:`distsched.privacy.plan`)."""
     clip_norm: float = 1.0
     """Initial clipping norm ``C`` of a client update."""
     target_epsilon: float | None = None
@@ -125,7 +126,10 @@ class DPConfig:
     count_noise_std: float | None = None
 
     def __post_init__(self) -> None:
-        check_positive("dp.noise_multiplier", self.noise_multiplier)
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("dp: give noise_multiplier, target_epsilon or both")
+        if self.noise_multiplier is not None:
+            check_positive("dp.noise_multiplier", self.noise_multiplier)
         check_positive("dp.clip_norm", self.clip_norm)
         if self.target_epsilon is not None:
             check_positive("dp.target_epsilon", self.target_epsilon)

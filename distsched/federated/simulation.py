@@ -116,11 +116,21 @@ class Simulation:
         self.accountant: Any = None
         self.guard: Any = None
         if cfg.dp is not None:
-            from distsched.privacy import Accountant, BudgetGuard
+            from distsched.privacy import Accountant, BudgetGuard, plan
 
             d = cfg.dp
+            z = d.noise_multiplier
+            if z is None:
+                z = plan(
+                    delta=d.delta,
+                    target_epsilon=d.target_epsilon,
+                    sample_rate=self.sampler.sample_rate,
+                    steps=cfg.rounds,
+                    accountant=d.accountant,
+                    solve="noise",
+                ).noise_multiplier
             self.dp = DPFedAvg(
-                d.noise_multiplier,
+                z,
                 d.clip_norm,
                 self.sampler.expected_cohort,
                 adaptive=d.adaptive,
@@ -350,6 +360,7 @@ class Simulation:
             "final_test_loss": evals[-1].test_loss if evals else None,
             "epsilon": hist[-1].epsilon if hist and hist[-1].epsilon is not None else None,
             "delta": self.cfg.dp.delta if self.cfg.dp else None,
+            "noise_multiplier": self.dp.noise_multiplier if self.dp else None,
             "client_updates": int(sum(h.trained for h in hist)),
             "end_to_end_s": t_end - t_start,
             "startup_s": t_ready - t_start,
