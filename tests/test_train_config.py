@@ -76,3 +76,17 @@ def test_workers_override_and_round_trip(tmp_path):
     assert cfg.workers == 3
     again = config_from_mapping(yaml.safe_load(yaml.safe_dump(config_to_mapping(cfg))))
     assert again == cfg
+
+
+def test_demo_runs_the_digits_qsr_example():
+    import argparse
+
+    from distsched.commands import demo, train
+
+    assert demo.example_config() == EXAMPLES / "digits_qsr.yaml"
+    cfg = load_config(demo.example_config())
+    assert cfg.sync["rule"] == "qsr" and cfg.data.name == "digits" and cfg.workers == 2
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args([str(demo.example_config()), "--launcher", "ray"])
+    assert args.address is None and args.out == "runs"  # embedded cluster, ./runs
