@@ -10,8 +10,8 @@ Part 1 (main table): every variant once, seed 0, ``--epochs`` epochs.
 Part 2: QSR vs fixed H at (about) the same number of rounds, and DDP, over ``--seeds`` seeds.
 Part 3: interleaved timing of one averaging call, ours vs torch's ``average_parameters``.
 
-    .venv/bin/python benchmarks/local_sgd.py                 # full run
-    .venv/bin/python benchmarks/local_sgd.py --epochs 2 --compare-epochs 2 --seeds 1   # smoke run
+    .venv/bin/python benchmarks/local_sgd.py       # full run (writes benchmarks/results/local_sgd.json)
+    .venv/bin/python benchmarks/local_sgd.py --epochs 2 --compare-epochs 2 --seeds 1 --json /tmp/smoke.json
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     n_own, per_epoch = len(data["y_own"]), steps_per_epoch() * BATCH_PER_WORKER
     assert n_own >= per_epoch
-    sync_s, pma_rounds, losses = 0.0, 0, []
+    sync_s, sync_calls, pma_rounds, losses = 0.0, [], 0, []
     dist.barrier()
     wall0 = time.perf_counter()
     for t in range(total):
@@ -135,7 +135,8 @@ def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
         # wait for the peer outside the timer on sync steps (same for ours and torch's), so that
         # "time in averaging" is the averaging itself, not a straggler's compute
         pma_due = pma is not None and pma.step >= pma.warmup_steps and (pma.step - pma.warmup_steps) % pma.period == 0
-        if (engine is not None and t == engine.next_sync_step) or pma_due or (pma is not None and t == total - 1):
+        due = (engine is not None and t == engine.next_sync_step) or pma_due or (pma is not None and t == total - 1)
+        if due:
             dist.barrier()
         t0 = time.perf_counter()
         if engine is not None:
@@ -146,7 +147,10 @@ def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
             if t == total - 1 and total % v["h"] != 0:  # the final sync ours always does
                 average_parameters(iter(model.parameters()), None)
                 pma_rounds += 1
-        sync_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        sync_s += dt
+        if due:
+            sync_calls.append(dt)
     wall = time.perf_counter() - wall0
     if engine is not None:
         engine.finalize()
@@ -166,7 +170,9 @@ def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
         rounds, bytes_sent = engine.rounds, engine.bytes_sent
     return {"name": v["name"], "kind": v["kind"], "seed": seed, "epochs": epochs, "steps": total,
             "rounds": rounds, "bytes": bytes_sent, "wall_s": wall,
-            "sync_s": None if v["kind"] == "ddp" else sync_s, "test_acc": acc, "train_loss": train_loss,
+            "sync_s": None if v["kind"] == "ddp" else sync_s,
+            "sync_median_us": 1e6 * statistics.median(sync_calls) if sync_calls else None,
+            "test_acc": acc, "train_loss": train_loss,
             "rank_spread": spread, "last_local_loss": float(np.mean(losses[-steps_per_epoch():]))}
 
 
@@ -236,10 +242,11 @@ def _mb(b: int) -> str:
 def report(res: dict) -> str:
     main = res["main"]
     ddp = next(r for r in main if r["kind"] == "ddp")
-    lines = ["| variant | rounds | MiB sent / worker | wall s | time averaging s | test acc % | final train loss |",
+    lines = ["| variant | rounds | MiB sent / worker | wall s | averaging: total s / median us per round "
+             "| test acc % | final train loss |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in main:
-        sync = "-" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
+        sync = "-" if r["sync_s"] is None else f"{r['sync_s']:.2f} / {r['sync_median_us']:.0f}"
         lines.append(f"| {r['name']} | {r['rounds']} | {_mb(r['bytes'])} | {r['wall_s']:.1f} | {sync} | "
                      f"{100 * r['test_acc']:.2f} | {r['train_loss']:.4f} |")
     qsr = next(r for r in main if r["name"].startswith("QSR ("))
@@ -250,8 +257,10 @@ def report(res: dict) -> str:
     for h in (4, 16, 64):
         ours = next(r for r in main if r["name"] == f"fixed H={h}")
         pma = next(r for r in main if r["name"] == f"torch PeriodicModelAverager H={h}")
-        lines.append(f"H={h}: time averaging ours/torch = {ours['sync_s']:.3f}/{pma['sync_s']:.3f} s "
-                     f"= {ours['sync_s'] / pma['sync_s']:.2f} ({ours['rounds']} vs {pma['rounds']} rounds)")
+        lines.append(f"H={h}: averaging ours/torch, median per round {ours['sync_median_us']:.0f}/"
+                     f"{pma['sync_median_us']:.0f} us = {ours['sync_median_us'] / pma['sync_median_us']:.2f}, "
+                     f"total {ours['sync_s']:.3f}/{pma['sync_s']:.3f} s = {ours['sync_s'] / pma['sync_s']:.2f} "
+                     f"({ours['rounds']} vs {pma['rounds']} rounds)")
     t = res["timing"]
     lines.append(f"Interleaved, {t['calls']} calls each: median {t['ours_median_us']:.0f} us (ours) vs "
                  f"{t['torch_median_us']:.0f} us (torch) per averaging, ratio {t['ratio_median']:.2f} "
@@ -278,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-epochs", type=int, default=60, help="epochs of the QSR vs fixed-H comparison")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the QSR vs fixed-H comparison")
     p.add_argument("--timing-calls", type=int, default=300, help="interleaved averaging calls timed")
-    p.add_argument("--json", default=None, help="also write the raw results here")
+    default_json = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "local_sgd.json")
+    p.add_argument("--json", default=default_json, help="raw results (default: benchmarks/results/local_sgd.json)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    out = args.json or os.path.join("/tmp", f"local_sgd_{os.getpid()}.json")
+    out = args.json
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     mp.spawn(worker, args=(free_port(), args, out), nprocs=WORLD, join=True)
     with open(out) as f:

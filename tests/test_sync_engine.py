@@ -220,7 +220,12 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[dict]:
     outdir = tmp_path_factory.mktemp("sync_gloo")
-    mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
+    except mp.ProcessRaisedException as exc:  # retry once only if the free port was taken meanwhile
+        if "address already in use" not in str(exc).lower():
+            raise
+        mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
     return [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
