@@ -50,7 +50,7 @@ def _write(tmp_path, **changes) -> Path:
         ({"epochs": 2}, "exactly one of steps and epochs"),
         ({"workers": 0}, "workers"),
         ({"checkpoint": {"every": 10, "keep": "all"}}, "checkpoint.keep: expected an integer"),
-        ({"privacy": {"noise_multiplier": 1.0}}, "privacy"),
+        ({"privacy": {"noise_multiplier": -1.0}}, "privacy.noise_multiplier must be > 0"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, needle):
