@@ -122,3 +122,21 @@ def test_example_own_loop_runs_two_workers_and_syncs_as_qsr_says(tmp_path):
         expected += 1
     assert rounds == expected
     assert float(re.search(r"accuracy on all digits ([0-9.]+)", out.stdout).group(1)) > 0.5  # it learned
+
+
+def test_readme_local_sgd_snippet_runs_and_its_round_count_holds(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text[text.index("\n## Local SGD") :], re.S).group(1)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    total, sched, rule = ns["T"], ns["sched"], QSR(8, suggest_alpha(0.1, 8))
+    start, rounds = 0, 0
+    while start < total:  # the QSR walk, independent of the engine
+        start += rule.next_period(start, sched(start), total_steps=total)
+        rounds += 1
+    assert ns["engine"].rounds == rounds
+    assert f"{rounds} rounds instead of {total}" in code  # the comment in the README is true
+    assert capsys.readouterr().out.split()[:2] == [str(rounds), "0"]
