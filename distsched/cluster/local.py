@@ -48,7 +48,13 @@ def connect(
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "reused": True}
     # Worker processes inherit this: one intra-op thread each unless the user says otherwise.
-    env = {"env_vars": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}}
+    env = {
+        "env_vars": {
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            # a failed NCCL collective aborts the worker (Ray Train then restarts the group) instead of hanging
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        }
+    }
     if address:
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
     else:

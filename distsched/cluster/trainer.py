@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 from distsched._checks import check_int
@@ -99,6 +100,11 @@ def train_on_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )
+    started = time.perf_counter()
     with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=progress):
         trainer.fit()
-    return json.loads(folder.summary_path.read_text(encoding="utf-8"))
+    summary = json.loads(folder.summary_path.read_text(encoding="utf-8"))
+    # wall_time_s is the training loop; this is the whole launch (cluster, workers, restarts)
+    summary["launch_wall_time_s"] = round(time.perf_counter() - started, 3)
+    folder.write_summary(summary)
+    return summary

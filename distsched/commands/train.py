@@ -43,8 +43,10 @@ def _print_summary(summary: dict) -> None:
     parts += [
         f"sync rounds {summary.get('sync_rounds')}",
         f"bytes/worker {summary.get('bytes_sent')}",
-        f"wall {summary.get('wall_time_s')} s",
+        f"training {summary.get('wall_time_s')} s",
     ]
+    if summary.get("launch_wall_time_s") is not None:
+        parts.append(f"with start-up {summary['launch_wall_time_s']} s")
     print("  ".join(parts))
     print(f"run folder: {summary.get('run_dir')}")
 
