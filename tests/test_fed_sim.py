@@ -28,7 +28,13 @@ def _config(**over):
         "data": {"name": "digits"},
         "partition": {"scheme": "dirichlet", "num_clients": 30, "alpha": 0.5, "min_size": 2},
         "model": {"hidden": [32]},
-        "client": {"lr": {"name": "cosine", "lr": 0.1, "total_steps": 6, "min_lr": 0.02}, "batch_size": 10},
+        "client": {
+            "lr": {"name": "cosine", "lr": 0.1, "total_steps": 6, "min_lr": 0.02},
+            "batch_size": 10,
+            "local_work_rule": "qsr",  # local epochs grow as the client LR decays
+            "qsr_alpha": 0.1,
+            "max_local_work": 3,
+        },
         "sampling": {
             "cohort_size": 9,
             "dropout": 0.1,
@@ -57,6 +63,7 @@ def reference_run(ray_cluster, tmp_path_factory):
 
 def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
     cfg = _config(rounds=1, strategy={"name": "fedavg"}, sampling={"cohort_size": 7})
+    cfg["client"] = {**cfg["client"], "local_work_rule": "constant"}
     sim = Simulation(cfg)
     start = sim.params.clone()
     sim.run(out_dir=tmp_path, progress=False)
@@ -138,6 +145,8 @@ def test_run_folder_and_participation(reference_run):
     assert sum(r["late"] for r in rows) > 0  # speed_sigma 0.5 with a 3-unit deadline: some are late
     cosine = [0.02 + 0.04 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]  # the client LR schedule by round
     assert [r["client_lr"] for r in rows] == pytest.approx(cosine)
+    assert [r["local_work"] for r in rows] == [min(3, max(1, math.floor((0.1 / lr) ** 2))) for lr in cosine]
+    assert len({r["local_work"] for r in rows}) > 1
     assert json.loads((root / "summary.json").read_text())["client_updates"] == sum(r["trained"] for r in rows)
 
 
