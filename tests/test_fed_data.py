@@ -116,6 +116,23 @@ def _factory_data(n: int = 40):
     return rng.random((n, 3)), rng.integers(0, 3, n), rng.random((10, 3)), rng.integers(0, 3, 10)
 
 
+def _torch_datasets():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    train = TensorDataset(torch.rand(30, 2, 2, generator=g), torch.randint(0, 4, (30,), generator=g))
+    test = TensorDataset(torch.rand(6, 2, 2, generator=g), torch.tensor([0, 1, 2, 3, 3, 1]))
+    return train, test
+
+
+def test_user_factory_of_torch_datasets():
+    data = from_factory("tests.test_fed_data:_torch_datasets")
+    train, test = _torch_datasets()
+    assert data.x_train.shape == (30, 2, 2) and data.num_features == 4 and data.num_classes == 4
+    assert np.array_equal(data.x_train[7], train[7][0].numpy()) and data.y_test.tolist() == [0, 1, 2, 3, 3, 1]
+
+
 def test_user_factory_by_import_path():
     data = from_factory("tests.test_fed_data:_factory_data", {"n": 25})
     assert data.x_train.shape == (25, 3) and data.num_classes == 3

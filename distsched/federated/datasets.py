@@ -107,8 +107,10 @@ def synthetic(
 
 
 def from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> FedData:
-    """A user data set: ``path = "package.module:function"`` returning a :class:`FedData` or a tuple
-    ``(x_train, y_train, x_test, y_test)`` of array-likes (labels integer classes)."""
+    """A user data set: ``path = "package.module:function"`` returning a :class:`FedData`, a tuple
+    ``(x_train, y_train, x_test, y_test)`` of array-likes (labels integer classes), or a tuple
+    ``(train, test)`` of map-style datasets (``torch.utils.data.Dataset``: ``len`` and ``[i] -> (x, y)``),
+    read once into arrays."""
     if ":" not in path:
         raise ValueError(f"data.factory must be 'module:function', got {path!r}")
     mod_name, fn_name = path.split(":", 1)
@@ -119,12 +121,24 @@ def from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> FedData:
     out = fn(**dict(kwargs or {}))
     if isinstance(out, FedData):
         return out
+    if isinstance(out, tuple) and len(out) == 2:
+        out = (*_materialize(out[0]), *_materialize(out[1]))
     if not (isinstance(out, tuple) and len(out) == 4):
         raise ValueError(f"data.factory {path!r} must return FedData or (x_train, y_train, x_test, y_test)")
     x_tr, y_tr, x_te, y_te = (np.asarray(a) for a in out)
     y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     return FedData(fn_name, x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, num_classes)
+
+
+def _materialize(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays from a map-style dataset of ``(features, label)`` pairs."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise ValueError(f"data.factory: expected a map-style dataset, got {type(dataset).__name__}")
+    pairs = [dataset[i] for i in range(len(dataset))]
+    x = np.stack([np.asarray(p[0], dtype=np.float32) for p in pairs])
+    y = np.asarray([int(p[1]) for p in pairs], dtype=np.int64)
+    return x, y
 
 
 def load_dataset(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> FedData:
