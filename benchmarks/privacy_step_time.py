@@ -61,7 +61,7 @@ def main() -> None:
     x, y = _data()
     n, q, sigma = len(y), 0.04, 1.0
     sampler = PoissonBatches(np.arange(n), q, seed=0)
-    batches = [sampler.batch(t) for t in range(args.steps)]
+    batches = [sampler.draw(t) for t in range(args.steps)]
     batches = [(x[b], y[b]) for b in batches]
 
     m_ref = _model()

@@ -79,7 +79,7 @@ def test_plan_solve_steps_and_schedule_table(capsys):
         (["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1"], "steps"),
         (["plan", "--target-epsilon", "1", "--delta", "2", "--sample-rate", "0.1", "--steps", "10"], "delta"),
         (["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.1", "--steps", "10",
-          "--noise-schedule", "bogus"], "noise schedule"),
+          "--noise-schedule", "bogus"], "noise_schedule"),
         (["plan", "--target-epsilon", "1e-4", "--delta", "1e-5", "--sample-rate", "0.5",
           "--noise-multiplier", "0.5"], "reachable"),
         (["epsilon", "--sigma", "1", "--sample-rate", "0.1", "--delta", "1e-5"], "--steps"),

@@ -60,7 +60,7 @@ def _scenario_group_exact(rank):
     sampler = PoissonBatches(_shard(rank), q, seed=5, rank=rank)
     batches, params = [], []
     for t in range(3):
-        idx = sampler.batch(t)
+        idx = sampler.draw(t)
         batches.append(idx)
         pt.optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
@@ -103,7 +103,7 @@ def _scenario_local(rank, period):
                       noise_seed=7 + rank)
     sampler = PoissonBatches(shard, q_local, seed=9, rank=rank)
     for t in range(steps):
-        idx = sampler.batch(t)
+        idx = sampler.draw(t)
         pt.optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
         pt.optimizer.step()
@@ -130,7 +130,7 @@ def _scenario_guard(rank, mode):
     sampler = PoissonBatches(_shard(rank), q, seed=2, rank=rank)
     taken = 0
     while pt.allows_next_step():
-        idx = sampler.batch(taken)
+        idx = sampler.draw(taken)
         pt.optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
         pt.optimizer.step()

@@ -99,7 +99,7 @@ def test_noise_spec_parsing_and_errors():
     e = noise_schedule_from_spec("exponential:ratio=0.5", total_steps=900, interval=25)
     assert e == ExponentialNoise(1.0, 0.5, 900, 25)
     assert noise_schedule_from_spec(None, total_steps=5) == ConstantNoise(1.0)
-    with pytest.raises(ValueError, match="noise schedule must be one of"):
+    with pytest.raises(ValueError, match="noise_schedule must be one of"):
         noise_schedule_from_spec("cosine", total_steps=5)
     with pytest.raises(ValueError, match="ratio"):
         noise_schedule_from_spec("linear:ratio=-1", total_steps=5)

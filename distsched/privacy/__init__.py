@@ -10,6 +10,7 @@ from distsched.privacy.accounting import (
     epsilon_curve,
     opacus_accountant,
 )
+from distsched.privacy.config import PrivacyConfig, privacy_config
 from distsched.privacy.coupling import (
     NoiseAwareLR,
     expected_sq_distance_after_step,
@@ -30,6 +31,7 @@ from distsched.privacy.noise import (
     noise_schedule_from_spec,
 )
 from distsched.privacy.planner import Plan, plan, scale_batch_and_noise, steps_for_epochs
+from distsched.privacy.training import attach_privacy, resolve_mode, run_epsilon
 
 __all__ = [
     "ACCOUNTANTS",
@@ -47,9 +49,11 @@ __all__ = [
     "PiecewiseNoise",
     "Plan",
     "PoissonBatches",
+    "PrivacyConfig",
     "PrivateTraining",
     "Segment",
     "StepNoise",
+    "attach_privacy",
     "compress",
     "epsilon",
     "epsilon_curve",
@@ -60,6 +64,9 @@ __all__ = [
     "optimal_step_quadratic",
     "plan",
     "poisson_loader",
+    "privacy_config",
+    "resolve_mode",
+    "run_epsilon",
     "scale_batch_and_noise",
     "steps_for_epochs",
     "update_noise_std",

@@ -61,14 +61,29 @@ class PoissonBatches(Sampler[list[int]]):
     def expected_batch_size(self) -> float:
         return self.sample_rate * len(self.indices)
 
-    def batch(self, step: int) -> list[int]:
+    @property
+    def batches_per_epoch(self) -> int:
+        """``max(1, round(1 / q))``: steps per expected pass over the indices."""
+        return max(1, round(1.0 / self.sample_rate))
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.batches_per_epoch
+
+    @property
+    def batch(self) -> int:
+        """Position inside the current epoch (for progress, like ``ShardBatches``)."""
+        return self.step % self.batches_per_epoch
+
+    def draw(self, step: int) -> list[int]:
+        """The indices of batch ``step`` (a pure function of ``(seed, rank, step)``)."""
         rng = np.random.default_rng([self.seed, self.rank, step, 0x5D9])
         mask = rng.random(len(self.indices)) < self.sample_rate
         return self.indices[mask].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            out = self.batch(self.step)
+            out = self.draw(self.step)
             self.step += 1
             yield out
 
@@ -109,6 +124,11 @@ class PrivateTraining:
     def noise_multiplier(self) -> float:
         """The noise multiplier of the next step."""
         return float(self.optimizer.noise_multiplier)
+
+    @property
+    def lr_factor(self) -> float:
+        """The noise-aware LR multiplier (1 without LR coupling)."""
+        return 1.0 if self.lr_controller is None else float(self.lr_controller.factor)
 
     @property
     def epsilon(self) -> float:

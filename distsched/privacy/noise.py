@@ -184,7 +184,7 @@ def _parse_value(key: str, text: str) -> Any:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"noise schedule parameter {key} must be a number, got {text!r}") from None
+        raise ValueError(f"noise_schedule parameter {key} must be a number, got {text!r}") from None
 
 
 def noise_schedule_from_spec(
@@ -202,7 +202,7 @@ def noise_schedule_from_spec(
     name, _, rest = text.partition(":")
     name = name.strip()
     if name not in NOISE_SCHEDULES:
-        raise ValueError(f"noise schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {name!r}")
+        raise ValueError(f"noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {name!r}")
     cls = NOISE_SCHEDULES[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     params: dict[str, Any] = {"sigma": sigma}
@@ -215,7 +215,7 @@ def noise_schedule_from_spec(
         key = key.strip()
         if not eq or key not in fields:
             raise ValueError(
-                f"noise schedule {name!r} takes key=value with key in {', '.join(sorted(fields))}, got {item!r}"
+                f"noise_schedule {name!r} takes key=value with key in {', '.join(sorted(fields))}, got {item!r}"
             )
         params[key] = _parse_value(key, value.strip())
     if "factors" in params and not isinstance(params["factors"], tuple):

@@ -18,7 +18,7 @@ A config file is one mapping::
 is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
 (``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
 ``outer: {lr, momentum, nesterov}``). Both are checked at load time by building them.
-``privacy`` is reserved for differentially private training.
+``privacy`` turns on DP-SGD (:class:`distsched.privacy.PrivacyConfig`, checked at load time).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     sync: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rule": "fixed", "h": 1})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    #: reserved for differentially private training (the privacy issue).
+    #: DP-SGD: a :class:`distsched.privacy.PrivacyConfig` mapping (target_epsilon / noise_multiplier, delta, ...).
     privacy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -177,8 +177,10 @@ class TrainConfig:
             check_positive("epochs", self.epochs)
         build_schedule(self.schedule)
         build_sync(self.sync)
-        if self.privacy:
-            raise ValueError("privacy: differentially private training is not available in this version (leave it out)")
+        if self.privacy is not None:
+            from distsched.privacy.config import privacy_config
+
+            privacy_config(self.privacy)
 
 
 def build_schedule(spec: Mapping[str, Any]) -> Any:

@@ -145,7 +145,8 @@ def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: flo
 
 
 def write_plots(folder: RunFolder) -> list[Path]:
-    """``plots/lr.png``, ``period.png``, ``loss.png``, ``rounds.png`` from ``metrics.jsonl``."""
+    """``plots/lr.png``, ``period.png``, ``loss.png``, ``rounds.png`` (and ``epsilon.png`` with DP) from
+    ``metrics.jsonl``."""
     records = [r for r in read_metrics(folder.metrics_path) if "step" in r]
     if not records:
         return []
@@ -154,7 +155,7 @@ def write_plots(folder: RunFolder) -> list[Path]:
     def col(key: str) -> list[float]:
         return [float(r.get(key) or 0.0) for r in records]
 
-    return [
+    plots = [
         line_plot(folder.plots / "lr.png", {"lr": (steps, col("lr"))}, title="learning rate", ylabel="lr"),
         line_plot(folder.plots / "period.png", {"H": (steps, col("H"))}, title="sync period H",
                   ylabel="local steps per round", step_style=True),
@@ -163,6 +164,10 @@ def write_plots(folder: RunFolder) -> list[Path]:
         line_plot(folder.plots / "rounds.png", {"rounds": (steps, col("rounds"))}, title="sync rounds",
                   ylabel="rounds"),
     ]
+    if any("epsilon" in r for r in records):  # DP runs: the budget spent over steps
+        plots.append(line_plot(folder.plots / "epsilon.png", {"epsilon": (steps, col("epsilon"))},
+                               title="privacy budget spent", ylabel="epsilon"))
+    return plots
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -197,6 +202,15 @@ def train_worker(
     model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
     schedule = build_schedule(cfg.schedule)
     tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
+    priv = None  # DP-SGD (privacy block): Opacus optimizer, Poisson batches, accountant, budget guard
+    if cfg.privacy is not None:
+        from distsched.privacy import attach_privacy, run_epsilon
+
+        every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
+        priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, bundle.train, shards, rank,
+                                         batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
+                                         sync_every_step=every_step)
+        tr.optimizer, tr.sampler = priv.optimizer, tr.loader.batch_sampler
     optimizer = tr.optimizer
     scheduler = ScheduledLR(optimizer, schedule)
     rule, options = build_sync(cfg.sync)
@@ -212,13 +226,17 @@ def train_worker(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         engine.load_state_dict(state["engine"])
+        if priv is not None:
+            if not state.get("privacy"):
+                raise ValueError(f"privacy: the checkpoint {restore} has no privacy state (a run without DP)")
+            priv.load_state_dict(state["privacy"])  # the budget already spent: a resumed run cannot reset it
         tr.sampler.load_state_dict(state["sampler"])
         ckpt.restore_rng(state["rng"])
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         window, finished = tuple(state["window"]), bool(state["finished"])
     else:
         torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
-    _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start))
+    _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
 
     writer = MetricsWriter(folder.metrics_path) if rank == 0 else None
     if writer is not None:
@@ -229,6 +247,7 @@ def train_worker(
             "step": step, "world_size": world, "finished": done, "elapsed_s": elapsed, "window": window,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
+            "privacy": priv.state_dict() if priv is not None else None,
         }
 
     def save(step: int, elapsed: float, done: bool, metrics: Mapping[str, Any]) -> None:
@@ -239,15 +258,22 @@ def train_worker(
     last: dict[str, Any] = {}
     batches = iter(tr.loader)
     model.train()
+    end, stopped_by_budget = total, False
     for t in range(start, total):
         if fault is not None:
             fault.maybe_fire(rank, t)
+        if priv is not None and not priv.allows_next_step():  # the step would exceed the budget: stop here
+            end, stopped_by_budget = t, True
+            break
         lr_t = float(optimizer.param_groups[0]["lr"])
         h_t = engine.current_period
+        sigma_t = priv.noise_multiplier if priv is not None else None
         loss = train_step(model, optimizer, next(batches), device)
+        if priv is not None:
+            priv.after_step()
         engine.step(t, loss)
         scheduler.step()
-        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1))
+        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
         window = (window[0] + loss, window[1] + 1)
         done = t + 1
         if done % cfg.log_every == 0 or done == total:
@@ -258,6 +284,8 @@ def train_worker(
                 "lr": lr_t, "H": h_t, "loss": mean_loss, "rounds": engine.rounds, "bytes": engine.bytes_sent,
                 "time_s": elapsed_before + time.perf_counter() - t0,
             }
+            if priv is not None:
+                last.update(epsilon=run_epsilon(priv), sigma=sigma_t, lr_factor=priv.lr_factor)
             if writer is not None:
                 writer.write(last)
                 if echo:
@@ -268,8 +296,16 @@ def train_worker(
         if done % cfg.checkpoint.every == 0 and done < total:
             save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
 
+    if stopped_by_budget and window[1] > 0:  # log the steps since the last record
+        last = {"step": end, "lr": lr_t, "H": h_t, "loss": _mean_over_workers(window[0], window[1], world, device),
+                "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_t,
+                "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0}
+        window = (0.0, 0)
+        if writer is not None:
+            writer.write(last)
     elapsed = elapsed_before + time.perf_counter() - t0
     engine.finalize()  # no-op when the last step synced (it does whenever total_steps is known)
+    final_eps = run_epsilon(priv) if priv is not None else None  # collective in local mode: max over workers
     summary: dict[str, Any] = {}
     if rank == 0:
         records = read_metrics(folder.metrics_path)
@@ -281,12 +317,16 @@ def train_worker(
             "resumed_from_step": start if restore is not None else None, "device": str(device),
             "run_dir": str(folder.root),
         }
+        if priv is not None:
+            summary.update(epsilon=final_eps, delta=priv.delta, privacy_mode=priv.mode,
+                           noise_multiplier=float(priv.noise.schedule(0)), stopped_by_budget=stopped_by_budget,
+                           steps_done=end)
         if bundle.test is not None:
             summary.update(evaluate(model, bundle.test, device))
     if not finished:
-        save(total, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        save(end, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
     else:
-        session.report({"step": total})
+        session.report({"step": end})
     if writer is not None:
         writer.close()
         write_plots(folder)

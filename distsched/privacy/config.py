@@ -1,0 +1,81 @@
+"""The ``privacy`` block of a training config, validated once at the edge.
+
+    privacy:
+      target_epsilon: 3.0        # and/or noise_multiplier; target only: sigma is planned for the run
+      delta: 1.0e-5
+      max_grad_norm: 1.0
+      accountant: rdp            # rdp | prv | gdp
+      noise_schedule: constant   # or "step:gamma=0.8,step_size=100", "exponential:ratio=0.5", ...
+      lr_coupling: false         # multiply the LR by the noise-aware factor (privacy.NoiseAwareLR)
+      mode: auto                 # auto | group | local  (auto: group when the sync rule averages every step)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from distsched._checks import check_choice, check_int, check_positive, check_range
+from distsched.config import from_mapping
+from distsched.privacy.accounting import check_accountant, check_delta
+from distsched.privacy.noise import noise_schedule_from_spec
+
+TRAIN_MODES: tuple[str, ...] = ("auto", "group", "local")
+
+
+@dataclasses.dataclass
+class PrivacyConfig:
+    """DP-SGD for a training run."""
+
+    #: the budget; with it alone the noise multiplier (the schedule's level) is planned so that the whole
+    #: run spends exactly this much; with ``noise_multiplier`` too, the guard stops the run at the budget.
+    target_epsilon: float | None = None
+    #: the noise multiplier (level of the noise schedule); without ``target_epsilon`` no step is refused.
+    noise_multiplier: float | None = None
+    #: delta in (0, 1).
+    delta: float = 1e-5
+    #: per-example clipping norm C.
+    max_grad_norm: float = 1.0
+    #: Opacus accountant: rdp, prv or gdp (gdp: constant noise only).
+    accountant: str = "rdp"
+    #: noise schedule spec (see ``distsched.privacy.noise_schedule_from_spec``).
+    noise_schedule: str = "constant"
+    #: steps each value of a continuous noise schedule holds (default: one epoch of the worker's shard).
+    interval: int | None = None
+    #: multiply the LR by ``G^2 / (G^2 + d (sigma C / B)^2)`` estimated from privatized gradients.
+    lr_coupling: bool = False
+    #: EMA factor of that estimate.
+    coupling_beta: float = 0.9
+    #: lower bound of the LR factor.
+    min_lr_factor: float = 0.0
+    #: group: DP-SGD for the whole worker group (noise once); local: DP local SGD (each worker private on its
+    #: shard); auto: group when the sync rule averages every step (``fixed`` with ``h: 1``), else local.
+    mode: str = "auto"
+    #: PRV discretisation error.
+    eps_error: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("target_epsilon or noise_multiplier is required (give one or both)")
+        if self.target_epsilon is not None:
+            check_positive("target_epsilon", self.target_epsilon)
+        if self.noise_multiplier is not None:
+            check_positive("noise_multiplier", self.noise_multiplier)
+        check_delta(self.delta)
+        check_positive("max_grad_norm", self.max_grad_norm)
+        check_accountant(self.accountant)
+        noise_schedule_from_spec(self.noise_schedule, total_steps=1)  # the spec parses
+        if self.interval is not None:
+            check_int("interval", self.interval, 1)
+        check_range("coupling_beta", self.coupling_beta, 0.0, 1.0, high_open=True)
+        check_range("min_lr_factor", self.min_lr_factor, 0.0, 1.0)
+        check_choice("mode", self.mode, TRAIN_MODES)
+        check_range("eps_error", self.eps_error, 0.0, 1.0, low_open=True)
+
+
+def privacy_config(data: Mapping[str, Any] | PrivacyConfig) -> PrivacyConfig:
+    """A validated :class:`PrivacyConfig` from a mapping; errors name ``privacy.<key>``."""
+    if isinstance(data, PrivacyConfig):
+        return data
+    return from_mapping(PrivacyConfig, data, prefix="privacy")

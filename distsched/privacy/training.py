@@ -1,0 +1,99 @@
+"""DP-SGD for one worker of a training run (the ``privacy`` block of the training config).
+
+:func:`attach_privacy` takes plain arguments (model, optimizer, data set, every worker's shard, the run's
+length) and returns the :class:`~distsched.privacy.PrivateTraining` plus the worker's Poisson loader. The
+sample rates follow :mod:`distsched.privacy.engine`:
+
+* ``group`` (and one worker): ``q = W B / N`` on every shard, global expected batch ``qN``, ``qN / W`` per
+  worker; the accountant is charged ``(sigma_t, q)`` per step.
+* ``local``: ``q_k = B / N_k`` on worker k's shard, expected batch ``B``; worker k is charged ``(sigma_t, q_k)``,
+  the run spends the max over workers (:func:`run_epsilon`). With ``target_epsilon`` alone the noise level is
+  planned for the largest ``q_k``, so no worker exceeds the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distsched._checks import check_int
+from distsched.privacy.config import PrivacyConfig, privacy_config
+from distsched.privacy.engine import PrivateTraining, make_private, poisson_loader
+from distsched.privacy.noise import noise_schedule_from_spec
+from distsched.privacy.planner import plan
+
+
+def resolve_mode(mode: str, world_size: int, sync_every_step: bool) -> str:
+    """``single`` for one worker; ``auto`` -> ``group`` when parameters are averaged every step, else ``local``."""
+    if world_size == 1:
+        return "single"
+    if mode == "auto":
+        return "group" if sync_every_step else "local"
+    return mode
+
+
+def attach_privacy(
+    config: PrivacyConfig | Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    shards: Sequence[np.ndarray],
+    rank: int,
+    *,
+    batch_size: int,
+    total_steps: int,
+    seed: int = 0,
+    sync_every_step: bool = True,
+) -> tuple[PrivateTraining, DataLoader]:
+    """Wrap one worker for DP-SGD; returns the private training state and the worker's Poisson loader
+    (its resumable sampler is ``loader.batch_sampler``)."""
+    cfg = privacy_config(config)
+    world = len(shards)
+    check_int("rank", rank, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("total_steps", total_steps, 1)
+    mode = resolve_mode(cfg.mode, world, sync_every_step)
+    sizes = [len(s) for s in shards]
+    n_total = sum(sizes)
+    if mode == "local":
+        q_rank = min(1.0, batch_size / sizes[rank])
+        q_plan = min(1.0, max(batch_size / n for n in sizes))
+        expected = q_rank * sizes[rank]  # = B unless B > N_k
+    else:
+        q_rank = q_plan = min(1.0, batch_size * world / n_total)
+        expected = q_rank * n_total / world
+    interval = cfg.interval if cfg.interval is not None else max(1, int(1.0 / q_rank))
+    shape = noise_schedule_from_spec(cfg.noise_schedule, total_steps=total_steps, interval=interval)
+    if cfg.noise_multiplier is not None:
+        level = cfg.noise_multiplier
+    else:
+        assert cfg.target_epsilon is not None
+        level = plan(
+            target_epsilon=cfg.target_epsilon, delta=cfg.delta, sample_rate=q_plan, steps=total_steps,
+            noise_schedule=shape, accountant=cfg.accountant, interval=interval, eps_error=cfg.eps_error,
+        ).noise_multiplier
+    training = make_private(
+        model, optimizer, sample_rate=q_rank, expected_batch_size=expected, max_grad_norm=cfg.max_grad_norm,
+        delta=cfg.delta, noise=shape.with_sigma(level), accountant=cfg.accountant,
+        target_epsilon=cfg.target_epsilon, mode=mode, lr_coupling=cfg.lr_coupling,
+        coupling_beta=cfg.coupling_beta, min_lr_factor=cfg.min_lr_factor, eps_error=cfg.eps_error,
+        noise_seed=seed * 1_000_003 + rank,
+    )
+    loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed, rank=rank)
+    return training, loader
+
+
+def run_epsilon(training: PrivateTraining) -> float:
+    """Epsilon spent by the run: this worker's in ``single``/``group`` mode, the max over workers in ``local``
+    mode (an all-reduce: call it on every worker)."""
+    eps = training.epsilon
+    if training.mode == "local" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([eps], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        eps = float(t.item())
+    return eps
