@@ -22,10 +22,11 @@ def format_record(r: dict[str, Any], total: int | None = None) -> str:
         v = r.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-    return (
+    line = (
         f"step {step}  lr {num('lr', '.4g')}  H {r.get('H', '-')}  loss {num('loss', '.4f')}  "
         f"rounds {r.get('rounds', '-')}  bytes {_bytes(r.get('bytes'))}"
     )
+    return line + (f"  epsilon {num('epsilon', '.3f')}" if "epsilon" in r else "")
 
 
 def _bytes(n: Any) -> str:
@@ -118,9 +119,14 @@ class Progress:
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False)
-        for name in COLUMNS:
+        dp = "epsilon" in self._last  # DP runs: the budget spent so far
+        for name in COLUMNS + (("epsilon",) if dp else ()):
             table.add_column(name, justify="right")
-        table.add_row(*(_cells(self._last, self.total) if self._last else ["-"] * len(COLUMNS)))
+        cells = _cells(self._last, self.total) if self._last else ["-"] * len(COLUMNS)
+        if dp:
+            eps = self._last.get("epsilon")
+            cells.append(format(eps, ".3f") if isinstance(eps, (int, float)) else "-")
+        table.add_row(*cells)
         return table
 
     def _render(self) -> Any:
