@@ -39,13 +39,17 @@ LR_PEAK = 0.1
 H_BASE = 8  # QSR: the smallest power of two whose rule-of-thumb alpha gives >= 10x fewer rounds than DDP
 
 
-def load_data(rank: int) -> dict[str, torch.Tensor]:
+def load_data(rank: int, split: str = "label") -> dict[str, torch.Tensor]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=N_TEST, random_state=0, stratify=y)
-    own = (y_tr < 5) if rank == 0 else (y_tr >= 5)
+    if split == "label":
+        own = (y_tr < 5) if rank == 0 else (y_tr >= 5)
+    else:  # iid: a fixed random half each
+        own = np.zeros(len(y_tr), dtype=bool)
+        own[np.random.default_rng(0).permutation(len(y_tr))[rank::WORLD]] = True
     t = lambda a, dt: torch.tensor(np.asarray(a), dtype=dt)  # noqa: E731
     return {
         "x_own": t(x_tr[own] / 16.0, torch.float32), "y_own": t(y_tr[own], torch.long),
@@ -204,10 +208,10 @@ def interleaved_timing(calls: int) -> dict:
 def worker(rank: int, port: int, args: argparse.Namespace, out_path: str) -> None:
     torch.set_num_threads(1)
     init_process_group(rank, WORLD, f"tcp://127.0.0.1:{port}", backend="gloo")
-    data = load_data(rank)
-    results = {"main": [], "compare": [], "timing": None}
+    data = load_data(rank, args.split)
+    results = {"split": args.split, "main": [], "compare": [], "timing": None}
     total = steps_per_epoch() * args.epochs
-    for v in variants(total):
+    for v in [] if args.compare_only else variants(total):
         r = run_variant(v, 0, args.epochs, data, rank)
         results["main"].append(r)
         if rank == 0:
@@ -228,7 +232,8 @@ def worker(rank: int, port: int, args: argparse.Namespace, out_path: str) -> Non
             if rank == 0:
                 print(f"[compare] seed {seed} {r['name']}: acc {r['test_acc']:.4f} loss {r['train_loss']:.4f} "
                       f"rounds {r['rounds']}", flush=True)
-    results["timing"] = interleaved_timing(args.timing_calls)
+    if not args.compare_only:
+        results["timing"] = interleaved_timing(args.timing_calls)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
@@ -239,7 +244,7 @@ def _mb(b: int) -> str:
     return f"{b / 2**20:.1f}"
 
 
-def report(res: dict) -> str:
+def _report_main(res: dict) -> list[str]:
     main = res["main"]
     ddp = next(r for r in main if r["kind"] == "ddp")
     lines = ["| variant | rounds | MiB sent / worker | wall s | averaging: total s / median us per round "
@@ -266,6 +271,13 @@ def report(res: dict) -> str:
                  f"{t['torch_median_us']:.0f} us (torch) per averaging, ratio {t['ratio_median']:.2f} "
                  f"(target <= 1.0).")
     lines.append("")
+    return lines
+
+
+def report(res: dict) -> str:
+    lines = [f"split: {res.get('split', 'label')}", ""]
+    if res["main"]:
+        lines += _report_main(res)
     comp = res["compare"]
     names = list(dict.fromkeys(r["name"] for r in comp))
     lines.append(f"| {len({r['seed'] for r in comp})} seeds, {comp[0]['epochs']} epochs | rounds | test acc mean "
@@ -286,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=60, help="epochs of the main table")
     p.add_argument("--compare-epochs", type=int, default=60, help="epochs of the QSR vs fixed-H comparison")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the QSR vs fixed-H comparison")
+    p.add_argument("--split", choices=("label", "iid"), default="label",
+                   help="label: worker 0 gets digits 0-4, worker 1 digits 5-9; iid: a random half each")
+    p.add_argument("--compare-only", action="store_true", help="only the QSR vs fixed-H comparison")
     p.add_argument("--timing-calls", type=int, default=300, help="interleaved averaging calls timed")
     default_json = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "local_sgd.json")
     p.add_argument("--json", default=default_json, help="raw results (default: benchmarks/results/local_sgd.json)")
