@@ -166,6 +166,43 @@ def _scenario_pma(rank: int) -> dict:
     return finals
 
 
+class _Mixed(torch.nn.Module):
+    """Parameters in two dtypes (two buckets) and a float64 buffer."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w32 = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+        self.w64 = torch.nn.Parameter(torch.randn(4, dtype=torch.float64, generator=g))
+        self.register_buffer("stat64", torch.randn(2, dtype=torch.float64, generator=g))
+
+    def forward(self, x):
+        return (x @ self.w32).sum() + self.w64.pow(2).sum().float()
+
+
+def _scenario_mixed_adam(rank: int) -> dict:
+    """float32 + float64 tensors, Adam with its moments averaged (exp_avg, exp_avg_sq; not 'step')."""
+    model = _Mixed(seed=rank)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    eng = LocalSGD(model, FixedH(2), optimizer=opt, average_momentum=True, total_steps=2, broadcast_init=False)
+    gen = torch.Generator().manual_seed(600 + rank)
+    pre = None
+    for t in range(2):
+        opt.zero_grad()
+        model(torch.randn(2, 5, generator=gen)).backward()
+        opt.step()
+        model.stat64.add_(rank + 1.0)
+        if t == 1:
+            pre = {"tensors": [model.w32.detach().clone(), model.w64.detach().clone(), model.stat64.clone()]
+                   + [opt.state[p][k].clone() for p in (model.w32, model.w64) for k in ("exp_avg", "exp_avg_sq")],
+                   "steps": [opt.state[p]["step"].clone() for p in (model.w32, model.w64)]}
+        eng.step(t)
+    post = {"tensors": [model.w32.detach().clone(), model.w64.detach().clone(), model.stat64.clone()]
+            + [opt.state[p][k].clone() for p in (model.w32, model.w64) for k in ("exp_avg", "exp_avg_sq")],
+            "steps": [opt.state[p]["step"].clone() for p in (model.w32, model.w64)]}
+    return {"pre": pre, "post": post, "buckets": eng.num_buckets, "bytes": eng.bytes_sent}
+
+
 def _run_resumable(rank: int, interrupt_at: int | None) -> dict:
     """AdaComm + momentum averaging + outer step, 14 steps; optionally rebuilt from state_dicts."""
     sched = S.cosine(lr=0.1, total_steps=14)
@@ -209,6 +246,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "diloco": _scenario_diloco(rank),
             "adacomm": _scenario_adacomm(rank),
             "pma": _scenario_pma(rank),
+            "mixed_adam": _scenario_mixed_adam(rank),
             "resume_straight": _run_resumable(rank, None),
             "resume_interrupted": _run_resumable(rank, 5),
         }
@@ -363,3 +401,15 @@ def test_state_dict_round_trip_resumes_identically(runs):
         assert (a["rounds"], a["bytes"]) == (b["rounds"], b["bytes"])
         _assert_lists_equal(a["params"], b["params"], atol=1e-6)
     _assert_lists_equal(runs[0]["resume_straight"]["params"], runs[1]["resume_straight"]["params"])
+
+
+def test_mixed_dtypes_and_adam_moments(runs):
+    r0, r1 = runs[0]["mixed_adam"], runs[1]["mixed_adam"]
+    mean = _mean(r0["pre"]["tensors"], r1["pre"]["tensors"])
+    _assert_lists_equal(r0["post"]["tensors"], r1["post"]["tensors"])
+    _assert_lists_equal(r0["post"]["tensors"], mean, atol=1e-7)
+    assert [t.dtype for t in r0["post"]["tensors"][:3]] == [torch.float32, torch.float64, torch.float64]
+    _assert_lists_equal(r0["post"]["steps"], r0["pre"]["steps"])  # Adam's step count is not averaged
+    assert r0["buckets"] == 2  # one per dtype
+    # one round: float32 (w32 + its 2 moments) and float64 (w64 + its 2 moments + stat64)
+    assert r0["bytes"] == 4 * (15 * 3) + 8 * (4 * 3 + 2)
