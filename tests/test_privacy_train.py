@@ -132,3 +132,23 @@ def test_two_workers_group_dp_killed_resumed_and_finished(tmp_path):
         torch.testing.assert_close(states[1]["model"][k], v, rtol=0, atol=0)
     again = run_processes(cfg, folder)  # a finished run, resumed: not one more step
     assert again["steps_done"] == n and again["epsilon"] == summary["epsilon"]
+
+
+def test_dp_example_config_loads_and_plans():
+    from pathlib import Path
+
+    from distsched.privacy import plan, privacy_config
+    from distsched.train import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "digits_dp.yaml")
+    p = privacy_config(cfg.privacy)
+    q = cfg.workers * cfg.batch_size / len(digits(0.2, cfg.seed).train)
+    planned = plan(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=q, steps=cfg.steps,
+                   noise_schedule=p.noise_schedule)
+    assert p.target_epsilon - 1e-3 <= _eps_history(planned.history()) <= p.target_epsilon
+
+
+def _eps_history(history):
+    acc = RDPAccountant()
+    acc.history = [tuple(s) for s in history]
+    return acc.get_epsilon(delta=DELTA)
