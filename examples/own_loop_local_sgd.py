@@ -18,7 +18,7 @@ from distsched import schedules as S
 from distsched.sync import QSR, LocalSGD, free_port, init_process_group, suggest_alpha
 
 
-def train(rank: int, world: int, port: int, steps: int) -> None:
+def train(rank: int, world: int, port: int, steps: int) -> dict:
     torch.set_num_threads(1)
     init_process_group(rank, world, f"tcp://127.0.0.1:{port}")  # <- gloo here, NCCL on GPUs
 
@@ -55,6 +55,7 @@ def train(rank: int, world: int, port: int, steps: int) -> None:
         print(f"{engine.rounds} rounds instead of {steps}, {engine.bytes_sent / 2**20:.1f} MiB sent per worker, "
               f"accuracy on all digits {acc:.3f}")
     torch.distributed.destroy_process_group()
+    return {"rounds": engine.rounds, "bytes_sent": engine.bytes_sent, "accuracy": acc}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from distsched.sync import QSR, AdaComm, FixedH, LocalSGD, OuterSGD, free_port, 
 
 WORLD = 2
 SMALL_BUCKET = 200  # bytes: forces several buckets
+EXAMPLE_STEPS = 60
 
 
 def _model(seed: int, bn: bool = True) -> torch.nn.Module:
@@ -234,7 +235,19 @@ def _run_resumable(rank: int, interrupt_at: int | None) -> dict:
             "params": [p.detach().clone() for p in model.parameters()]}
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
+def _run_example(rank: int, port: int) -> dict:
+    """examples/own_loop_local_sgd.py's worker function (it sets up its own process group)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_loop_local_sgd.py"
+    spec = importlib.util.spec_from_file_location("own_loop_local_sgd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.train(rank, WORLD, port, EXAMPLE_STEPS)
+
+
+def _worker(rank: int, port: int, example_port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     init_process_group(rank, WORLD, f"tcp://127.0.0.1:{port}", backend="gloo")
     try:
@@ -250,20 +263,25 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "resume_straight": _run_resumable(rank, None),
             "resume_interrupted": _run_resumable(rank, 5),
         }
-        torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
+    res["example"] = _run_example(rank, example_port)
+    torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[dict]:
     outdir = tmp_path_factory.mktemp("sync_gloo")
+
+    def ports() -> tuple[int, int]:
+        a, b = free_port(), free_port()
+        return (a, b) if a != b else ports()
     try:
-        mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(*ports(), str(outdir)), nprocs=WORLD, join=True)
     except mp.ProcessRaisedException as exc:  # retry once only if the free port was taken meanwhile
         if "address already in use" not in str(exc).lower():
             raise
-        mp.spawn(_worker, args=(free_port(), str(outdir)), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(*ports(), str(outdir)), nprocs=WORLD, join=True)
     return [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -413,3 +431,14 @@ def test_mixed_dtypes_and_adam_moments(runs):
     assert r0["buckets"] == 2  # one per dtype
     # one round: float32 (w32 + its 2 moments) and float64 (w64 + its 2 moments + stat64)
     assert r0["bytes"] == 4 * (15 * 3) + 8 * (4 * 3 + 2)
+
+
+def test_example_own_loop_syncs_as_qsr_says(runs):
+    # reference: walk the QSR formula over the example's cosine schedule
+    sched, rule, start, expected = S.cosine(lr=0.1, total_steps=EXAMPLE_STEPS), QSR(4, 0.2), 0, 0
+    while start < EXAMPLE_STEPS:
+        start += rule.next_period(start, sched(start), total_steps=EXAMPLE_STEPS)
+        expected += 1
+    r0, r1 = runs[0]["example"], runs[1]["example"]
+    assert r0["rounds"] == r1["rounds"] == expected
+    assert r0["accuracy"] == r1["accuracy"] > 0.5  # same averaged model on both ranks, and it learned
