@@ -7,7 +7,7 @@ import math
 import pickle
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distsched import schedules as S
@@ -55,6 +55,7 @@ def test_qsr_rows(h_base, alpha, gamma, h_max, step, lr, total, expected):
     assert rule.next_period(step, lr, total_steps=total) == expected
 
 
+@settings(deadline=None)  # no timing in tests: the machine is shared
 @given(
     lr=st.floats(1e-6, 10.0),
     h_base=st.integers(1, 64),
@@ -215,3 +216,12 @@ def test_state_dict_round_trip(make):
 
 def test_catalogue_names_every_rule():
     assert set(RULES) == {"fixed", "post_local", "qsr", "adacomm"}
+
+
+def test_package_docstring_example_holds():
+    import doctest
+
+    import distsched.sync
+
+    result = doctest.testmod(distsched.sync, verbose=False)
+    assert result.attempted >= 3 and result.failed == 0
