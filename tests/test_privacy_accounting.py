@@ -104,19 +104,19 @@ def test_state_dict_round_trip_and_opacus_compatibility():
 @pytest.mark.parametrize("mechanism", ["rdp", "prv"])
 def test_guard_allows_exactly_up_to_the_budget(mechanism):
     delta, sigma, q = 1e-5, 1.0, 0.05
-    target = epsilon([(sigma, q, 60)], delta, mechanism) + 1e-9  # the budget of exactly 60 steps
+    target = epsilon([(sigma, q, 25)], delta, mechanism) + 1e-9  # the budget of exactly 25 steps
     guard = BudgetGuard(target, delta, mechanism)
     taken = 0
     while guard.allows((sigma, q)):
         guard.record(sigma, q)
         taken += 1
-        assert taken <= 60
-    assert taken == 60
+        assert taken <= 25
+    assert taken == 25
     assert guard.epsilon <= target
-    assert epsilon([(sigma, q, 61)], delta, mechanism) > target  # the refused step would exceed it
+    assert epsilon([(sigma, q, 26)], delta, mechanism) > target  # the refused step would exceed it
     with pytest.raises(BudgetExhausted):
         guard.record(sigma, q)
-    assert guard.steps == 60
+    assert guard.steps == 25
 
 
 def test_guard_remaining_steps_and_changing_noise():

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         ("sample rate", f"{q:g}"),
         ("steps", str(steps)),
         ("delta", f"{delta:g}"),
-        ("epsilon", f"{eps:.6f}"),
+        ("epsilon", f"{eps:.9g}"),
     ]
     for name, value in rows:
         print(f"{name:<18}{value}")

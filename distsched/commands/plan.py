@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         ("epochs", f"{p.epochs:.4g}"),
         ("delta", f"{p.delta:g}"),
         ("target epsilon", "-" if p.target_epsilon is None else f"{p.target_epsilon:g}"),
-        ("epsilon", f"{p.epsilon:.6f}"),
+        ("epsilon", f"{p.epsilon:.9g}"),
     ]
     for name, value in rows:
         print(f"{name:<18}{value}")
