@@ -70,6 +70,16 @@ def test_shard_batches_cover_each_epoch_and_resume_exactly():
     assert next(iter(other_rank)) != full[0]
 
 
+def test_digits_equal_sklearn_load_digits():
+    from sklearn.datasets import load_digits
+
+    from distsched.train.data import _digits_arrays
+
+    pixels, labels = _digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(pixels, ref.data) and np.array_equal(labels, ref.target)
+
+
 def test_digits_and_synthetic_bundles():
     d = digits(test_fraction=0.2, seed=0)
     assert len(d.train) + len(d.test) == 1797 and len(d.test) == 359
