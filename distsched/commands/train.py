@@ -45,6 +45,9 @@ def _print_summary(summary: dict) -> None:
         f"bytes/worker {summary.get('bytes_sent')}",
         f"training {summary.get('wall_time_s')} s",
     ]
+    if summary.get("epsilon") is not None:  # DP runs
+        stop = ", stopped by the budget" if summary.get("stopped_by_budget") else ""
+        parts.append(f"epsilon {summary['epsilon']:.4f} (delta {summary.get('delta')}{stop})")
     if summary.get("launch_wall_time_s") is not None:
         parts.append(f"with start-up {summary['launch_wall_time_s']} s")
     print("  ".join(parts))
@@ -95,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
                 cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                 max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
             )
+        except KeyboardInterrupt:
+            print(f"\nstopped; resume with: distsched train --resume {folder.root}", flush=True)
+            raise
         except TrainingFailedError as exc:
             first = str(exc).strip().splitlines()
             print(f"distsched train: training failed: {first[0] if first else type(exc).__name__}")

@@ -291,7 +291,8 @@ def train_worker(
                 if echo:
                     print(
                         f"step {done}/{total}  lr {lr_t:.4g}  H {h_t}  loss {mean_loss:.4f}  "
-                        f"rounds {engine.rounds}  bytes {engine.bytes_sent}", flush=True,
+                        f"rounds {engine.rounds}  bytes {engine.bytes_sent}"
+                        + (f"  epsilon {last['epsilon']:.3f}" if "epsilon" in last else ""), flush=True,
                     )
         if done % cfg.checkpoint.every == 0 and done < total:
             save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
