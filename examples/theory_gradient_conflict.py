@@ -53,7 +53,7 @@ def _run(lr_mode: str, steps: int, seed: int, dim: int, sigma: float, lr: float)
 
 def main(small: bool = False, out: str | None = None) -> dict:
     torch.set_num_threads(1)
-    steps, seeds = (200, 5) if small else (1000, 30)
+    steps, seeds = (200, 5) if small else (600, 12)
     dim, sigma, lr = 10, 0.5, 0.2
     modes = ("conflict-scaled", "constant", "constant x 0.1")
     curves = {m: np.mean([_run(m, steps, s, dim, sigma, lr)[0] for s in range(seeds)], axis=0) for m in modes}
