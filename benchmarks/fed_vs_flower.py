@@ -82,6 +82,8 @@ def run_distsched(config: dict, out: Path, export: Path | None = None) -> dict:
     connect(num_cpus=2)
     summary = sim.run(out_dir=out, progress=False)
     ray.shutdown()
+    accs = [h.test_acc for h in sim.history if h.test_acc is not None]
+    summary["last5_test_acc"] = sum(accs[-5:]) / len(accs[-5:]) if accs else None
     summary["end_to_end_s"] = time.perf_counter() - t0
     return summary
 
@@ -145,6 +147,7 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
         return DigitsClient(int(context.node_config["partition-id"])).to_client()
 
     ends: list[float] = []
+    accs: list[float] = []
     final: dict = {}
     eval_model = make_model()
 
@@ -156,6 +159,7 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
             acc = float((logits.argmax(1) == y_test).float().mean())
         if server_round > 0:
             ends.append(time.perf_counter())
+            accs.append(acc)
             final.update(acc=acc, loss=loss, round=server_round)
         return loss, {"accuracy": acc}
 
@@ -183,6 +187,7 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
         "rounds": len(ends),
         "final_test_acc": final.get("acc"),
         "final_test_loss": final.get("loss"),
+        "last5_test_acc": sum(accs[-5:]) / len(accs[-5:]) if accs else None,
         "end_to_end_s": total,
         "steady_updates_per_s": steady,
         "client_updates": len(ends) * cohort,
@@ -213,6 +218,7 @@ def _aggregate(runs: list[dict]) -> dict:
         "final_test_acc_mean": statistics.fmean(r["final_test_acc"] for r in ok),
         "final_test_acc_std": statistics.pstdev(r["final_test_acc"] for r in ok),
         "final_test_loss_mean": statistics.fmean(r["final_test_loss"] for r in ok),
+        "last5_test_acc_mean": statistics.fmean(r["last5_test_acc"] for r in ok),
         "runs": runs,
     }
 
@@ -239,7 +245,15 @@ def main() -> int:
         return 0
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    keep = ("end_to_end_s", "steady_updates_per_s", "final_test_acc", "final_test_loss", "client_updates", "rounds")
+    keep = (
+        "end_to_end_s",
+        "steady_updates_per_s",
+        "final_test_acc",
+        "last5_test_acc",
+        "final_test_loss",
+        "client_updates",
+        "rounds",
+    )
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": 2}
     with tempfile.TemporaryDirectory() as tmp:
         # repetition i: both frameworks get the same data split, partition and initial model (seed i);
@@ -264,6 +278,7 @@ def main() -> int:
             if fl.get("steady_updates_per_s_median"):
                 results["speedup_steady"] = us["steady_updates_per_s_median"] / fl["steady_updates_per_s_median"]
                 results["accuracy_gap_points"] = 100 * (us["final_test_acc_mean"] - fl["final_test_acc_mean"])
+                results["last5_accuracy_gap_points"] = 100 * (us["last5_test_acc_mean"] - fl["last5_test_acc_mean"])
         if not args.skip_scale:
             # its own process, so that peak memory is the scale run's alone
             cmd = [sys.executable, __file__, "--scale-worker", str(Path(tmp) / "runs")]
