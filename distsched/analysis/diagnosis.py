@@ -189,7 +189,9 @@ def diagnose(
     flat = tail_drop < tol
     evidence_flat = (f"over the last {100 * ff:.0f}% of the run the training loss fell only from {tail_start:.4g} "
                      f"to {final:.4g} (less than the tolerance {tol:.3g})")
-    evidence_falling = (f"training loss fell from {start:.4g} to {final:.4g}, "
+    if n_final < 5:
+        evidence_flat += f"; only {n_final} points per 10% of the run: low confidence"
+    evidence_falling = (f"training loss fell from {float(v[0]):.4g} to {final:.4g}, "
                         f"by {tail_drop:.3g} in the last {100 * ff:.0f}% of the run")
 
     if lrs is not None and len(lrs[1]) >= 2:
