@@ -152,3 +152,25 @@ def _eps_history(history):
     acc = RDPAccountant()
     acc.history = [tuple(s) for s in history]
     return acc.get_epsilon(delta=DELTA)
+
+
+@pytest.mark.slow  # ~40 s (one 2-process spawn); the accounting rule is covered fast in test_privacy_distributed.py
+def test_two_workers_local_dp_unequal_shards(tmp_path):
+    from distsched.train.data import load_data, make_shards
+
+    mapping = {**CFG, "workers": 2, "steps": 120, "data": {"name": "digits", "partition": "label_skew", "alpha": 0.5},
+               "sync": {"rule": "fixed", "h": 4}, "checkpoint": {"every": 60, "keep": 2},
+               "privacy": {"target_epsilon": 2.0, "delta": DELTA, "noise_schedule": "linear:ratio=0.5"}}
+    cfg = config_from_mapping(mapping)
+    folder, cfg = prepare_run(cfg, run_dir=tmp_path / "local")
+    summary = run_processes(cfg, folder)
+    assert summary["privacy_mode"] == "local" and summary["steps_done"] == 120
+    shards = make_shards(load_data(cfg.data, cfg.seed), cfg.data, 2, cfg.batch_size, cfg.seed)
+    last = latest_checkpoint(folder.checkpoints)
+    hists = [load_rank_state(last, r)["privacy"]["accountant"]["history"] for r in range(2)]
+    for r, hist in enumerate(hists):  # each worker charged its own q_k = B / N_k, with the same noise schedule
+        assert {h[1] for h in hist} == {32 / len(shards[r])}
+        assert [h[0] for h in hist] == [h[0] for h in hists[0]] and [h[2] for h in hist] == [h[2] for h in hists[0]]
+    run_eps = max(_eps_history(h) for h in hists)
+    assert summary["epsilon"] == pytest.approx(run_eps, rel=1e-12)
+    assert 2.0 - 1e-3 <= run_eps <= 2.0  # planned for the worker with the largest q_k

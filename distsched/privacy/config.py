@@ -41,7 +41,7 @@ class PrivacyConfig:
     accountant: str = "rdp"
     #: noise schedule spec (see ``distsched.privacy.noise_schedule_from_spec``).
     noise_schedule: str = "constant"
-    #: steps each value of a continuous noise schedule holds (default: one epoch of the worker's shard).
+    #: steps each value of a continuous noise schedule holds (default: 1 / q steps, one expected epoch).
     interval: int | None = None
     #: multiply the LR by ``G^2 / (G^2 + d (sigma C / B)^2)`` estimated from privatized gradients.
     lr_coupling: bool = False

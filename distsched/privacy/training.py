@@ -67,7 +67,7 @@ def attach_privacy(
     else:
         q_rank = q_plan = min(1.0, batch_size * world / n_total)
         expected = q_rank * n_total / world
-    interval = cfg.interval if cfg.interval is not None else max(1, int(1.0 / q_rank))
+    interval = cfg.interval if cfg.interval is not None else max(1, int(1.0 / q_plan))  # same on every worker
     shape = noise_schedule_from_spec(cfg.noise_schedule, total_steps=total_steps, interval=interval)
     if cfg.noise_multiplier is not None:
         level = cfg.noise_multiplier
