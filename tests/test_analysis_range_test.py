@@ -89,3 +89,22 @@ def test_invalid_parameters():
         lr_range_test(model, opt, _loss, [], num_steps=1)
     with pytest.raises(ValueError, match="batches"):
         lr_range_test(model, opt, _loss, [])
+
+
+def test_sweep_is_exponential_and_respects_group_multipliers():
+    x, y, _ = _regression(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 1)).double()
+    groups = [{"params": model[0].parameters(), "lr_multiplier": 0.25}, {"params": model[1].parameters()}]
+    opt = torch.optim.SGD(groups, lr=0.01)
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append([g["lr"] for g in opt.param_groups])
+        return _loss(m, batch)
+
+    res = lr_range_test(model, opt, loss_fn, [(x, y)], start_lr=1e-4, end_lr=1e-2, num_steps=5)
+    expected = [1e-4 * 100 ** (k / 4) for k in range(5)]
+    np.testing.assert_allclose(res.lrs, expected, rtol=1e-12)
+    np.testing.assert_allclose([s[1] for s in seen], expected, rtol=1e-12)
+    np.testing.assert_allclose([s[0] for s in seen], np.multiply(expected, 0.25), rtol=1e-12)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]

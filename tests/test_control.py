@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.signal import lfilter
 
 from distsched import schedules as S
@@ -269,3 +271,28 @@ def test_curriculum_invalid():
         CurriculumPhases([1.0, 0.5], boundaries=[3, 5])
     with pytest.raises(ValueError, match="phase_factors"):
         CurriculumPhases([1.0, -0.5])
+
+
+# ---------------------------------------------------------------- properties
+@settings(max_examples=60, deadline=None)
+@given(
+    losses=st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")), st.just(float("inf"))), min_size=1,
+                    max_size=40),
+    kp=st.floats(-10, 10), ki=st.floats(-10, 10), kd=st.floats(-10, 10),
+    lo=st.floats(0, 1), hi=st.floats(1, 5), beta=st.floats(0, 0.99),
+)
+def test_pid_factor_always_within_bounds(losses, kp, ki, kd, lo, hi, beta):
+    ctl = PIDController(kp=kp, ki=ki, kd=kd, min_factor=lo, max_factor=hi, smoothing=beta, integral_limit=100.0)
+    for v in losses:
+        f = ctl.update(v)
+        assert lo <= f <= hi and math.isfinite(f)
+
+
+def test_controlled_pickles_with_its_state():
+    import pickle
+
+    ctl = PIDController(kp=1.0)
+    ctl.update(1.0), ctl.update(1.2)
+    lr = Controlled(S.cosine(lr=0.1, total_steps=10), ctl)
+    again = pickle.loads(pickle.dumps(lr))
+    assert again(3) == lr(3) and again.state_dict() == lr.state_dict()
