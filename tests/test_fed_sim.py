@@ -66,7 +66,7 @@ def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
     cfg["client"] = {**cfg["client"], "local_work_rule": "constant"}
     sim = Simulation(cfg)
     start = sim.params.clone()
-    sim.run(out_dir=tmp_path, progress=False)
+    sim.run(out_dir=tmp_path, progress=False, plots=False)
     # reference: every sampled client trained here, in-process, and averaged by sample counts
     cohort = sim.sampler.sample(0).sampled
     x, y = torch.as_tensor(sim.data.x_train), torch.as_tensor(sim.data.y_train)
@@ -88,23 +88,25 @@ def test_actor_count_does_not_change_the_result(reference_run, tmp_path):
     ref, _ = reference_run
     # same chunking on one actor: bit-identical
     one = Simulation(_config(num_actors=1, chunks_per_round=2))
-    one.run(out_dir=tmp_path / "a", progress=False)
+    one.run(out_dir=tmp_path / "a", progress=False, plots=False)
     assert torch.equal(one.params, ref.params)
     # one chunk instead of two: float64 sums grouped differently (~1e-16 relative), then cast to
     # float32 and stepped by FedAdam; equal to float32 rounding
     single = Simulation(_config(num_actors=1))
-    single.run(out_dir=tmp_path / "b", progress=False)
+    single.run(out_dir=tmp_path / "b", progress=False, plots=False)
     assert torch.allclose(single.params, ref.params, atol=1e-6, rtol=0)
 
 
 def test_resume_gives_identical_results(reference_run, tmp_path):
     ref, ref_summary = reference_run
     first = Simulation(_config())
-    first.run(out_dir=tmp_path, progress=False, stop_after=5)  # "crashes" after round 5, last checkpoint at 4
+    first.run(
+        out_dir=tmp_path, progress=False, plots=False, stop_after=5
+    )  # "crashes" after round 5, last checkpoint at 4
     run_dir = first.folder.root
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000002.pt", "round_000004.pt"]
     resumed = Simulation(_config())
-    summary = resumed.run(resume=run_dir, progress=False)
+    summary = resumed.run(resume=run_dir, progress=False, plots=False)
     assert resumed.round == 6
     assert torch.equal(resumed.params, ref.params)
     assert _rows(run_dir) == _rows(ref_summary["run_dir"])
@@ -124,7 +126,7 @@ def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
             ray.kill(pool.actors[0], no_restart=True)
 
     sim = Simulation(_config())
-    summary = sim.run(out_dir=tmp_path, progress=False, on_round_submitted=kill_mid_round)
+    summary = sim.run(out_dir=tmp_path, progress=False, plots=False, on_round_submitted=kill_mid_round)
     assert killed and summary["actor_failures"] == 1
     rows = _rows(summary["run_dir"])
     assert [r["actor_failures"] for r in rows] == [0, 0, 1, 0, 0, 0]
@@ -191,7 +193,7 @@ def test_budget_guard_stops_before_exceeding(ray_cluster, tmp_path):
     target = (eps(2) + eps(3)) / 2  # allows 2 rounds, not 3
     cfg = _dp_config(rounds=10)
     cfg["dp"] = {**cfg["dp"], "target_epsilon": target}
-    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False)
+    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False, plots=False)
     assert summary["stop_reason"] == "privacy budget" and summary["rounds"] == 2
     assert summary["epsilon"] <= target
 

@@ -232,8 +232,11 @@ class Simulation:
         progress: bool = True,
         stop_after: int | None = None,
         on_round_submitted: Callable[[int, Any], None] | None = None,
+        plots: bool = True,
     ) -> dict[str, Any]:
         """Run to ``cfg.rounds`` (or until ``stop_after`` completed rounds, or the privacy budget).
+        ``on_round_submitted(round, pool)`` is called once a round's chunks are on the actors;
+        ``plots=False`` skips the PNGs.
 
         Returns the summary (also written to ``summary.json``).
         """
@@ -257,7 +260,8 @@ class Simulation:
         metrics = MetricsWriter(folder.metrics_path)
         if resume is not None:
             metrics.truncate_after("round", self.round)
-        plot_partition(folder.plots / "partition.png", self.parts, self.data.y_train, self.data.num_classes)
+        if plots:
+            plot_partition(folder.plots / "partition.png", self.parts, self.data.y_train, self.data.num_classes)
 
         t_start = time.perf_counter()
         connect(address)
@@ -343,7 +347,8 @@ class Simulation:
         t_end = time.perf_counter()
         summary = self._summary(stop_reason, t_start, t_ready, t_end, actor_rss)
         folder.write_summary(summary)
-        self._plots(folder)
+        if plots:
+            self._plots(folder)
         return summary
 
     def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
