@@ -43,3 +43,15 @@ def test_plain_progress_lines_name_every_quantity(tmp_path):
     line = out.getvalue().strip()
     assert line == "step 40/40  lr 0.05  H 8  loss 0.2500  rounds 7  bytes 3.0 MiB"
     assert format_record({"step": 1, "epsilon": 1.25}).endswith("epsilon 1.250")
+
+
+def test_resumed_run_shows_only_steps_after_its_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _append(path, *({"step": s} for s in range(10, 80, 10)))  # an interrupted run got to step 70
+    seen = []
+    f = MetricsFollower(path, seen.append, after_step=50)  # resumed from the checkpoint at step 50
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(10, 60, 10)))  # rank 0 truncates
+    f.poll()
+    _append(path, {"step": 60}, {"step": 70}, {"step": 80})
+    f.poll()
+    assert [r["step"] for r in seen] == [60, 70, 80]

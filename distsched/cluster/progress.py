@@ -44,14 +44,14 @@ class MetricsFollower(threading.Thread):
     restarts from the top: steps already shown are skipped)."""
 
     def __init__(self, path: str | os.PathLike, on_record: Callable[[dict[str, Any]], None],
-                 interval_s: float = 0.25) -> None:
+                 interval_s: float = 0.25, after_step: int = -1) -> None:
         super().__init__(daemon=True, name="distsched-progress")
         self.path = Path(path)
         self.on_record = on_record
         self.interval_s = interval_s
         self._halt = threading.Event()
         self._offset = 0
-        self._last_step = -1
+        self._last_step = after_step  # records up to this step were shown before (a resumed run)
 
     def poll(self) -> None:
         try:
@@ -104,7 +104,7 @@ class Progress:
     progress bar over a table of the latest values, elsewhere one plain line per record."""
 
     def __init__(self, metrics_path: str | os.PathLike, total_steps: int | None, title: str = "train",
-                 stream: TextIO | None = None, enabled: bool = True) -> None:
+                 stream: TextIO | None = None, enabled: bool = True, start_step: int = 0) -> None:
         self.total = total_steps
         self.title = title
         self.stream = stream or sys.stdout
@@ -113,7 +113,7 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         self._last: dict[str, Any] = {}
-        self.follower = MetricsFollower(metrics_path, self._show)
+        self.follower = MetricsFollower(metrics_path, self._show, after_step=start_step)
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -145,6 +145,7 @@ class Progress:
             print(format_record(record, self.total), file=self.stream, flush=True)
 
     def __enter__(self) -> Progress:
+        start_step = max(self.follower._last_step, 0)
         if self.enabled and self.stream.isatty():
             from rich.live import Live
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -152,7 +153,7 @@ class Progress:
 
             self._bar = RichProgress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn())
-            self._task = self._bar.add_task(self.title, total=self.total)
+            self._task = self._bar.add_task(self.title, total=self.total, completed=start_step)
             self._live = Live(self._render(), refresh_per_second=4, transient=False)
             self._live.start()
         self.follower.start()

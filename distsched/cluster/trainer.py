@@ -36,6 +36,14 @@ def _ray_worker(config: dict[str, Any]) -> None:
     train_worker(cfg, root.root, session, fault=fault)
 
 
+def _resume_step(folder: RunFolder) -> int:
+    """Step of the newest complete checkpoint on disk (0 if none): progress shows what comes after."""
+    from distsched.train.checkpoint import complete_checkpoints
+
+    found = complete_checkpoints(folder.checkpoints)
+    return found[-1][0] if found else 0
+
+
 def planned_steps(cfg: TrainConfig) -> int:
     """Total steps of ``cfg`` (loads the data set when the config counts epochs)."""
     if cfg.steps is not None:
@@ -101,8 +109,15 @@ def train_on_ray(
         ),
     )
     started = time.perf_counter()
-    with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=progress):
-        trainer.fit()
+    before = folder.summary_path.stat().st_mtime_ns if folder.summary_path.exists() else None
+    try:
+        with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=progress,
+                      start_step=_resume_step(folder) if resume else 0):
+            trainer.fit()
+    except SystemExit as exc:  # Ray Train's Ctrl-C handler aborts the run, then calls sys.exit
+        raise KeyboardInterrupt("training aborted") from exc
+    if not folder.summary_path.exists() or folder.summary_path.stat().st_mtime_ns == before:
+        raise KeyboardInterrupt("training aborted before the end")  # an aborted run writes no summary
     summary = json.loads(folder.summary_path.read_text(encoding="utf-8"))
     # wall_time_s is the training loop; this is the whole launch (cluster, workers, restarts)
     summary["launch_wall_time_s"] = round(time.perf_counter() - started, 3)
