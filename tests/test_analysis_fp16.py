@@ -58,3 +58,35 @@ def test_edge_cases_and_errors():
         overflow_safe_lr(1.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="dtype"):
         overflow_safe_lr(1.0, 1.0, 1.0, dtype="int8")
+
+
+def test_cap_lr_in_a_grad_scaler_loop():
+    # f(w) = -beta/2 |w|^2 (worst case): after unscale_ the bound caps the LR, the step is taken, and the
+    # next scaled gradient, cast to FP16, is finite; with the uncapped LR it would overflow.
+    from distsched.analysis import cap_lr_for_overflow, grad_norm
+
+    beta, scale = 4.0, 2.0**10
+    w = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.float64))
+    opt = torch.optim.SGD([w], lr=100.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaler.scale(-0.5 * beta * (w**2).sum()).backward()
+    scaler.unscale_(opt)
+    g = grad_norm([w])
+    assert g == pytest.approx(beta * 2.0 * 2.0)  # |beta w| = 4 * |(2, 2, 2, 2)|
+    bound = cap_lr_for_overflow(opt, scaler, beta, torch.float16, margin=1.0)
+    assert bound == pytest.approx((65504 / (scale * g) - 1) / beta)
+    assert opt.param_groups[0]["lr"] == bound < 100.0
+    scaler.step(opt)
+    scaler.update()
+    next_scaled = (scaler.get_scale() * beta * w.detach()).to(torch.float16)
+    assert torch.isfinite(next_scaled).all()
+    uncapped = (scale * beta * (2.0 + 100.0 * beta * 2.0) * torch.ones(4)).to(torch.float16)
+    assert not torch.isfinite(uncapped).all()
+    # a generous bound leaves a small LR alone
+    opt.param_groups[0]["lr"] = 1e-6
+    with torch.no_grad():
+        w.fill_(0.01)
+    opt.zero_grad()
+    scaler.scale(-0.5 * beta * (w**2).sum()).backward()
+    scaler.unscale_(opt)
+    assert cap_lr_for_overflow(opt, scaler, beta) > 1e-6 and opt.param_groups[0]["lr"] == 1e-6

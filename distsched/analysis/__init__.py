@@ -2,7 +2,7 @@
 the LR range test and the diagnosis of loss curves."""
 
 from distsched.analysis.diagnosis import REMEDIES_BY_VERDICT, VERDICTS, Diagnosis, diagnose, diagnose_records
-from distsched.analysis.fp16 import dtype_max, overflow_safe_lr
+from distsched.analysis.fp16 import cap_lr_for_overflow, dtype_max, grad_norm, overflow_safe_lr
 from distsched.analysis.hessian import (
     EigenEstimate,
     HessianOperator,
@@ -24,9 +24,11 @@ __all__ = [
     "RangeTestResult",
     "RobbinsMonro",
     "StabilityBounds",
+    "cap_lr_for_overflow",
     "diagnose",
     "diagnose_records",
     "dtype_max",
+    "grad_norm",
     "hessian_stability",
     "lanczos_eigenvalues",
     "lr_range_test",

@@ -10,11 +10,20 @@ e.g. ``beta = lambda_max`` of the Hessian), one SGD step ``x' = x - eta g`` give
     eta <= eta_safe = (F / (margin * S * |g|) - 1) / beta
 
 (Micikevicius et al. 2018, "Mixed Precision Training", for loss scaling; the bound is this module's).
+
+In a GradScaler loop, cap the LR of the coming step after unscaling (the adapter sets it again at the
+next ``lrs.step()``)::
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    cap_lr_for_overflow(optimizer, scaler, lipschitz=lambda_max, dtype=torch.float16)
+    scaler.step(optimizer); scaler.update(); lrs.step()
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from distsched._checks import check_non_negative, check_range
@@ -64,3 +73,35 @@ def overflow_safe_lr(
     if beta == 0.0 or g == 0.0:
         return math.inf
     return max((dtype_max(dtype) / (m * scale * g) - 1.0) / beta, 0.0)
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """``|g|_2`` over all parameters that have a gradient (``inf`` if any entry is not finite)."""
+    import torch
+
+    grads = [p.grad.detach().double().reshape(-1) for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.cat(grads)))
+    return norm if math.isfinite(norm) else math.inf
+
+
+def cap_lr_for_overflow(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | float,
+    lipschitz: float,
+    dtype: Any = "float16",
+    *,
+    margin: float = 2.0,
+) -> float:
+    """Set ``group["lr"] = min(group["lr"], eta_safe)`` for every param group, with ``|g|`` read from the
+    (already unscaled) gradients of the optimizer's parameters; returns ``eta_safe``. A non-finite
+    gradient leaves the LRs alone (``GradScaler`` skips that step anyway) and returns ``inf``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    g = grad_norm(params)
+    if not math.isfinite(g):
+        return math.inf
+    bound = overflow_safe_lr(g, lipschitz, scaler, dtype, margin=margin)
+    for group in optimizer.param_groups:
+        group["lr"] = min(group["lr"], bound)
+    return bound
