@@ -129,7 +129,11 @@ def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
     summary = sim.run(out_dir=tmp_path, progress=False, plots=False, on_round_submitted=kill_mid_round)
     assert killed and summary["actor_failures"] == 1
     rows = _rows(summary["run_dir"])
-    assert [r["actor_failures"] for r in rows] == [0, 0, 1, 0, 0, 0]
+    # The kill is sent right after round 3's chunks are submitted (0-based round 2): the chunk on the
+    # killed actor fails and is re-run on a replacement. Should the actor finish that chunk before the
+    # kill lands, the dead actor fails round 4's chunk instead; either way exactly one chunk is re-run.
+    failures = [r["actor_failures"] for r in rows]
+    assert failures in ([0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0])
     assert torch.equal(sim.params, ref.params)
     strip = [{k: v for k, v in r.items() if k != "actor_failures"} for r in rows]
     assert strip == [{k: v for k, v in r.items() if k != "actor_failures"} for r in _rows(ref_summary["run_dir"])]
