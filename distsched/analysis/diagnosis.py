@@ -137,9 +137,12 @@ def diagnose(
 
     # divergence (|value| >= 1e300 counts as infinite: MetricsWriter stores inf as 1e308)
     for name, ser in (("training", tr), ("validation", va)):
-        if ser is not None and not np.all(np.isfinite(ser[1]) & (np.abs(ser[1]) < _HUGE)):
-            i = int(np.argmin(np.isfinite(ser[1])))
-            return _verdict("divergence", [f"{name} loss is {ser[1][i]} at step {ser[0][i]:g}"])
+        if ser is None:
+            continue
+        bad = ~(np.isfinite(ser[1]) & (np.abs(ser[1]) < _HUGE))
+        if bad.any():
+            i = int(np.argmax(bad))
+            return _verdict("divergence", [f"{name} loss is not finite ({ser[1][i]:g}) from step {ser[0][i]:g} on"])
     s = _smooth(v)
     start, end = float(s[0]), float(s[-1])
     i_min = int(np.argmin(s))
