@@ -11,9 +11,8 @@ and the first round excluded), final test accuracy. Then a scale run of distsche
 Flower runs in its own virtual environment (``flwr[simulation]`` pins ``ray==2.55.1`` while distsched
 uses a newer Ray), as a subprocess of this script:
 
-    python3 -m venv .venv/flower
-    .venv/flower/bin/pip install torch==2.13.0 'flwr[simulation]' scikit-learn
-    .venv/bin/python benchmarks/fed_vs_flower.py            # writes benchmarks/results/fed_vs_flower.json
+    .venv/bin/python benchmarks/fed_vs_flower.py --setup-flower   # once: creates .venv/flower
+    .venv/bin/python benchmarks/fed_vs_flower.py                  # writes benchmarks/results/fed_vs_flower.json
 """
 
 from __future__ import annotations
@@ -205,6 +204,14 @@ def flower_subprocess(python: str, data: Path, rounds: int, cohort: int, clients
     return json.loads(line[len("FLOWER_RESULT ") :])
 
 
+def setup_flower(env: Path) -> None:
+    """A separate virtual environment for Flower: ``flwr[simulation]`` pins its own Ray."""
+    if not (env / "bin" / "python").exists():
+        subprocess.run(["python3", "-m", "venv", str(env)], check=True)
+    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0", "flwr[simulation]>=1.10", "scikit-learn"], check=True)
+
+
 def _aggregate(runs: list[dict]) -> dict:
     """Median time and throughput, mean accuracy over repetitions (and every run)."""
     import statistics
@@ -226,6 +233,11 @@ def _aggregate(runs: list[dict]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flower-python", default=str(ROOT / ".venv" / "flower" / "bin" / "python"))
+    parser.add_argument(
+        "--setup-flower",
+        action="store_true",
+        help="create the Flower environment at .venv/flower (python3 -m venv; pip install torch, flwr[simulation])",
+    )
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fed_vs_flower.json"))
@@ -244,6 +256,8 @@ def main() -> int:
         print("SCALE_RESULT " + json.dumps(result), flush=True)
         return 0
 
+    if args.setup_flower:
+        setup_flower(Path(args.flower_python).parents[1])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     keep = (
         "end_to_end_s",
