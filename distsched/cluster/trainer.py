@@ -90,8 +90,10 @@ def train_on_ray(
 
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= cfg.workers
-    cpus = resources.get("CPU", 1.0)
-    per_worker = {"CPU": min(1.0, math.floor(100 * cpus / cfg.workers) / 100)}
+    # one CPU per worker, or an equal share of the CPUs free now (a small cluster, or CPUs held by others)
+    free = ray.available_resources().get("CPU", 0.0)
+    cpus = free if free > 0 else resources.get("CPU", 1.0)
+    per_worker = {"CPU": max(0.01, min(1.0, math.floor(100 * cpus / cfg.workers) / 100))}
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={
