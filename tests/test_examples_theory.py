@@ -52,11 +52,16 @@ def test_cyclical_multimodal(tmp_path):
 
 def test_gan_out_of_phase_measured_finding(tmp_path):
     """The expected benefit does NOT show on the Dirac GAN: antiphase cycles make sum eta_G eta_D smaller
-    (rearrangement inequality, checked) yet end farther from the equilibrium (parametric pumping)."""
+    (rearrangement inequality, checked) yet end farther from the equilibrium (parametric pumping); on a
+    1-D Gaussian GAN out of phase helps at one peak LR and hurts at twice that LR."""
     r = _run("theory_gan_out_of_phase", tmp_path)
     for setting in r["settings"].values():
         assert setting["sum_etaG_etaD"]["out"] < setting["sum_etaG_etaD"]["in"]
         assert setting["distance_out_of_phase"] > setting["distance_in_phase"]
+    # on the 1-D Gaussian GAN the answer depends on the peak LR (measured over the seeds)
+    gauss = r["gaussian_gan"]
+    assert gauss["lr=0.05, period=200"]["out_better_fraction"] > 0.5
+    assert gauss["lr=0.1, period=200"]["out_better_fraction"] < 0.5
 
 
 def test_discriminative_finetune(tmp_path):
