@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from distsched._checks import check_int, check_non_negative, check_positive, check_range
 from distsched.control.base import Controller
 
@@ -62,6 +64,7 @@ class NoiseAwareLR(Controller):
         self.moment = 0.0  # EMA of ||g~||^2 - d s^2 (not bias-corrected)
         self.updates = 0
         self.last_noise_std = 0.0
+        self._params: tuple[Any, list[Any]] | None = None
 
     @property
     def signal(self) -> float:
@@ -95,11 +98,10 @@ class NoiseAwareLR(Controller):
     def observe(self, optimizer: Any, next_noise_multiplier: float | None = None) -> float:
         """After ``optimizer.step()`` of an Opacus ``DPOptimizer``: read the privatized gradient ``p.grad`` (the
         noisy mean the step used) and the public noise parameters; nothing else is read."""
-        sq = 0.0
-        for p in optimizer.params:
-            grad = p.grad
-            if grad is not None:
-                sq += float(grad.detach().double().pow(2).sum())
+        if self._params is None or self._params[0] is not optimizer:
+            self._params = (optimizer, list(optimizer.params))  # Opacus rebuilds this list on every access
+        norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in self._params[1] if p.grad is not None]
+        sq = float(torch.stack(norms).pow(2).sum()) if norms else 0.0  # one host sync
         c, b = float(optimizer.max_grad_norm), float(optimizer.expected_batch_size)
         s = float(optimizer.noise_multiplier) * c / b
         nxt = None if next_noise_multiplier is None else float(next_noise_multiplier) * c / b
