@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from distsched._checks import check_choice, check_int, check_positive, check_range
+from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 from distsched.config import from_mapping
 
 
@@ -94,8 +94,18 @@ class SamplingConfig:
     """``drop`` or ``downweight`` (weight ``deadline / time``)."""
 
     def __post_init__(self) -> None:
-        if self.cohort_size is None and self.fraction is None:
-            raise ValueError("sampling: give one of cohort_size or fraction")
+        if (self.cohort_size is None) == (self.fraction is None):
+            raise ValueError("sampling: give exactly one of cohort_size or fraction")
+        if self.cohort_size is not None:
+            check_int("sampling.cohort_size", self.cohort_size, 1)
+        else:
+            check_range("sampling.fraction", self.fraction, 0.0, 1.0, low_open=True)
+        check_range("sampling.availability", self.availability, 0.0, 1.0, low_open=True)
+        check_range("sampling.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_non_negative("sampling.speed_sigma", self.speed_sigma)
+        check_non_negative("sampling.jitter_sigma", self.jitter_sigma)
+        if self.deadline is not None:
+            check_positive("sampling.deadline", self.deadline)
         check_choice("sampling.late_policy", self.late_policy, ("drop", "downweight"))
 
 
