@@ -45,6 +45,7 @@ def _config(**over):
         "strategy": {"name": "fedadam", "server_lr": 0.05},
         "checkpoint_every": 2,
         "num_actors": 2,
+        "chunks_per_round": 4,  # two chunks per actor
     }
     cfg.update(over)
     return cfg
@@ -87,12 +88,12 @@ def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
 def test_actor_count_does_not_change_the_result(reference_run, tmp_path):
     ref, _ = reference_run
     # same chunking on one actor: bit-identical
-    one = Simulation(_config(num_actors=1, chunks_per_round=2))
+    one = Simulation(_config(num_actors=1))
     one.run(out_dir=tmp_path / "a", progress=False, plots=False)
     assert torch.equal(one.params, ref.params)
-    # one chunk instead of two: float64 sums grouped differently (~1e-16 relative), then cast to
+    # one chunk instead of four: float64 sums grouped differently (~1e-16 relative), then cast to
     # float32 and stepped by FedAdam; equal to float32 rounding
-    single = Simulation(_config(num_actors=1))
+    single = Simulation(_config(num_actors=1, chunks_per_round=None))
     single.run(out_dir=tmp_path / "b", progress=False, plots=False)
     assert torch.allclose(single.params, ref.params, atol=1e-6, rtol=0)
 
@@ -127,13 +128,14 @@ def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
 
     sim = Simulation(_config())
     summary = sim.run(out_dir=tmp_path, progress=False, plots=False, on_round_submitted=kill_mid_round)
-    assert killed and summary["actor_failures"] == 1
+    assert killed and summary["actor_failures"] >= 1
     rows = _rows(summary["run_dir"])
-    # The kill is sent right after round 3's chunks are submitted (0-based round 2): the chunk on the
-    # killed actor fails and is re-run on a replacement. Should the actor finish that chunk before the
-    # kill lands, the dead actor fails round 4's chunk instead; either way exactly one chunk is re-run.
+    # The kill is sent right after round 3's chunks are submitted (0-based round 2); the killed actor
+    # holds two of the four chunks. Those it had not finished when the kill landed fail and are re-run
+    # on one replacement actor (should it have finished both, round 4's chunks fail instead).
     failures = [r["actor_failures"] for r in rows]
-    assert failures in ([0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0])
+    assert failures[:2] == [0, 0] and failures[4:] == [0, 0]
+    assert 1 <= sum(failures) <= 2 and (failures[2] == 0 or failures[3] == 0)
     assert torch.equal(sim.params, ref.params)
     strip = [{k: v for k, v in r.items() if k != "actor_failures"} for r in rows]
     assert strip == [{k: v for k, v in r.items() if k != "actor_failures"} for r in _rows(ref_summary["run_dir"])]

@@ -51,10 +51,10 @@ class ActorPool:
         import ray
         from ray.exceptions import RayActorError
 
-        pending: dict[Any, tuple[int, int, int]] = {}
+        pending: dict[Any, tuple[int, int, int, Any]] = {}
         for i, task in enumerate(tasks):
             a = i % len(self.actors)
-            pending[self.actors[a].run.remote(task, params_ref)] = (i, a, 0)
+            pending[self.actors[a].run.remote(task, params_ref)] = (i, a, 0, self.actors[a])
         if on_submitted is not None:
             on_submitted(self)
         results: list[Any] = [None] * len(tasks)
@@ -62,28 +62,24 @@ class ActorPool:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
-            i, a, tries = pending.pop(ref)
+            i, a, tries, handle = pending.pop(ref)
             try:
                 results[i] = ray.get(ref)
             except RayActorError:
                 failures += 1
                 if tries >= self.max_chunk_retries:
                     raise
-                self._replace(a)
-                pending[self.actors[a].run.remote(tasks[i], params_ref)] = (i, a, tries + 1)
+                self._replace(a, handle)
+                pending[self.actors[a].run.remote(tasks[i], params_ref)] = (i, a, tries + 1, self.actors[a])
         self.failures += failures
         return results, failures
 
-    def _replace(self, a: int) -> None:
-        """Start a new actor in slot ``a`` unless that slot was already replaced."""
+    def _replace(self, a: int, dead: Any) -> None:
+        """Start a new actor in slot ``a`` unless the dead handle was already replaced there."""
         import ray
 
-        dead = self.actors[a]
-        try:
-            ray.get(dead.ping.remote(), timeout=30)
-            return  # still alive (the failure was another call's): keep it
-        except Exception:  # noqa: BLE001 - any failure means the actor is gone
-            pass
+        if self.actors[a] is not dead:
+            return
         ray.kill(dead, no_restart=True)
         self.actors[a] = self._cls.remote(*self._init_args)
 
