@@ -141,6 +141,48 @@ def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "actor_failures"} for r in _rows(ref_summary["run_dir"])]
 
 
+class _DiesOnMarker(torch.nn.Module):
+    """The reference MLP; inside a Ray actor, the first process to make its ``after``-th forward call
+    while ``marker`` exists removes it and exits (a real worker death in the middle of a chunk)."""
+
+    def __init__(self, num_features, num_classes, hidden=(32,), marker="", after=8):
+        super().__init__()
+        from distsched.federated import mlp
+
+        self.net = mlp(num_features, num_classes, hidden)
+        self.marker, self.after, self.calls = marker, after, 0
+
+    def forward(self, x):
+        import ray
+
+        self.calls += 1
+        if self.calls >= self.after and ray.get_runtime_context().get_actor_id() is not None:
+            try:
+                os.remove(self.marker)
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)
+        return self.net(x)
+
+
+def _dies_on_marker(num_features, num_classes, **params):
+    return _DiesOnMarker(num_features, num_classes, **params)
+
+
+def test_actor_dying_mid_chunk_changes_nothing(reference_run, tmp_path):
+    ref, ref_summary = reference_run
+    marker = tmp_path / "die"
+    marker.write_text("")
+    cfg = _config(model={"hidden": [32], "factory": "tests.test_fed_sim:_dies_on_marker"})
+    cfg["model"]["params"] = {"hidden": [32], "marker": str(marker), "after": 8}
+    sim = Simulation(cfg)
+    summary = sim.run(out_dir=tmp_path / "run", progress=False, plots=False, stop_after=2)
+    assert not marker.exists() and summary["actor_failures"] >= 1
+    expected = torch.load(Path(ref_summary["run_dir"]) / "checkpoints" / "round_000002.pt", weights_only=False)
+    assert torch.equal(sim.params, expected["params"])
+
+
 def test_run_folder_and_participation(reference_run):
     _, summary = reference_run
     root = Path(summary["run_dir"])
