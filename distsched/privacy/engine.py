@@ -43,6 +43,18 @@ from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
 MODES: tuple[str, ...] = ("single", "group", "local")
 
 
+def all_reduce_scalar(value: float, op: str) -> float:
+    """``min`` or ``max`` of ``value`` over the process group (``value`` itself without one). The tensor
+    lives where the backend wants it (CUDA for NCCL, CPU for gloo)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    reduce_op = torch.distributed.ReduceOp.MIN if op == "min" else torch.distributed.ReduceOp.MAX
+    torch.distributed.all_reduce(t, op=reduce_op)
+    return float(t.item())
+
+
 class PoissonBatches(Sampler[list[int]]):
     """Poisson sampling (each index of ``indices`` in the batch independently with probability ``q``, as
     Opacus' ``UniformWithReplacementSampler``), endless and resumable: batch ``t`` comes from a generator
@@ -139,10 +151,8 @@ class PrivateTraining:
         """Whether the next step keeps epsilon within the budget (always, without a guard). With a process
         group, all ranks get the same answer (MIN over ranks)."""
         ok = True if self.guard is None else self.guard.allows((self.noise_multiplier, self.sample_rate))
-        if self.mode != "single" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            ok = bool(flag.item())
+        if self.mode != "single":
+            ok = all_reduce_scalar(1.0 if ok else 0.0, "min") > 0.5
         return ok
 
     def after_step(self) -> None:
@@ -219,7 +229,8 @@ def make_private(
         raise ValueError(f"mode {mode!r} needs an initialized torch.distributed process group")
 
     seed = int(torch.randint(0, 2**62, (1,)).item()) if noise_seed is None else check_int("noise_seed", noise_seed, 0)
-    generator = torch.Generator().manual_seed(seed)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    generator = torch.Generator(device=device).manual_seed(seed)  # Opacus draws the noise on the params' device
     if mode == "group":
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distsched._checks import check_int
 from distsched.privacy.config import PrivacyConfig, privacy_config
-from distsched.privacy.engine import PrivateTraining, make_private, poisson_loader
+from distsched.privacy.engine import PrivateTraining, all_reduce_scalar, make_private, poisson_loader
 from distsched.privacy.noise import noise_schedule_from_spec
 from distsched.privacy.planner import plan
 
@@ -92,8 +92,4 @@ def run_epsilon(training: PrivateTraining) -> float:
     """Epsilon spent by the run: this worker's in ``single``/``group`` mode, the max over workers in ``local``
     mode (an all-reduce: call it on every worker)."""
     eps = training.epsilon
-    if training.mode == "local" and torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([eps], dtype=torch.float64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        eps = float(t.item())
-    return eps
+    return all_reduce_scalar(eps, "max") if training.mode == "local" else eps
