@@ -232,3 +232,21 @@ def test_batch_noise_scaling_keeps_noise_std_and_reports_epsilon():
     # the known effect of the rule: larger batches with proportional noise spend less epsilon
     eps = [r["epsilon"] for r in rows]
     assert eps == sorted(eps, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("target", "delta", "q", "steps", "schedule"),
+    [
+        (0.3, 1e-6, 0.2, 50, None),
+        (1.0, 1e-5, 0.001, 20_000, None),
+        (4.0, 1e-5, 0.05, 1000, "exponential:ratio=0.3,interval=100"),
+        (2.0, 1e-5, 0.02, 700, "linear:ratio=0.5,interval=70"),
+        (6.0, 1e-7, 0.1, 40, "step:gamma=0.8,step_size=10"),
+        (20.0, 1e-5, 1.0, 10, None),
+    ],
+)
+def test_plan_noise_is_conservative_and_tight_over_a_grid(target, delta, q, steps, schedule):
+    p = plan(target_epsilon=target, delta=delta, sample_rate=q, steps=steps, noise_schedule=schedule)
+    eps = _opacus_eps(p.history(), delta, "rdp")
+    assert target - 1e-3 <= eps <= target
+    assert sum(s.steps for s in p.history()) == steps
