@@ -91,3 +91,20 @@ def test_invalid_input_is_one_line_exit_2(capsys, argv, needle):
     assert len(err.strip().splitlines()) == 1 and needle in err
     assert "Traceback" not in err
 
+
+
+def test_plan_batch_scaling_rows(capsys):
+    rc, out, _ = _run(capsys, "plan", "--target-epsilon", "3", "--delta", "1e-5", "--batch-size", "128",
+                      "--dataset-size", "12800", "--steps", "500", "--batch-scaling", "0.5,1,2", "--json")
+    assert rc == 0
+    res = json.loads(out)
+    rows = res["batch_scaling"]
+    assert [r["batch_size"] for r in rows] == [64, 128, 256]
+    for r in rows:
+        assert r["noise_multiplier"] / r["batch_size"] == pytest.approx(res["noise_multiplier"] / 128, rel=1e-12)
+        assert r["epsilon"] == pytest.approx(_opacus_eps(r["noise_multiplier"], r["batch_size"] / 12800, 500, 1e-5),
+                                             rel=1e-12)
+    assert rows[1]["epsilon"] == pytest.approx(res["epsilon"], rel=1e-12)  # k = 1 is the plan itself
+    rc, _, err = _run(capsys, "plan", "--target-epsilon", "3", "--delta", "1e-5", "--sample-rate", "0.01",
+                      "--steps", "500", "--batch-scaling", "2")
+    assert rc == 2 and "--batch-scaling needs --batch-size" in err

@@ -1,6 +1,6 @@
 """``distsched plan --target-epsilon E --delta D (--sample-rate Q | --batch-size B --dataset-size N)
 (--epochs K | --steps T) [--noise-multiplier S] [--accountant rdp|prv] [--noise-schedule SPEC]
-[--solve noise|steps|batch|epsilon] [--json] [--plot FILE.png]``."""
+[--solve noise|steps|batch|epsilon] [--batch-scaling K1,K2,...] [--json] [--plot FILE.png]``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solve", choices=("noise", "steps", "batch", "epsilon"),
                         help="what to solve for (default: the one quantity left out)")
     parser.add_argument("--tol", type=float, default=1e-3, help="epsilon tolerance for the noise solve (default 1e-3)")
+    parser.add_argument("--batch-scaling", metavar="K1,K2,...",
+                        help="also list B' = k B with sigma' = k sigma at the same steps (same sigma C / B), with "
+                             "epsilon for each k (needs --batch-size and --dataset-size, constant noise)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="FILE.png", help="plot epsilon over steps for the plan")
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from distsched.privacy import epsilon_curve, plan
+    from distsched.privacy import epsilon_curve, plan, scale_batch_and_noise
 
     if args.steps is not None and args.epochs is not None:
         raise ValueError(f"give one of --steps or --epochs, not both (got --steps {args.steps} --epochs {args.epochs})")
@@ -65,6 +68,23 @@ def run(args: argparse.Namespace) -> int:
             line_plot(args.plot, series, title=f"DP-SGD plan ({p.accountant}, delta={p.delta:g})",
                       ylabel="epsilon")
     result = p.to_dict()
+    scaling = None
+    if args.batch_scaling:
+        if p.batch_size is None or p.dataset_size is None:
+            raise ValueError("--batch-scaling needs --batch-size and --dataset-size (or --solve batch)")
+        if type(p.noise_schedule).__name__ != "ConstantNoise":
+            raise ValueError(f"--batch-scaling needs constant noise, got --noise-schedule {args.noise_schedule}")
+        try:
+            factors = tuple(float(k) for k in args.batch_scaling.split(","))
+        except ValueError:
+            msg = f"--batch-scaling must be numbers separated by commas, got {args.batch_scaling!r}"
+            raise ValueError(msg) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            scaling = scale_batch_and_noise(batch_size=p.batch_size, noise_multiplier=p.noise_multiplier,
+                                            dataset_size=p.dataset_size, steps=p.steps, delta=p.delta,
+                                            factors=factors, accountant=p.accountant)
+        result["batch_scaling"] = scaling
     if args.json:
         print(json.dumps(result))
         return 0
@@ -85,4 +105,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<18}{value}")
     if args.plot:
         print(f"{'plot':<18}{args.plot}")
+    if scaling is not None:
+        print("\nbatch-noise scaling at fixed steps (sigma C / B unchanged):")
+        print(f"{'k':>6} {'batch size':>11} {'sigma':>10} {'sample rate':>12} {'epsilon':>12}")
+        for r in scaling:
+            print(f"{r['factor']:>6g} {r['batch_size']:>11d} {r['noise_multiplier']:>10.5g} "
+                  f"{r['sample_rate']:>12.5g} {r['epsilon']:>12.6g}")
     return 0
