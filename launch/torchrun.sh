@@ -31,7 +31,7 @@ RUN_DIR=${2:-runs/$(basename "$CONFIG" .yaml)-$(date +%Y%m%d-%H%M%S)}
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if command -v nvidia-smi >/dev/null 2>&1; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); else GPUS=0; fi
 NPROC_PER_NODE=${NPROC_PER_NODE:-$([[ "$GPUS" -gt 0 ]] && echo "$GPUS" || echo 2)}
 NNODES=${NNODES:-1}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
