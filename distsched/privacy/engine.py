@@ -150,7 +150,9 @@ class PrivateTraining:
     def allows_next_step(self) -> bool:
         """Whether the next step keeps epsilon within the budget (always, without a guard). With a process
         group, all ranks get the same answer (MIN over ranks)."""
-        ok = True if self.guard is None else self.guard.allows((self.noise_multiplier, self.sample_rate))
+        if self.guard is None:  # the same on every rank: no collective needed
+            return True
+        ok = self.guard.allows((self.noise_multiplier, self.sample_rate))
         if self.mode != "single":
             ok = all_reduce_scalar(1.0 if ok else 0.0, "min") > 0.5
         return ok
