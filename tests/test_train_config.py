@@ -51,6 +51,9 @@ def _write(tmp_path, **changes) -> Path:
         ({"workers": 0}, "workers"),
         ({"checkpoint": {"every": 10, "keep": "all"}}, "checkpoint.keep: expected an integer"),
         ({"privacy": {"noise_multiplier": -1.0}}, "privacy.noise_multiplier must be > 0"),
+        # valid keys, but the workers could not run it: caught before any cluster starts
+        ({"batch_size": 5000}, "batch_size must be <= the smallest shard"),
+        ({"model": {"name": "cnn"}, "data": {"name": "synthetic"}}, "cnn"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, needle):

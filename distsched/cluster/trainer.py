@@ -45,15 +45,11 @@ def _resume_step(folder: RunFolder) -> int:
 
 
 def planned_steps(cfg: TrainConfig) -> int:
-    """Total steps of ``cfg`` (loads the data set when the config counts epochs)."""
-    if cfg.steps is not None:
-        return cfg.steps
-    from distsched.train.data import load_data, make_shards
-    from distsched.train.loop import total_steps_of
+    """Total steps of ``cfg``, after checking on the driver that its data, shards and model build
+    (a bad config fails here with one line, not in every worker and every restart)."""
+    from distsched.train.run import preflight
 
-    bundle = load_data(cfg.data, cfg.seed)
-    shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
-    return total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+    return preflight(cfg)
 
 
 def train_on_ray(
@@ -84,6 +80,7 @@ def train_on_ray(
     from distsched.cluster.progress import Progress
 
     check_int("max_failures", max_failures, -1)
+    total_steps = planned_steps(cfg)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     connect(address, num_cpus=num_cpus, dashboard=dashboard)
@@ -113,7 +110,7 @@ def train_on_ray(
     started = time.perf_counter()
     before = folder.summary_path.stat().st_mtime_ns if folder.summary_path.exists() else None
     try:
-        with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=progress,
+        with Progress(folder.metrics_path, total_steps, title=cfg.name, enabled=progress,
                       start_step=_resume_step(folder) if resume else 0):
             trainer.fit()
     except SystemExit as exc:  # Ray Train's Ctrl-C handler aborts the run, then calls sys.exit

@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         saved = config_from_mapping(RunFolder(args.resume).read_config())
         if saved.workers != args.workers:
             raise ValueError(f"--workers must be {saved.workers} to resume {args.resume}, got {args.workers}")
+    if cfg is not None and args.resume is None:
+        from distsched.train.run import preflight
+
+        preflight(cfg)  # a config the workers cannot run fails now, before a folder or a cluster exists
     folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
     print(f"run folder: {folder.root}", flush=True)
     if launcher == "processes":

@@ -14,7 +14,7 @@ from distsched.train.config import (
 from distsched.train.data import DataBundle, ShardBatches, iid_shards, label_skew_shards, load_data, make_shards
 from distsched.train.loop import FaultInjection, build_training, evaluate, train_step, train_worker
 from distsched.train.models import build_model, cnn, mlp
-from distsched.train.run import prepare_run, read_summary, run_processes, run_torchrun
+from distsched.train.run import preflight, prepare_run, read_summary, run_processes, run_torchrun
 from distsched.train.session import LocalSession, Session
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "load_data",
     "make_shards",
     "mlp",
+    "preflight",
     "prepare_run",
     "read_summary",
     "run_processes",

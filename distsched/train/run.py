@@ -55,6 +55,22 @@ def prepare_run(
     return folder, cfg
 
 
+def preflight(cfg: TrainConfig) -> int:
+    """Build what every worker will build (data set, shards, model) once, on the CPU, so that a config
+    the workers cannot run fails here; returns the run's total steps."""
+    import torch
+
+    from distsched.train.data import load_data, make_shards
+    from distsched.train.loop import total_steps_of
+    from distsched.train.models import build_model
+
+    bundle = load_data(cfg.data, cfg.seed)
+    shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
+    with torch.random.fork_rng():
+        build_model(cfg.model, bundle.input_shape, bundle.num_classes)
+    return total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+
+
 def read_summary(folder: RunFolder) -> dict[str, Any]:
     return json.loads(folder.summary_path.read_text(encoding="utf-8"))
 
@@ -136,6 +152,7 @@ def run_processes(cfg: TrainConfig, folder: RunFolder, *, fault: FaultInjection 
 
     from distsched.sync import free_port
 
+    preflight(cfg)
     init_method = f"tcp://127.0.0.1:{free_port()}"
     args = (cfg.workers, init_method, config_to_mapping(cfg), str(folder.root),
             dataclasses.asdict(fault) if fault else None)
