@@ -44,7 +44,7 @@ def test_label_skew_partition_and_skew_grows_as_alpha_shrinks():
 
 
 def test_label_skew_too_small_alpha_names_alpha():
-    targets = np.repeat(np.arange(2), 10)
+    targets = np.repeat(np.arange(2), 50)  # 100 samples: 8 shards of >= 5 exist, but not at alpha=0.01
     with pytest.raises(ValueError, match="alpha"):
         label_skew_shards(targets, 8, 0.01, seed=0, min_size=5, tries=3)
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from distsched._checks import check_int, check_positive
+from distsched._checks import check_int
+from distsched.federated import partitions
 from distsched.train.config import DataConfig
 
 
@@ -112,34 +113,21 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def iid_shards(n: int, workers: int, seed: int) -> list[np.ndarray]:
-    """A random permutation of ``range(n)`` cut into ``workers`` near-equal shards."""
+    """A random permutation of ``range(n)`` cut into ``workers`` near-equal shards
+    (the federated simulator's ``iid`` partitioner, one client per worker)."""
     check_int("workers", workers, 1)
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(s) for s in np.array_split(order, workers)]
+    return partitions.iid(n, workers, np.random.default_rng(seed))
 
 
 def label_skew_shards(
     targets: np.ndarray, workers: int, alpha: float, seed: int, min_size: int = 1, tries: int = 100
 ) -> list[np.ndarray]:
     """Per class ``c``, worker shares ``p_c ~ Dirichlet(alpha * 1_K)`` of that class's samples
-    (Hsu, Qi & Brown 2019). Redrawn until every shard holds at least ``min_size`` samples."""
+    (Hsu, Qi & Brown 2019): the federated simulator's ``dirichlet`` partitioner, one client per
+    worker. Redrawn until every shard holds at least ``min_size`` samples."""
     check_int("workers", workers, 1)
-    check_positive("alpha", alpha)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(targets)
-    for _ in range(tries):
-        parts: list[list[np.ndarray]] = [[] for _ in range(workers)]
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(targets == c))
-            cuts = (np.cumsum(rng.dirichlet(np.full(workers, alpha))) * len(idx)).astype(int)[:-1]
-            for k, piece in enumerate(np.split(idx, cuts)):
-                parts[k].append(piece)
-        shards = [np.sort(np.concatenate(p)) for p in parts]
-        if min(len(s) for s in shards) >= min_size:
-            return shards
-    raise ValueError(
-        f"alpha={alpha} is too small for {workers} workers: no draw in {tries} gave every shard "
-        f">= {min_size} samples (raise data.alpha or lower batch_size)"
+    return partitions.dirichlet(
+        np.asarray(targets), workers, alpha, np.random.default_rng(seed), min_size=min_size, max_tries=tries
     )
 
 
@@ -148,7 +136,10 @@ def make_shards(bundle: DataBundle, cfg: DataConfig, workers: int, batch_size: i
     if cfg.partition == "iid":
         shards = iid_shards(len(bundle.targets), workers, seed)
     else:
-        shards = label_skew_shards(bundle.targets, workers, cfg.alpha, seed, min_size=batch_size)
+        try:
+            shards = label_skew_shards(bundle.targets, workers, cfg.alpha, seed, min_size=batch_size)
+        except ValueError as exc:  # say it in the config's words (min_size is the batch size here)
+            raise ValueError(f"data.alpha={cfg.alpha!r}, {workers} workers, batch_size={batch_size}: {exc}") from None
     small = min(len(s) for s in shards)
     if small < batch_size:
         raise ValueError(f"batch_size must be <= the smallest shard ({small} samples), got {batch_size}")
