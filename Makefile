@@ -37,9 +37,16 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distsched tests benchmarks examples
 
+# Every benchmark, each printing its ratios against the named peer (about 30 min on 2 cores).
+# Flower pins its own Ray release, so it lives in its own environment (.venv/flower), never in .venv.
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) benchmarks/schedule_overhead.py
+	$(PY) benchmarks/privacy_planner.py
+	$(PY) benchmarks/privacy_step_time.py
+	$(PY) benchmarks/ray_train_report.py
+	$(PY) benchmarks/local_sgd.py
+	@test -x $(VENV)/flower/bin/python || $(PY) benchmarks/fed_vs_flower.py --setup-flower
+	$(PY) benchmarks/fed_vs_flower.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
