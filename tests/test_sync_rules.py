@@ -7,6 +7,7 @@ import math
 import pickle
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,46 @@ def test_qsr_is_non_decreasing_along_a_cosine_decay():
 
 
 # ---------------------------------------------------------------- PostLocal
+def _qsr_sync_steps_reference(peak, cosine_steps, warmup, h_base, alpha):
+    """Steps after which QSR syncs on a linear warmup from 0 then cosine, from the formulas alone:
+    lr(t) = peak * t / W for t < W, peak * (1 + cos(pi * (t - W) / C)) / 2 after; rounds starting
+    at t < W have H = h_base, later ones H = max(h_base, floor((alpha / lr(t))^2)), cut at T - t."""
+    total = warmup + cosine_steps
+    start, syncs = 0, []
+    while start < total:
+        if start < warmup:
+            h = h_base
+        else:
+            lr = peak * (1 + math.cos(math.pi * (start - warmup) / cosine_steps)) / 2
+            ratio = (alpha / lr) ** 2 if lr > 0 else math.inf
+            h = max(h_base, math.floor(ratio + 1e-9)) if ratio < total else total
+        start = min(start + h, total)
+        syncs.append(start - 1)
+    return syncs
+
+
+def test_qsr_holds_h_base_through_warmup_then_follows_the_formula():
+    """Gu et al. 2024 apply QSR after the warmup (their LocalOptimizer.adjust_h keeps H fixed while
+    step < warmup_steps). The README/config shape ``cosine + warmup_steps`` warms up from LR 0:
+    reading that LR made the first round the whole run (one sync at the end)."""
+    from distsched.sync import LocalSGD
+
+    peak, cosine_steps, warmup, h_base, alpha = 0.2, 400, 20, 2, 0.2
+    sched = S.from_spec({"name": "cosine", "lr": peak, "total_steps": cosine_steps, "warmup_steps": warmup})
+    total = warmup + cosine_steps
+    expected = _qsr_sync_steps_reference(peak, cosine_steps, warmup, h_base, alpha)
+    assert expected[: warmup // h_base] == list(range(h_base - 1, warmup, h_base)) and len(expected) > 20
+
+    model = torch.nn.Linear(3, 2)
+    engine = LocalSGD(model, QSR(h_base, alpha, warmup_steps=warmup), sched, total_steps=total)
+    assert [t for t in range(total) if engine.step(t)] == expected
+    assert engine.rounds == len(expected)
+
+    # the rule as it was (no warmup_steps): LR 0 at step 0, so one round spans the whole run
+    unaware = LocalSGD(torch.nn.Linear(3, 2), QSR(h_base, alpha), sched, total_steps=total)
+    assert [t for t in range(total) if unaware.step(t)] == [total - 1]
+
+
 def test_post_local_switch_step():
     rule = PostLocal(h=8, switch_step=100)
     rows = [
@@ -167,6 +208,7 @@ def test_lr_compensation(h_ref, power, h, expected):
         (lambda: QSR(h_base=4, alpha=-1.0), r"alpha must be > 0, got -1.0"),
         (lambda: QSR(h_base=4, alpha=0.2, gamma=0), r"gamma must be > 0, got 0"),
         (lambda: QSR(h_base=8, alpha=0.2, h_max=4), r"h_max must be an integer >= 8, got 4"),
+        (lambda: QSR(h_base=2, alpha=0.2, warmup_steps=-1), r"warmup_steps must be an integer >= 0, got -1"),
         (lambda: PostLocal(h=4, switch_step=-1), r"switch_step must be an integer >= 0, got -1"),
         (lambda: PostLocal(h=4, decay_tol=1.0), r"decay_tol must be in \[0, 1\), got 1.0"),
         (lambda: AdaComm(h_0=0), r"h_0 must be an integer >= 1, got 0"),

@@ -159,12 +159,18 @@ class QSR(SyncRule):
 
     ``gamma = 2`` is the paper's rule; as the LR decays, H grows as ``1 / lr^2``. Pick ``alpha``
     with :func:`suggest_alpha` (QSR then starts to act right after the peak LR).
+
+    Warmup: a round that starts at ``t < warmup_steps`` has ``H = h_base`` whatever the LR, as in the
+    authors' implementation (github.com/hmgxr128/QSR, ``LocalOptimizer.adjust_h``); QSR applies to
+    the decay after the warmup. Without it a warmup from LR 0 gives ``(alpha / 0)^2``: one round for
+    the whole run. Pass the schedule's warmup length when it has one.
     """
 
     h_base: int
     alpha: float
     gamma: float = 2.0
     h_max: int | None = None
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         check_int("h_base", self.h_base, 1)
@@ -172,6 +178,7 @@ class QSR(SyncRule):
         check_positive("gamma", self.gamma)
         if self.h_max is not None:
             check_int("h_max", self.h_max, self.h_base)
+        check_int("warmup_steps", self.warmup_steps, 0)
 
     def period_from_lr(self, lr: float) -> float:
         """``max(h_base, floor((alpha / lr) ** gamma))`` before any cap (``inf`` for ``lr = 0``)."""
@@ -187,7 +194,8 @@ class QSR(SyncRule):
     ) -> int:
         _check_call(step, lr, total_steps)
         lr = _require_lr("QSR", lr)
-        return _clip(self.period_from_lr(lr), step, self.h_max, total_steps)
+        h = self.h_base if step < self.warmup_steps else self.period_from_lr(lr)
+        return _clip(h, step, self.h_max, total_steps)
 
 
 @dataclasses.dataclass
