@@ -7,7 +7,12 @@ digits 5-9); MLP 64-256-256-10; global batch 64 (32 per worker), 23 steps per ep
 0.9; cosine from 0.1 to 0; the same seed (init and data order) for every variant.
 
 Part 1 (main table): every variant once, seed 0, ``--epochs`` epochs.
-Part 2: QSR vs fixed H at (about) the same number of rounds, and DDP, over ``--seeds`` seeds.
+Part 2 (QSR sweep): DDP; QSR for h_base in {2, 4, 8} with the rule-of-thumb alpha
+(``suggest_alpha``) and with the smallest alpha that gives >= 10x fewer rounds than DDP (the
+QSR paper's regime, H = h_base until late in training, where that alpha is below the rule of
+thumb); fixed H at the rounds of each QSR variant (``H = round(T / rounds)``). Every alpha and H
+is computed from the rule and the schedule alone, before any training. Each over ``--seeds``
+seeds (init and data order), reported as mean, spread and per-seed gaps paired by seed.
 Part 3: interleaved timing of one averaging call, ours vs torch's ``average_parameters``.
 
     .venv/bin/python benchmarks/local_sgd.py       # full run (writes benchmarks/results/local_sgd.json)
@@ -91,14 +96,71 @@ def variants(total_steps: int, include_pma: bool = True) -> list[dict]:
     return out
 
 
-def qsr_rounds(total_steps: int) -> int:
-    """Rounds QSR takes on the cosine schedule (the rule alone, no training)."""
-    sched, rule = S.cosine(lr=LR_PEAK, total_steps=total_steps), QSR(H_BASE, suggest_alpha(LR_PEAK, H_BASE))
-    start, n = 0, 0
+def qsr_periods(total_steps: int, h_base: int = H_BASE, alpha: float | None = None) -> list[tuple[int, int]]:
+    """(first step, H) of every round QSR takes on the cosine schedule (the rule alone, no training)."""
+    alpha = suggest_alpha(LR_PEAK, h_base) if alpha is None else alpha
+    sched, rule = S.cosine(lr=LR_PEAK, total_steps=total_steps), QSR(h_base, alpha)
+    start, out = 0, []
     while start < total_steps:
-        start += rule.next_period(start, sched(start), total_steps=total_steps)
-        n += 1
-    return n
+        h = rule.next_period(start, sched(start), total_steps=total_steps)
+        out.append((start, h))
+        start += h
+    return out
+
+
+def qsr_rounds(total_steps: int, h_base: int = H_BASE, alpha: float | None = None) -> int:
+    """Rounds QSR takes on the cosine schedule (the rule alone, no training)."""
+    return len(qsr_periods(total_steps, h_base, alpha))
+
+
+def alpha_for_rounds(total_steps: int, h_base: int, max_rounds: int) -> float:
+    """The smallest alpha (to 1e-4 relative) for which QSR takes at most ``max_rounds`` rounds:
+    rounds fall as alpha grows, so bisect on the rule alone. The paper's regime (H = h_base until
+    late in training) is ``alpha < suggest_alpha(lr_peak, h_base)``."""
+    lo, hi = 1e-6, 10.0 * LR_PEAK
+    assert qsr_rounds(total_steps, h_base, hi) <= max_rounds
+    while hi - lo > 1e-4 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if qsr_rounds(total_steps, h_base, mid) <= max_rounds else (mid, hi)
+    return hi
+
+
+def sweep_variants(total_steps: int) -> list[dict]:
+    """Part 2's variants, chosen by rule before training: DDP; QSR h_base in {2, 4, 8} with
+    ``suggest_alpha``; QSR with the smallest alpha giving >= 10x fewer rounds than DDP (one variant
+    per distinct period sequence); fixed H = round(T / rounds) for each QSR variant."""
+    qsr: list[dict] = []
+    seen: dict[tuple[int, ...], dict] = {}
+    target = total_steps // 10  # >= 10x fewer rounds than DDP's one per step
+    for regime in ("thumb", "10x"):
+        for h_base in (2, 4, 8):
+            if regime == "thumb":
+                alpha = suggest_alpha(LR_PEAK, h_base)
+            else:
+                alpha = alpha_for_rounds(total_steps, h_base, target)
+            periods = qsr_periods(total_steps, h_base, alpha)
+            key = tuple(h for _, h in periods)
+            if key in seen:  # same periods as a variant already listed (h_base inactive): not run twice
+                seen[key]["same_periods_h_base"].append(h_base)
+                continue
+            grows = next((s for s, h in periods if h > h_base), total_steps)
+            seen[key] = {"kind": "local", "rule": lambda h_base=h_base, alpha=alpha: QSR(h_base=h_base, alpha=alpha),
+                         "h_base": h_base, "alpha": alpha, "regime": regime, "rule_rounds": len(periods),
+                         "h_at_peak": periods[0][1], "grows_from_step": grows, "same_periods_h_base": [h_base]}
+            qsr.append(seen[key])
+    for q in qsr:
+        hb = "|".join(map(str, q["same_periods_h_base"]))
+        q["name"] = f"QSR h_base={hb} alpha={q['alpha']:.4f} ({q['regime']})"
+    fixed = sorted({max(1, round(total_steps / q["rule_rounds"])) for q in qsr})
+    out = [{"name": "DDP", "kind": "ddp"}] + qsr
+    out += [{"name": f"fixed H={h}", "kind": "local", "rule": lambda h=h: FixedH(h), "h": h} for h in fixed]
+    for q in qsr:
+        q["matched_fixed"] = f"fixed H={max(1, round(total_steps / q['rule_rounds']))}"
+    return out
+
+
+_META = ("h_base", "alpha", "regime", "rule_rounds", "h_at_peak", "grows_from_step", "matched_fixed", "h",
+         "same_periods_h_base")
 
 
 def run_variant(v: dict, seed: int, epochs: int, data: dict, rank: int) -> dict:
@@ -217,17 +279,12 @@ def worker(rank: int, port: int, args: argparse.Namespace, out_path: str) -> Non
         if rank == 0:
             print(f"[main] {r['name']}: acc {r['test_acc']:.4f} rounds {r['rounds']} wall {r['wall_s']:.1f}s",
                   flush=True)
-    # QSR vs fixed H at about the same number of rounds, several seeds
-    ctotal = steps_per_epoch() * args.compare_epochs
-    q_rounds = qsr_rounds(ctotal)
-    h_match = max(1, round(ctotal / q_rounds))
-    alpha = suggest_alpha(LR_PEAK, H_BASE)
-    pair = [{"name": "DDP", "kind": "ddp"},
-            {"name": "QSR", "kind": "local", "rule": lambda: QSR(h_base=H_BASE, alpha=alpha)},
-            {"name": f"fixed H={h_match}", "kind": "local", "rule": lambda: FixedH(h_match)}]
+    # QSR sweep, DDP and fixed H at QSR's rounds, several seeds (settings from the rule alone)
+    sweep = sweep_variants(steps_per_epoch() * args.compare_epochs)
     for seed in range(args.seeds):
-        for v in pair:
+        for v in sweep:
             r = run_variant(v, seed, args.compare_epochs, data, rank)
+            r.update({k: v[k] for k in _META if k in v})
             results["compare"].append(r)
             if rank == 0:
                 print(f"[compare] seed {seed} {r['name']}: acc {r['test_acc']:.4f} loss {r['train_loss']:.4f} "
@@ -278,19 +335,47 @@ def report(res: dict) -> str:
     lines = [f"split: {res.get('split', 'label')}", ""]
     if res["main"]:
         lines += _report_main(res)
-    comp = res["compare"]
+    lines += _report_compare(res["compare"])
+    return "\n".join(lines)
+
+
+def _sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _paired_gap(comp: list[dict], name: str, ref: str) -> str:
+    """Test-accuracy gap ``name - ref`` in points, paired by seed: mean (sample std) [per seed]."""
+    by_seed = {r["seed"]: 100 * r["test_acc"] for r in comp if r["name"] == ref}
+    gaps = [100 * r["test_acc"] - by_seed[r["seed"]] for r in comp if r["name"] == name and r["seed"] in by_seed]
+    return f"{statistics.mean(gaps):+.2f} ({_sd(gaps):.2f}) [{', '.join(f'{g:+.2f}' for g in gaps)}]"
+
+
+def _report_compare(comp: list[dict]) -> list[str]:
     names = list(dict.fromkeys(r["name"] for r in comp))
-    lines.append(f"| {len({r['seed'] for r in comp})} seeds, {comp[0]['epochs']} epochs | rounds | test acc mean "
-                 "(std) | final train loss mean (std) |")
-    lines.append("|---|---:|---:|---:|")
+    seeds = sorted({r["seed"] for r in comp})
+    lines = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {comp[0]['epochs']} epochs; mean (sample std) "
+             "[min-max]; gaps in points paired by seed: mean (std) [per seed]; 1 test sample = "
+             f"{100 / N_TEST:.2f} points", "",
+             "| variant | rounds | MiB / worker | test acc % | final train loss | gap vs DDP | gap vs fixed H at "
+             "same rounds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for n in names:
         rs = [r for r in comp if r["name"] == n]
-        acc = [100 * r["test_acc"] for r in rs]
-        loss = [r["train_loss"] for r in rs]
-        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-        lines.append(f"| {n} | {rs[0]['rounds']} | {statistics.mean(acc):.2f} ({sd(acc):.2f}) | "
-                     f"{statistics.mean(loss):.4f} ({sd(loss):.4f}) |")
-    return "\n".join(lines)
+        acc, loss = [100 * r["test_acc"] for r in rs], [r["train_loss"] for r in rs]
+        rounds = sorted({r["rounds"] for r in rs})
+        vs_ddp = "-" if rs[0]["kind"] == "ddp" else _paired_gap(comp, n, "DDP")
+        fixed = rs[0].get("matched_fixed")
+        vs_fixed = f"{_paired_gap(comp, n, fixed)} ({fixed})" if fixed else "-"
+        lines.append(f"| {n} | {'/'.join(map(str, rounds))} | {_mb(rs[0]['bytes'])} | {statistics.mean(acc):.2f} "
+                     f"({_sd(acc):.2f}) [{min(acc):.2f}-{max(acc):.2f}] | {statistics.mean(loss):.4f} "
+                     f"({_sd(loss):.4f}) | {vs_ddp} | {vs_fixed} |")
+    lines.append("")
+    for n in names:
+        r = next(r for r in comp if r["name"] == n)
+        if "h_base" in r:
+            lines.append(f"{n}: {r['rule_rounds']} rounds by the rule, H = {r['h_at_peak']} at the peak LR, "
+                         f"H > h_base from step {r['grows_from_step']} of {r['steps']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
