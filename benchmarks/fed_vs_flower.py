@@ -1,11 +1,19 @@
 """FED-DIGITS: distsched's actor-pool simulator against Flower's Ray simulation, in one command.
 
-Workload (both frameworks, same data split, same partition, same initial model): sklearn digits scaled
-to [0, 1], 297 test / 1500 train (seed 0), 100 clients by Dirichlet(0.5) over labels, MLP 64-128-10,
-FedAvg, 20 clients per round, 30 rounds, 1 local epoch, batch 10, SGD lr 0.05, 2 CPUs, centralized
-test evaluation every round. Reported: end-to-end time (Ray start included), steady-state client
-updates per second (rounds 2..30, wall clock between the ends of round 1 and round 30; cluster start
-and the first round excluded), final test accuracy. Then a scale run of distsched: 10,000 clients
+Workload (both frameworks train the same thing): sklearn digits scaled to [0, 1], 297 test / 1500
+train, 100 clients by Dirichlet(0.5) over labels, MLP 64-128-10, FedAvg, 20 clients per round, 30
+rounds, 1 local epoch, batch 10, SGD lr 0.05, 2 CPUs, centralized test evaluation every round.
+For repetition ``seed``, distsched builds the data split, the partition, the initial model, the
+cohort of every round (its ``ClientSampler``) and every client's batch-order seed
+(``client_seed(seed, round, client)``) and exports them; the Flower harness trains exactly those
+clients per round (a ``FedAvg`` subclass whose ``configure_fit`` hands the exported cohort to the
+nodes it samples) with each client's batch order drawn from ``torch.randperm`` on a generator seeded
+with the exported seed, as distsched's client does. Both then compute the same FedAvg up to float
+rounding; the script reports how close the two global models and their per-round test accuracies are.
+
+Reported: end-to-end time (Ray start included), steady-state client updates per second (rounds 2..30,
+wall clock between the ends of round 1 and round 30; cluster start and the first round excluded),
+final test accuracy, agreement between the frameworks. Then a scale run of distsched: 10,000 clients
 (LEAF-style synthetic(0.5, 0.5), natural split), 100 per round, with peak memory.
 
 Flower runs in its own virtual environment (``flwr[simulation]`` pins ``ray==2.55.1`` while distsched
@@ -56,60 +64,74 @@ SCALE = {
 # ---------------------------------------------------------------------------------------------
 # distsched side (runs in distsched's environment)
 # ---------------------------------------------------------------------------------------------
-def run_distsched(config: dict, out: Path, export: Path | None = None) -> dict:
+def export_workload(config: dict, path: Path) -> None:
+    """Write what both frameworks train for ``config``: data split, client index (CSR), initial model,
+    the cohort of every round and every sampled client's batch-order seed."""
+    import numpy as np
+
+    from distsched.federated import Simulation, client_seed, to_csr
+
+    sim = Simulation(config)
+    rounds, seed = int(config["rounds"]), int(config["seed"])
+    cohorts = np.stack([sim.sampler.sample(r).participants for r in range(rounds)])  # rounds are 0-based
+    seeds = np.array([[client_seed(seed, r, int(k)) for k in row] for r, row in enumerate(cohorts)], dtype=np.int64)
+    order, offsets = to_csr(sim.parts)
+    np.savez(
+        path,
+        x_train=sim.data.x_train,
+        y_train=sim.data.y_train,
+        x_test=sim.data.x_test,
+        y_test=sim.data.y_test,
+        order=order,
+        offsets=offsets,
+        init=sim.params.numpy(),
+        cohorts=cohorts,
+        seeds=seeds,
+    )
+
+
+def run_distsched(config: dict, out: Path, model_out: Path | None = None) -> dict:
+    import numpy as np
     import ray
 
     from distsched.cluster import connect
-    from distsched.federated import Simulation, to_csr
+    from distsched.federated import Simulation
 
     sim = Simulation(config)
-    if export is not None:
-        import numpy as np
-
-        order, offsets = to_csr(sim.parts)
-        np.savez(
-            export,
-            x_train=sim.data.x_train,
-            y_train=sim.data.y_train,
-            x_test=sim.data.x_test,
-            y_test=sim.data.y_test,
-            order=order,
-            offsets=offsets,
-            init=sim.params.numpy(),
-        )
     t0 = time.perf_counter()
     connect(num_cpus=2)
-    summary = sim.run(out_dir=out, progress=False)
+    summary = sim.run(out_dir=out, progress=False, plots=False)
     ray.shutdown()
+    summary["end_to_end_s"] = time.perf_counter() - t0
     accs = [h.test_acc for h in sim.history if h.test_acc is not None]
     summary["last5_test_acc"] = sum(accs[-5:]) / len(accs[-5:]) if accs else None
-    summary["end_to_end_s"] = time.perf_counter() - t0
+    summary["test_acc_by_round"] = accs
+    summary["test_loss_by_round"] = [h.test_loss for h in sim.history if h.test_loss is not None]
+    if model_out is not None:
+        np.save(model_out, sim.params.numpy())
     return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # Flower side (runs in Flower's environment; imports nothing from distsched)
 # ---------------------------------------------------------------------------------------------
-def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed: int) -> dict:
-    import random
-
+def run_flower(data_path: str, model_out: str, rounds: int, num_clients: int) -> dict:
     import numpy as np
     import torch
     from flwr.client import ClientApp, NumPyClient
-    from flwr.common import Context, ndarrays_to_parameters
+    from flwr.common import Context, FitIns, ndarrays_to_parameters
     from flwr.server import ServerApp, ServerAppComponents, ServerConfig
     from flwr.server.strategy import FedAvg
     from flwr.simulation import run_simulation
     from torch import nn
     from torch.nn import functional as F
 
-    random.seed(seed)  # Flower's client manager samples cohorts with `random`
-    np.random.seed(seed)
-    torch.manual_seed(seed)
     d = np.load(data_path)
     x_train, y_train = torch.as_tensor(d["x_train"]), torch.as_tensor(d["y_train"])
     x_test, y_test = torch.as_tensor(d["x_test"]), torch.as_tensor(d["y_test"])
     order, offsets, init = d["order"], d["offsets"], d["init"]
+    cohorts, seeds = d["cohorts"], d["seeds"]
+    cohort = cohorts.shape[1]
 
     def make_model() -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(x_train.shape[1], 128), nn.ReLU(), nn.Linear(128, 10))
@@ -127,27 +149,49 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
     init_arrays = to_arrays(template)
 
     class DigitsClient(NumPyClient):
-        def __init__(self, cid: int) -> None:
+        def __init__(self) -> None:
             torch.set_num_threads(1)
-            self.idx = torch.as_tensor(order[offsets[cid] : offsets[cid + 1]])
             self.model = make_model()
 
         def fit(self, parameters, config):
+            pid = int(config["partition-id"])
+            idx = torch.as_tensor(order[offsets[pid] : offsets[pid + 1]])
             load(self.model, parameters)
             opt = torch.optim.SGD(self.model.parameters(), lr=0.05)
-            x, y = x_train[self.idx], y_train[self.idx]
-            for batch in torch.randperm(len(y)).split(10):  # 1 local epoch, batch 10
+            x, y = x_train[idx], y_train[idx]
+            gen = torch.Generator().manual_seed(int(config["seed"]))  # as distsched's client: (seed, round, client)
+            for batch in torch.randperm(len(y), generator=gen).split(10):  # 1 local epoch, batch 10
                 opt.zero_grad()
                 F.cross_entropy(self.model(x[batch]), y[batch]).backward()
                 opt.step()
             return to_arrays(self.model), len(y), {}
 
     def client_fn(context: Context):
-        return DigitsClient(int(context.node_config["partition-id"])).to_client()
+        return DigitsClient().to_client()
+
+    class ExportedCohortFedAvg(FedAvg):
+        """Stock FedAvg (sampling of nodes and aggregation included) whose round ``r`` trains the
+        exported cohort ``r``: the ``j``-th sampled node gets client ``cohorts[r, j]`` (its partition
+        id and batch-order seed in the fit config).
+
+        Flower gives simulated nodes random ids that the server cannot map to partition ids without
+        an extra message per node, and its simulated clients are stateless (built by ``client_fn`` for
+        every message), so a node training the partition named in its config does the same work as
+        node ``k`` owning partition ``k``."""
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            nodes = super().configure_fit(server_round, parameters, client_manager)
+            r = server_round - 1
+            if len(nodes) != len(cohorts[r]):
+                raise RuntimeError(f"round {server_round}: {len(nodes)} nodes sampled for a cohort of {cohort}")
+            return [
+                (node, FitIns(ins.parameters, {"partition-id": int(k), "seed": int(s)}))
+                for (node, ins), k, s in zip(nodes, cohorts[r], seeds[r])
+            ]
 
     ends: list[float] = []
     accs: list[float] = []
-    final: dict = {}
+    losses: list[float] = []
     eval_model = make_model()
 
     def evaluate_fn(server_round, arrays, config):
@@ -159,11 +203,13 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
         if server_round > 0:
             ends.append(time.perf_counter())
             accs.append(acc)
-            final.update(acc=acc, loss=loss, round=server_round)
+            losses.append(loss)
+            if server_round == rounds:
+                np.save(model_out, np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays]))
         return loss, {"accuracy": acc}
 
     def server_fn(context: Context):
-        strategy = FedAvg(
+        strategy = ExportedCohortFedAvg(
             fraction_fit=cohort / num_clients,
             min_fit_clients=cohort,
             min_available_clients=num_clients,
@@ -184,19 +230,21 @@ def run_flower(data_path: str, rounds: int, cohort: int, num_clients: int, seed:
     steady = (len(ends) - 1) * cohort / (ends[-1] - ends[0]) if len(ends) > 1 else None
     return {
         "rounds": len(ends),
-        "final_test_acc": final.get("acc"),
-        "final_test_loss": final.get("loss"),
+        "final_test_acc": accs[-1] if accs else None,
+        "final_test_loss": losses[-1] if losses else None,
         "last5_test_acc": sum(accs[-5:]) / len(accs[-5:]) if accs else None,
         "end_to_end_s": total,
         "steady_updates_per_s": steady,
         "client_updates": len(ends) * cohort,
+        "test_acc_by_round": accs,
+        "test_loss_by_round": losses,
     }
 
 
-def flower_subprocess(python: str, data: Path, rounds: int, cohort: int, clients: int, seed: int, timeout: int) -> dict:
+def flower_subprocess(python: str, data: Path, model_out: Path, rounds: int, clients: int, timeout: int) -> dict:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    cmd = [python, __file__, "--flower-worker", str(data), str(rounds), str(cohort), str(clients), str(seed)]
+    cmd = [python, __file__, "--flower-worker", str(data), str(model_out), str(rounds), str(clients)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode != 0:
         return {"error": f"exit {out.returncode}", "stderr_tail": out.stderr[-3000:]}
@@ -210,6 +258,29 @@ def setup_flower(env: Path) -> None:
         subprocess.run(["python3", "-m", "venv", str(env)], check=True)
     pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0", "flwr[simulation]>=1.10", "scikit-learn"], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison
+# ---------------------------------------------------------------------------------------------
+def agreement(ours: dict, flower: dict, ours_model: Path, flower_model: Path) -> dict:
+    """How close the two frameworks' FedAvg runs are: final global models and per-round test metrics."""
+    import numpy as np
+
+    a, b = np.load(ours_model).astype(np.float64), np.load(flower_model).astype(np.float64)
+    acc_a, acc_b = np.asarray(ours["test_acc_by_round"]), np.asarray(flower["test_acc_by_round"])
+    loss_a, loss_b = np.asarray(ours["test_loss_by_round"]), np.asarray(flower["test_loss_by_round"])
+    n_test = 297
+    return {
+        "max_abs_param_diff": float(np.abs(a - b).max()),
+        "rel_l2_param_diff": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
+        "max_abs_param": float(np.abs(a).max()),
+        "final_acc_diff_points": 100 * float(acc_a[-1] - acc_b[-1]),
+        "max_abs_acc_diff_points_over_rounds": 100 * float(np.abs(acc_a - acc_b).max()),
+        "max_test_predictions_differing": int(round(float(np.abs(acc_a - acc_b).max()) * n_test)),
+        "rounds_with_equal_acc": int((acc_a == acc_b).sum()),
+        "max_abs_loss_diff_over_rounds": float(np.abs(loss_a - loss_b).max()),
+    }
 
 
 def _aggregate(runs: list[dict]) -> dict:
@@ -242,12 +313,12 @@ def main() -> int:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fed_vs_flower.json"))
     parser.add_argument("--repeats", type=int, default=3, help="FED-DIGITS runs per framework (seeds 0..n-1)")
-    parser.add_argument("--flower-worker", nargs=5, metavar=("DATA", "ROUNDS", "COHORT", "CLIENTS", "SEED"))
+    parser.add_argument("--flower-worker", nargs=4, metavar=("DATA", "MODEL_OUT", "ROUNDS", "CLIENTS"))
     parser.add_argument("--scale-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flower_worker:
-        data, rounds, cohort, clients, seed = args.flower_worker
-        result = run_flower(data, int(rounds), int(cohort), int(clients), int(seed))
+        data, model_out, rounds, clients = args.flower_worker
+        result = run_flower(data, model_out, int(rounds), int(clients))
         print("FLOWER_RESULT " + json.dumps(result), flush=True)
         return 0
     if args.scale_worker:
@@ -268,33 +339,55 @@ def main() -> int:
         "client_updates",
         "rounds",
     )
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": 2}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join([".venv/bin/python", "benchmarks/fed_vs_flower.py", *sys.argv[1:]]),
+        "cpus": 2,
+    }
+    have_flower = not args.skip_flower and Path(args.flower_python).exists()
+    rounds, clients = int(FED_DIGITS["rounds"]), int(FED_DIGITS["partition"]["num_clients"])
     with tempfile.TemporaryDirectory() as tmp:
-        # repetition i: both frameworks get the same data split, partition and initial model (seed i);
-        # cohorts and batch order are each framework's own.
-        ours_runs, flower_runs = [], []
+        # repetition i: both frameworks train seed i's workload (see the module docstring); the order
+        # of the two runs alternates between repetitions so that load drifts hit both alike.
+        ours_runs, flower_runs, agree = [], [], []
         for seed in range(args.repeats):
-            data = Path(tmp) / f"fed_digits_{seed}.npz"
-            ours = run_distsched({**FED_DIGITS, "seed": seed}, Path(tmp) / "runs", export=data)
-            ours_runs.append({k: ours[k] for k in keep})
-            print("distsched", seed, json.dumps(ours_runs[-1]), flush=True)
-            if args.skip_flower:
-                continue
-            if not Path(args.flower_python).exists():
-                flower_runs.append({"error": f"no Flower environment at {args.flower_python} (see the docstring)"})
-            else:
-                flower_runs.append(flower_subprocess(args.flower_python, data, 30, 20, 100, seed, timeout=480))
-            print("flower", seed, json.dumps(flower_runs[-1]), flush=True)
+            config = {**FED_DIGITS, "seed": seed}
+            data, m_ours, m_fl = (Path(tmp) / f"{n}_{seed}.npy" for n in ("workload", "ours", "flower"))
+            data = data.with_suffix(".npz")
+            export_workload(config, data)
+            order = ("distsched", "flower") if seed % 2 == 0 else ("flower", "distsched")
+            ours = fl = None
+            for which in order:
+                load = os.getloadavg()[0]
+                if which == "distsched":
+                    ours = run_distsched(config, Path(tmp) / "runs", model_out=m_ours)
+                    ours_runs.append({**{k: ours[k] for k in keep}, "load_1min_before": load})
+                    print("distsched", seed, json.dumps(ours_runs[-1]), flush=True)
+                elif not args.skip_flower:
+                    if not have_flower:
+                        fl = {"error": f"no Flower environment at {args.flower_python} (see the docstring)"}
+                    else:
+                        fl = flower_subprocess(args.flower_python, data, m_fl, rounds, clients, timeout=480)
+                    flower_runs.append({**{k: fl[k] for k in keep if k in fl}, "load_1min_before": load})
+                    if "error" in fl:
+                        flower_runs[-1].update(error=fl["error"], stderr_tail=fl.get("stderr_tail", ""))
+                    print("flower", seed, json.dumps(flower_runs[-1]), flush=True)
+            if fl is not None and "error" not in fl:
+                agree.append({"seed": seed, **agreement(ours, fl, m_ours, m_fl)})
+                print("agreement", json.dumps(agree[-1]), flush=True)
         results["distsched"] = _aggregate(ours_runs)
         if flower_runs:
             results["flower"] = _aggregate(flower_runs)
-            fl, us = results["flower"], results["distsched"]
-            if fl.get("steady_updates_per_s_median"):
-                results["speedup_steady"] = us["steady_updates_per_s_median"] / fl["steady_updates_per_s_median"]
-                results["accuracy_gap_points"] = 100 * (us["final_test_acc_mean"] - fl["final_test_acc_mean"])
-                results["last5_accuracy_gap_points"] = 100 * (us["last5_test_acc_mean"] - fl["last5_test_acc_mean"])
+            results["agreement"] = agree
+            fl_agg, us = results["flower"], results["distsched"]
+            if fl_agg.get("steady_updates_per_s_median"):
+                results["speedup_steady"] = us["steady_updates_per_s_median"] / fl_agg["steady_updates_per_s_median"]
+                results["speedup_end_to_end"] = fl_agg["end_to_end_s_median"] / us["end_to_end_s_median"]
+                results["accuracy_gap_points"] = 100 * (us["final_test_acc_mean"] - fl_agg["final_test_acc_mean"])
+                results["last5_accuracy_gap_points"] = 100 * (us["last5_test_acc_mean"] - fl_agg["last5_test_acc_mean"])
         if not args.skip_scale:
             # its own process, so that peak memory is the scale run's alone
+            load = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--scale-worker", str(Path(tmp) / "runs")]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=480, check=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("SCALE_RESULT ")][-1]
@@ -306,11 +399,13 @@ def main() -> int:
                 "driver_max_rss_mib": scale["driver_max_rss_mib"],
                 "actor_max_rss_mib": scale["actor_max_rss_mib"],
                 "peak_rss_mib_upper_bound": scale["peak_rss_mib_upper_bound"],
+                "load_1min_before": load,
             }
             print("distsched_scale", json.dumps(results["distsched_scale"]), flush=True)
+    results["load_1min_end"] = os.getloadavg()[0]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 
 
