@@ -1,8 +1,9 @@
 """Checkpoints: one folder per saved step, one file per worker, plus a ``meta.json`` from rank 0.
 
 Local SGD keeps a different model on every worker between two syncs, so every worker saves its own
-state: model, optimizer, schedule step, sync-engine state (rule state included), RNG states, data
-position and the metrics offset. ``checkpoints/step_00000100/rank_1.pt`` is rank 1 after 100 steps.
+state: model, optimizer, schedule step, controller state (``"controller"``, None without one), sync-engine
+state (rule state included), RNG states, data position and the metrics offset.
+``checkpoints/step_00000100/rank_1.pt`` is rank 1 after 100 steps.
 """
 
 from __future__ import annotations

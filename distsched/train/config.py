@@ -19,6 +19,8 @@ is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine
 (``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
 ``outer: {lr, momentum, nesterov}``). Both are checked at load time by building them.
 ``privacy`` turns on DP-SGD (:class:`distsched.privacy.PrivacyConfig`, checked at load time).
+``controller`` puts a feedback controller on the schedule (``{name: plateau, factor: 0.5, patience: 3}``;
+:mod:`distsched.train.controller`, checked at load time by building it).
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     #: DP-SGD: a :class:`distsched.privacy.PrivacyConfig` mapping (target_epsilon / noise_multiplier, delta, ...).
     privacy: dict[str, Any] | None = None
+    #: a feedback controller on the schedule, ``{name: pid | plateau | warm_restart | curriculum, ...}``,
+    #: fed the workers' mean loss at every metrics record (:mod:`distsched.train.controller`); None = off.
+    controller: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -181,6 +186,10 @@ class TrainConfig:
             from distsched.privacy.config import privacy_config
 
             privacy_config(self.privacy)
+        if self.controller is not None:
+            from distsched.train.controller import build_controller
+
+            build_controller(self.controller)
 
 
 def build_schedule(spec: Mapping[str, Any]) -> Any:

@@ -2,9 +2,12 @@
 metrics. It runs unchanged under Ray Train and under torchrun; what differs is the
 :class:`~distsched.train.session.Session` handed to it.
 
-Per step ``t`` (0-based), with ``lr_t = schedule(t) * engine.lr_factor(t)``::
+Per step ``t`` (0-based), with ``lr_t = schedule(c.schedule_step(t)) * c.multiplier(t) * engine.lr_factor(t)``
+(``c`` the config's controller, if any; without one the first two factors are ``schedule(t)``)::
 
     loss = train_step(model, optimizer, batch)      # forward, backward, optimizer.step()
+    if (t + 1) % log_every == 0:                    # a metrics record: the loss averaged over workers
+        update_controller(c, mean_loss, t)          # (already all-reduced for logging) feeds the controller
     engine.step(t, loss)                            # local SGD: average when the rule says so
     scheduler.step()                                # lr for step t + 1, closed form
 
@@ -12,9 +15,9 @@ Two seams for differentially private training: :func:`build_training` (where the
 data loader are made) and :func:`train_step` (where one step is taken).
 
 Resuming: a checkpoint holds each worker's own model and optimizer (models differ between syncs),
-the schedule step, the engine (rounds, bytes, round in progress, rule state), RNG states, the data
-position and the metrics window; rank 0 truncates ``metrics.jsonl`` to the checkpoint's step, so
-no step is counted twice and the resumed run equals the uninterrupted one.
+the schedule step, the controller state, the engine (rounds, bytes, round in progress, rule state),
+RNG states, the data position and the metrics window; rank 0 truncates ``metrics.jsonl`` to the
+checkpoint's step, so no step is counted twice and the resumed run equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
+from distsched.train.controller import build_controller, update_controller
 from distsched.train.data import DataBundle, ShardBatches, load_data, make_shards
 from distsched.train.models import build_model
 from distsched.train.session import Session
@@ -183,6 +187,7 @@ def train_worker(
 
     torch.distributed must be initialized when ``session.world_size > 1``.
     """
+    from distsched.control import Controlled
     from distsched.schedules import ScheduledLR
     from distsched.sync import LocalSGD
 
@@ -200,7 +205,11 @@ def train_worker(
 
     torch.manual_seed(cfg.seed)  # identical initial replicas
     model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
+    # SEAM (control): schedule x controller, read by the optimizer's LR and by the sync rule alike
+    controller = build_controller(cfg.controller)
     schedule = build_schedule(cfg.schedule)
+    if controller is not None:
+        schedule = Controlled(schedule, controller)
     tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
     priv = None  # DP-SGD (privacy block): Opacus optimizer, Poisson batches, accountant, budget guard
     if cfg.privacy is not None:
@@ -224,6 +233,13 @@ def train_worker(
             raise ValueError(f"workers must be {state['world_size']} to resume {restore}, got {world}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if controller is not None and state.get("controller") is None:
+            raise ValueError(f"controller: the checkpoint {restore} has no controller state (a run without one)")
+        if controller is None and state.get("controller") is not None:
+            raise ValueError(f"controller: the checkpoint {restore} holds controller state, the config has no "
+                             f"controller block")
+        if controller is not None:  # before the scheduler, whose LR reads the controller
+            controller.load_state_dict(state["controller"])
         scheduler.load_state_dict(state["scheduler"])
         engine.load_state_dict(state["engine"])
         if priv is not None:
@@ -248,6 +264,7 @@ def train_worker(
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
             "privacy": priv.state_dict() if priv is not None else None,
+            "controller": controller.state_dict() if controller is not None else None,
         }
 
     def save(step: int, elapsed: float, done: bool, metrics: Mapping[str, Any]) -> None:
@@ -265,20 +282,25 @@ def train_worker(
         if priv is not None and not priv.allows_next_step():  # the step would exceed the budget: stop here
             end, stopped_by_budget = t, True
             break
-        lr_t = float(optimizer.param_groups[0]["lr"])
+        lr_t = float(optimizer.param_groups[0]["lr"])  # applied: schedule x controller x compensation (x DP)
         h_t = engine.current_period
+        factor_t = float(controller.multiplier(t)) if controller is not None else None
         sigma_t = priv.noise_multiplier if priv is not None else None
         loss = train_step(model, optimizer, next(batches), device)
         if priv is not None:
             priv.after_step()
-        engine.step(t, loss)
-        scheduler.step()
-        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
         window = (window[0] + loss, window[1] + 1)
         done = t + 1
+        mean_loss = None
         if done % cfg.log_every == 0 or done == total:
-            mean_loss = _mean_over_workers(window[0], window[1], world, device)
+            mean_loss = _mean_over_workers(window[0], window[1], world, device)  # the one loss collective
             window = (0.0, 0)
+            if controller is not None:  # same value on every rank: same decisions, same LR everywhere
+                update_controller(controller, mean_loss, t)
+        engine.step(t, loss)  # a new round's H is read from the controlled schedule
+        scheduler.step()
+        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
+        if mean_loss is not None:
             last = {
                 "step": done, "epoch": tr.sampler.epoch + tr.sampler.batch / tr.sampler.batches_per_epoch,
                 "lr": lr_t, "H": h_t, "loss": mean_loss, "rounds": engine.rounds, "bytes": engine.bytes_sent,
@@ -286,13 +308,16 @@ def train_worker(
             }
             if priv is not None:
                 last.update(epsilon=run_epsilon(priv), sigma=sigma_t, lr_factor=priv.lr_factor)
+            if controller is not None:
+                last["controller_factor"] = factor_t
             if writer is not None:
                 writer.write(last)
                 if echo:
                     print(
                         f"step {done}/{total}  lr {lr_t:.4g}  H {h_t}  loss {mean_loss:.4f}  "
                         f"rounds {engine.rounds}  bytes {engine.bytes_sent}"
-                        + (f"  epsilon {last['epsilon']:.3f}" if "epsilon" in last else ""), flush=True,
+                        + (f"  epsilon {last['epsilon']:.3f}" if "epsilon" in last else "")
+                        + (f"  factor {factor_t:.4g}" if factor_t is not None else ""), flush=True,
                     )
         if done % cfg.checkpoint.every == 0 and done < total:
             save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
@@ -301,6 +326,8 @@ def train_worker(
         last = {"step": end, "lr": lr_t, "H": h_t, "loss": _mean_over_workers(window[0], window[1], world, device),
                 "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_t,
                 "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0}
+        if controller is not None:  # the factor of step end - 1 (no update since)
+            last["controller_factor"] = float(controller.multiplier(end - 1))
         window = (0.0, 0)
         if writer is not None:
             writer.write(last)
