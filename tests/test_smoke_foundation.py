@@ -62,3 +62,21 @@ def test_ray_fixture_runs_real_tasks(ray_cluster):
 
     assert ray.get([square.remote(i) for i in range(5)]) == [0, 1, 4, 9, 16]
     assert ray.cluster_resources()["CPU"] == 2
+
+
+def test_embedded_cluster_listens_on_loopback_with_token_auth(ray_cluster):
+    import psutil
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    assert is_token_auth_enabled()
+    node = ray.nodes()[0]
+    assert node["NodeManagerAddress"] == "127.0.0.1"
+    gcs_port = int(ray_cluster["address"].rsplit(":", 1)[1])
+    ports = {gcs_port, node["NodeManagerPort"], node["ObjectManagerPort"]}
+    listening = {
+        c.laddr.port: c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+    }
+    for port in ports:
+        assert port in listening, port
+        assert listening[port] in ("127.0.0.1", "::ffff:127.0.0.1"), (port, listening[port])

@@ -12,6 +12,7 @@ leaves Ray's address resolution alone.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from distsched._checks import check_int
@@ -59,6 +60,8 @@ def connect(
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
     else:
         cpus = check_int("num_cpus", num_cpus if num_cpus is not None else available_cpus(), 1)
+        # Token authentication stays on (Ray's default); only its start-up notice that it is on is muted.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ctx = ray.init(
             num_cpus=cpus,
             include_dashboard=dashboard,
