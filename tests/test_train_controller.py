@@ -43,7 +43,11 @@ CASES = {
     "warm_restart": {"controller": {"name": "warm_restart", "patience": 2, "restart_decay": 0.7}, "schedule": COSINE},
     "curriculum": {"controller": {"name": "curriculum", "phase_factors": [1.0, 0.5, 0.25], "spike_factor": 2.0,
                                   "spike_steps": 6, "patience": 2}},
+    # local SGD with H = 4 and LR compensation min(1, (h_ref / H)^p) = (1/4)^0.5 = 0.5 on top
+    "compensated": {"controller": {"name": "plateau", "factor": 0.5, "patience": 2},
+                    "sync": {"rule": "fixed", "h": 4, "lr_compensation": {"h_ref": 1, "power": 0.5}}},
 }
+CONTROLLER_CASES = ["plateau", "pid", "warm_restart", "curriculum"]
 
 
 def _train(root: Path, mapping: dict):
@@ -83,6 +87,35 @@ def _torch_plateau_lrs(losses, lr, factor, patience, min_lr=0.0):
     return out, opt.param_groups[0]["lr"]
 
 
+def _plain_torch_plateau_run():
+    """BASE + the plateau case written as a plain torch loop: SGD and torch's ReduceLROnPlateau stepped
+    with the mean loss of each ``LOG_EVERY`` steps, before the next step's LR is used."""
+    from torch import nn
+
+    from distsched.train.data import ShardBatches, load_data, make_shards
+
+    cfg = config_from_mapping({**BASE, **CASES["plateau"]})
+    data = load_data(cfg.data, cfg.seed)
+    shard = make_shards(data, cfg.data, 1, cfg.batch_size, cfg.seed)[0]
+    x_all, y_all = data.train.tensors
+    torch.manual_seed(cfg.seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2, threshold=1e-4)
+    batches, window = iter(ShardBatches(shard, cfg.batch_size, cfg.seed, 0)), []
+    for t in range(STEPS):
+        idx = next(batches)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+        loss.backward()
+        opt.step()
+        window.append(float(loss.detach()))
+        if (t + 1) % LOG_EVERY == 0:
+            plateau.step(sum(window) / len(window))
+            window = []
+    return model, opt.param_groups[0]["lr"]
+
+
 # ---------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     "block, needle",
@@ -114,8 +147,8 @@ def test_controller_block_builds_the_controller_it_names():
 
     kinds = {"plateau": ReduceOnPlateau, "pid": PIDController, "warm_restart": WarmRestartOnPlateau,
              "curriculum": CurriculumPhases}
-    for name, case in CASES.items():
-        assert type(build_controller(case["controller"])) is kinds[name]
+    for name in CONTROLLER_CASES:
+        assert type(build_controller(CASES[name]["controller"])) is kinds[name]
     ctl = build_controller({"name": "plateau", "factor": 0.3, "patience": 7, "cooldown": 2})
     assert (ctl.reduce_factor, ctl.patience, ctl.cooldown, ctl.mode) == (0.3, 7, 2, "min")
     assert build_controller(None) is None and config_from_mapping(BASE).controller is None
@@ -141,14 +174,21 @@ def test_plateau_lowers_the_lr_like_torch_reduce_lr_on_plateau(runs):
     assert final["step"] == STEPS and final["finished"]
     assert final["controller"]["factor"] == pytest.approx(final_lr / LR, rel=1e-12)
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr, rel=1e-12)
+    # and the whole run is the plain torch loop's: a cut applied one step late would move the parameters
+    ref_model, ref_lr = _plain_torch_plateau_run()
+    assert ref_lr == pytest.approx(final_lr, rel=1e-12)
+    for name, p_ref in ref_model.state_dict().items():
+        torch.testing.assert_close(final["model"][name], p_ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["pid", "curriculum", "warm_restart"])
+@pytest.mark.parametrize("name", ["pid", "curriculum", "warm_restart", "compensated"])
 def test_metrics_lr_is_the_schedule_times_the_controller(runs, name):
+    """``lr = schedule(t) x controller_factor (x LR compensation)``, the schedule read independently."""
     from distsched.schedules import from_spec
 
     folder, _ = runs(name)
     sched = from_spec({**BASE, **CASES[name]}["schedule"])
+    comp = 0.5 if name == "compensated" else 1.0
     records = read_metrics(folder.metrics_path)
     state = load_rank_state(latest_checkpoint(folder.checkpoints), 0)["controller"]
     if name == "warm_restart":  # after the last restart the schedule is read from the restart step
@@ -161,10 +201,10 @@ def test_metrics_lr_is_the_schedule_times_the_controller(runs, name):
         return
     assert len({r["controller_factor"] for r in records}) > 1  # the controller acted
     for r in records:
-        assert r["lr"] == pytest.approx(sched(r["step"] - 1) * r["controller_factor"], rel=1e-12)
+        assert r["lr"] == pytest.approx(sched(r["step"] - 1) * r["controller_factor"] * comp, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", CONTROLLER_CASES)
 def test_interrupted_run_equals_uninterrupted(runs, name, tmp_path):
     folder, summary = runs(name)
     copy = tmp_path / "interrupted"
