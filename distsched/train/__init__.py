@@ -11,6 +11,7 @@ from distsched.train.config import (
     config_to_mapping,
     load_config,
 )
+from distsched.train.controller import CONTROLLERS, build_controller, update_controller
 from distsched.train.data import DataBundle, ShardBatches, iid_shards, label_skew_shards, load_data, make_shards
 from distsched.train.loop import FaultInjection, build_training, evaluate, train_step, train_worker
 from distsched.train.models import build_model, cnn, mlp
@@ -18,6 +19,7 @@ from distsched.train.run import preflight, prepare_run, read_summary, run_proces
 from distsched.train.session import LocalSession, Session
 
 __all__ = [
+    "CONTROLLERS",
     "CheckpointConfig",
     "DataBundle",
     "DataConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "Session",
     "ShardBatches",
     "TrainConfig",
+    "build_controller",
     "build_model",
     "build_training",
     "cnn",
@@ -47,4 +50,5 @@ __all__ = [
     "run_torchrun",
     "train_step",
     "train_worker",
+    "update_controller",
 ]
