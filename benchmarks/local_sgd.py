@@ -381,11 +381,11 @@ def _report_compare(comp: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=60, help="epochs of the main table")
-    p.add_argument("--compare-epochs", type=int, default=60, help="epochs of the QSR vs fixed-H comparison")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the QSR vs fixed-H comparison")
+    p.add_argument("--compare-epochs", type=int, default=60, help="epochs of the QSR sweep (part 2)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the QSR sweep (part 2)")
     p.add_argument("--split", choices=("label", "iid"), default="label",
                    help="label: worker 0 gets digits 0-4, worker 1 digits 5-9; iid: a random half each")
-    p.add_argument("--compare-only", action="store_true", help="only the QSR vs fixed-H comparison")
+    p.add_argument("--compare-only", action="store_true", help="only the QSR sweep (part 2)")
     p.add_argument("--timing-calls", type=int, default=300, help="interleaved averaging calls timed")
     default_json = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "local_sgd.json")
     p.add_argument("--json", default=default_json, help="raw results (default: benchmarks/results/local_sgd.json)")
