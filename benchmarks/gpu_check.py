@@ -42,6 +42,11 @@ def _train(config: str, run_dir: Path, launcher: str) -> dict:
     return summary
 
 
+def _pick(summary: dict, *keys: str) -> dict:
+    common = ("device", "backend", "test_accuracy", "wall_time_s", "command_wall_s")
+    return {k: summary.get(k) for k in (*common, *keys)}
+
+
 def _allreduce_timing(repeats: int = 50) -> dict:
     import torch
     import torch.distributed as dist
@@ -88,22 +93,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         qsr = _train("examples/digits_qsr.yaml", tmp_path / "qsr", "processes")
-        report["local_sgd_processes"] = {k: qsr.get(k) for k in (
-            "device", "test_accuracy", "final_loss", "sync_rounds", "bytes_sent", "wall_time_s", "command_wall_s")}
+        report["local_sgd_processes"] = _pick(qsr, "final_loss", "sync_rounds", "bytes_sent")
         if not args.skip_ray:
             ray_run = _train("examples/digits_qsr.yaml", tmp_path / "qsr_ray", "ray")
-            report["local_sgd_ray"] = {k: ray_run.get(k) for k in (
-                "device", "test_accuracy", "sync_rounds", "wall_time_s", "command_wall_s")}
+            report["local_sgd_ray"] = _pick(ray_run, "sync_rounds")
         dp = _train("examples/digits_dp.yaml", tmp_path / "dp", "processes")
-        report["dp_sgd_processes"] = {k: dp.get(k) for k in (
-            "device", "test_accuracy", "epsilon", "steps_done", "stopped_by_budget", "wall_time_s", "command_wall_s")}
+        report["dp_sgd_processes"] = _pick(dp, "epsilon", "steps_done", "stopped_by_budget")
         if dp.get("epsilon") is None or dp["epsilon"] > 4.0 + 1e-9:
             raise SystemExit(f"DP run ended at epsilon {dp.get('epsilon')}, over its budget of 4")
     report["all_reduce"] = _allreduce_timing()
-    expected = "cuda" if cuda else "cpu"
+    expected, backend = ("cuda", "nccl") if cuda else ("cpu", "gloo")
     for part in ("local_sgd_processes", "local_sgd_ray", "dp_sgd_processes"):
-        if part in report and not str(report[part]["device"]).startswith(expected):
-            raise SystemExit(f"{part} ran on {report[part]['device']}, expected {expected}")
+        if part not in report:
+            continue
+        if not str(report[part]["device"]).startswith(expected) or report[part]["backend"] != backend:
+            raise SystemExit(f"{part} ran on {report[part]['device']} / {report[part]['backend']}, "
+                             f"expected {expected} / {backend}")
     text = json.dumps(report, indent=2)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

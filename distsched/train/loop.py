@@ -343,6 +343,7 @@ def train_worker(
             "final_loss": final.get("loss"), "sync_rounds": engine.rounds, "bytes_sent": engine.bytes_sent,
             "bytes_sent_all_workers": engine.bytes_sent * world, "wall_time_s": round(elapsed, 3),
             "resumed_from_step": start if restore is not None else None, "device": str(device),
+            "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
             "run_dir": str(folder.root),
         }
         if priv is not None:
