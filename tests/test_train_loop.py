@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from distsched import schedules as S
 from distsched.report import read_metrics
 from distsched.train import LocalSession, ShardBatches, config_from_mapping, prepare_run, train_worker
 from distsched.train.checkpoint import latest_checkpoint, load_rank_state
@@ -87,3 +88,31 @@ def test_run_folder_contents(one_worker_run):
     assert 0.8 < saved["test_accuracy"] <= 1.0  # digits with an MLP: well above chance (0.1)
     kept = sorted(p.name for p in folder.checkpoints.iterdir())
     assert kept == ["step_00000100", "step_00000120"]  # keep: 2
+
+
+def test_qsr_holds_h_base_through_the_schedule_warmup(tmp_path):
+    """A warmup from LR 0 must not make QSR's first round the whole run: the loop hands the schedule's
+    warmup length to QSR, which keeps H = h_base while t < warmup_steps (Gu et al. 2024)."""
+    from distsched.sync import QSR
+    from distsched.train.config import build_sync
+
+    warm, steps = 20, 100
+    sync = {"rule": "qsr", "h_base": 2, "alpha": 0.2}
+    rule, _ = build_sync(sync, warmup_steps=warm)
+    assert isinstance(rule, QSR) and rule.warmup_steps == warm
+    assert build_sync({**sync, "warmup_steps": 5}, warmup_steps=warm)[0].warmup_steps == 5  # config wins
+
+    torch.set_num_threads(1)
+    cfg = config_from_mapping({
+        **CFG, "steps": steps, "sync": sync,
+        "schedule": {"name": "cosine", "lr": 0.2, "total_steps": steps - warm, "warmup_steps": warm},
+    })
+    folder, cfg = prepare_run(cfg, run_dir=tmp_path / "warm")
+    summary = train_worker(cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1, keep=1))
+    # closed form of the sync steps: H = 2 during warmup, then max(2, floor((0.2 / lr_t)^2)), cut at the end
+    sched = S.warmup(S.cosine(lr=0.2, total_steps=steps - warm), warmup_steps=warm)
+    t, expected = 0, 0
+    while t < steps:
+        h = 2 if t < warm else max(2, int((0.2 / sched(t)) ** 2))
+        t, expected = min(t + h, steps), expected + 1
+    assert summary["sync_rounds"] == expected > warm // 2

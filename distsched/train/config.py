@@ -249,8 +249,15 @@ def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_sync(spec: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(rule, engine options) of a ``sync`` block, validated."""
+def build_sync(spec: Mapping[str, Any], warmup_steps: int = 0) -> tuple[Any, dict[str, Any]]:
+    """(rule, engine options) of a ``sync`` block, validated.
+
+    ``warmup_steps``: the schedule's warmup length. QSR holds ``H = h_base`` during warmup (its LR
+    says nothing about the noise scale there, and an LR starting at 0 would give an endless first
+    round); a ``sync.warmup_steps`` given in the config wins.
+    """
+    if isinstance(spec, Mapping) and spec.get("rule") == "qsr" and "warmup_steps" not in spec and warmup_steps:
+        spec = {**spec, "warmup_steps": warmup_steps}
     rule = build_rule(spec)
     return rule, engine_options(spec)
 

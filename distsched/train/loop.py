@@ -208,6 +208,7 @@ def train_worker(
     # SEAM (control): schedule x controller, read by the optimizer's LR and by the sync rule alike
     controller = build_controller(cfg.controller)
     schedule = build_schedule(cfg.schedule)
+    rule, options = build_sync(cfg.sync, warmup_steps=int(getattr(schedule, "warmup_steps", 0)))
     if controller is not None:
         schedule = Controlled(schedule, controller)
     tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
@@ -222,7 +223,6 @@ def train_worker(
         tr.optimizer, tr.sampler = priv.optimizer, tr.loader.batch_sampler
     optimizer = tr.optimizer
     scheduler = ScheduledLR(optimizer, schedule)
-    rule, options = build_sync(cfg.sync)
     engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=total, **options)
 
     start, elapsed_before, window, finished = 0, 0.0, (0.0, 0), False
