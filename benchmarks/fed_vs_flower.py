@@ -270,14 +270,14 @@ def agreement(ours: dict, flower: dict, ours_model: Path, flower_model: Path) ->
     a, b = np.load(ours_model).astype(np.float64), np.load(flower_model).astype(np.float64)
     acc_a, acc_b = np.asarray(ours["test_acc_by_round"]), np.asarray(flower["test_acc_by_round"])
     loss_a, loss_b = np.asarray(ours["test_loss_by_round"]), np.asarray(flower["test_loss_by_round"])
-    n_test = 297
+    n_test = int(FED_DIGITS["data"]["params"]["test_size"])
     return {
         "max_abs_param_diff": float(np.abs(a - b).max()),
         "rel_l2_param_diff": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
         "max_abs_param": float(np.abs(a).max()),
         "final_acc_diff_points": 100 * float(acc_a[-1] - acc_b[-1]),
         "max_abs_acc_diff_points_over_rounds": 100 * float(np.abs(acc_a - acc_b).max()),
-        "max_test_predictions_differing": int(round(float(np.abs(acc_a - acc_b).max()) * n_test)),
+        "max_correct_count_diff_over_rounds": int(round(float(np.abs(acc_a - acc_b).max()) * n_test)),
         "rounds_with_equal_acc": int((acc_a == acc_b).sum()),
         "max_abs_loss_diff_over_rounds": float(np.abs(loss_a - loss_b).max()),
     }
