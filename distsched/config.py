@@ -8,6 +8,7 @@ checked by the dataclasses' own ``__post_init__`` through :mod:`distsched._check
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -36,6 +37,18 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object named ``"package.module:attr"`` in a config (a model or data factory); errors are one
+    line naming the config ``key``."""
+    module_name, sep, attr = path.partition(":")
+    if not (sep and module_name and attr):
+        raise ValueError(f"{key} must be 'package.module:function', got {path!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{key}: cannot import {path!r} ({exc})") from None
 
 
 def _type_name(tp: Any) -> str:

@@ -7,13 +7,13 @@ object store and every actor reads it zero-copy. Nothing is downloaded.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from distsched._checks import check_int, check_non_negative
+from distsched.config import import_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +111,7 @@ def from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> FedData:
     ``(x_train, y_train, x_test, y_test)`` of array-likes (labels integer classes), or a tuple
     ``(train, test)`` of map-style datasets (``torch.utils.data.Dataset``: ``len`` and ``[i] -> (x, y)``),
     read once into arrays."""
-    if ":" not in path:
-        raise ValueError(f"data.factory must be 'module:function', got {path!r}")
-    mod_name, fn_name = path.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"data.factory {path!r} cannot be imported: {exc}") from None
-    out = fn(**dict(kwargs or {}))
+    out = import_object(path, "data.factory")(**dict(kwargs or {}))
     if isinstance(out, FedData):
         return out
     if isinstance(out, tuple) and len(out) == 2:
@@ -128,7 +121,7 @@ def from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> FedData:
     x_tr, y_tr, x_te, y_te = (np.asarray(a) for a in out)
     y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
-    return FedData(fn_name, x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, num_classes)
+    return FedData(path.partition(":")[2], x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, num_classes)
 
 
 def _materialize(dataset: Any) -> tuple[np.ndarray, np.ndarray]:

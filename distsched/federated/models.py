@@ -5,7 +5,6 @@ A factory is called as ``fn(num_features, num_classes, **params)`` and returns a
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from distsched._checks import check_int
+from distsched.config import import_object
 
 
 def mlp(num_features: int, num_classes: int, hidden: Sequence[int] = (128,)) -> nn.Module:
@@ -35,14 +35,7 @@ def build_model(
     """An :func:`mlp` or the user's factory."""
     if factory is None:
         return mlp(num_features, num_classes, hidden)
-    if ":" not in factory:
-        raise ValueError(f"model.factory must be 'module:function', got {factory!r}")
-    mod_name, fn_name = factory.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model.factory {factory!r} cannot be imported: {exc}") from None
-    model = fn(num_features, num_classes, **dict(params or {}))
+    model = import_object(factory, "model.factory")(num_features, num_classes, **dict(params or {}))
     if not isinstance(model, nn.Module):
         raise ValueError(f"model.factory {factory!r} must return a torch.nn.Module, got {type(model).__name__}")
     return model

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from distsched._checks import check_int
+from distsched.config import import_object
 from distsched.federated import partitions
 from distsched.train.config import DataConfig
 
@@ -91,12 +92,7 @@ def _labels(ds: Dataset) -> np.ndarray:
 def from_import_path(path: str, **kwargs: Any) -> DataBundle:
     """``package.module:factory``; ``factory(**kwargs)`` returns a Dataset of ``(x, label)`` pairs or
     ``(train, test)``."""
-    module_name, _, attr = path.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"data.name: cannot import {path!r} ({exc})") from None
-    out = factory(**kwargs)
+    out = import_object(path, "data.name")(**kwargs)
     train, test = (out if isinstance(out, tuple) else (out, None))
     targets = _labels(train)
     x0 = train[0][0]

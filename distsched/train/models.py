@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 
 from torch import nn
 
 from distsched._checks import check_int
+from distsched.config import import_object
 from distsched.train.config import ModelConfig
 
 
@@ -53,12 +53,7 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
     if cfg.name == "cnn":
         hidden = cfg.hidden if len(cfg.hidden) == 2 else [16, 32]
         return cnn(input_shape, num_classes, hidden)
-    module_name, _, attr = cfg.name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model.name: cannot import {cfg.name!r} ({exc})") from None
-    model = factory(input_shape=tuple(input_shape), num_classes=num_classes, **cfg.kwargs)
+    model = import_object(cfg.name, "model.name")(input_shape=tuple(input_shape), num_classes=num_classes, **cfg.kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model.name: {cfg.name!r} must return a torch.nn.Module, got {type(model).__name__}")
     return model
