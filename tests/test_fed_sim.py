@@ -266,3 +266,22 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
     assert main(["simulate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "dropout" in err and "1.5" in err
+
+
+def test_resume_cannot_drop_or_add_dp_or_drop_the_budget():
+    """A checkpoint's DP state must meet a config with the same DP: never silently lose the budget."""
+    with_budget = _dp_config()
+    with_budget["dp"] = {**with_budget["dp"], "target_epsilon": 50.0}
+    noise_only, no_dp = Simulation(_dp_config()), Simulation(_config())
+    budgeted = Simulation(with_budget)
+    for sim, state, match in [
+        (no_dp, noise_only.state_dict(), "written with DP"),
+        (noise_only, no_dp.state_dict(), "written without DP"),
+        (noise_only, budgeted.state_dict(), "target_epsilon"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sim.load_state_dict({**state, "round": 1})
+    # a noise-only run resumed with a budget keeps its spent history: the guard sees it
+    noise_only.accountant.step(0.8, 0.1, steps=3)
+    budgeted.load_state_dict({**noise_only.state_dict(), "round": 3})
+    assert budgeted.guard.steps == 3 and budgeted.guard.epsilon == pytest.approx(noise_only.accountant.epsilon(1e-4))

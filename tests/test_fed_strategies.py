@@ -14,6 +14,7 @@ from distsched.federated import (
     DPFedAvg,
     LocalWork,
     build_strategy,
+    centred_unclipped_fraction,
     client_seed,
     mlp,
     next_clip_norm,
@@ -137,7 +138,7 @@ def test_qsr_local_work(lr, expected):
 def test_dp_noise_std_on_the_sum_is_sigma_times_clip():
     dim, z, clip, m = 200_000, 1.3, 0.7, 10.0
     dp = DPFedAvg(z, clip, m)
-    mean = dp.aggregate(np.zeros(dim), 0, torch.Generator().manual_seed(0))
+    mean = dp.aggregate(np.zeros(dim), 0, 10, torch.Generator().manual_seed(0))
     noise_on_sum = mean * m
     assert noise_on_sum.mean() == pytest.approx(0.0, abs=4 * z * clip / math.sqrt(dim))
     assert noise_on_sum.std() == pytest.approx(z * clip, rel=0.01)
@@ -149,13 +150,15 @@ def test_adaptive_clipping_noise_split_and_update_formula():
     z_delta = (z**-2 - (2 * sigma_b) ** -2) ** -0.5  # Andrew et al. 2021, Thm. 1
     assert dp.update_noise_multiplier == pytest.approx(z_delta)
     dim = 100_000
-    mean = dp.aggregate(np.zeros(dim), 70, torch.Generator().manual_seed(3))
+    mean = dp.aggregate(np.zeros(dim), 70, 96, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     noise = torch.randn(dim, generator=g, dtype=torch.float64).numpy()
     count_noise = float(torch.randn(1, generator=g, dtype=torch.float64)) * sigma_b
     assert np.allclose(mean * m, noise * z_delta * 0.5)
     assert (mean * m).std() == pytest.approx(z_delta * 0.5, rel=0.02)
-    assert dp.clip_norm == pytest.approx(0.5 * math.exp(-0.2 * ((70 + count_noise) / m - 0.6)), rel=1e-12)
+    # centred bits: b = (sum_k (b_k - 1/2) + noise) / m + 1/2 with 70 of 96 clients unclipped
+    b = ((70 - 48) + count_noise) / m + 0.5
+    assert dp.clip_norm == pytest.approx(0.5 * math.exp(-0.2 * (b - 0.6)), rel=1e-12)
     with pytest.raises(ValueError, match="count_noise_std"):
         DPFedAvg(2.0, 1.0, 100, adaptive=True, count_noise_std=0.5)
 
@@ -169,3 +172,18 @@ def test_adaptive_clip_converges_to_target_quantile():
             norms = rng.exponential(1.0, 100)
             clip = next_clip_norm(clip, float((norms <= clip).mean()), gamma, 0.2)
         assert clip == pytest.approx(-math.log(1 - gamma), rel=0.1)
+
+
+def test_adaptive_count_release_has_the_sensitivity_the_accounting_assumes():
+    """Thm. 1 of Andrew et al. 2021 charges z with z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2, which holds only
+    if the released count moves by at most 1/2 when one client joins or leaves (noise sigma_b on it)."""
+    m, noise = 50.0, 0.0
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        bits = rng.integers(0, 2, size=int(rng.integers(1, 80)))
+        base = centred_unclipped_fraction(int(bits.sum()), len(bits), noise, m) * m
+        for extra in (0, 1):  # the added client clipped or not
+            added = centred_unclipped_fraction(int(bits.sum()) + extra, len(bits) + 1, noise, m) * m
+            assert abs(added - base) == pytest.approx(0.5)
+    # the estimator is unbiased for the unclipped fraction when the cohort has its expected size
+    assert centred_unclipped_fraction(30, 50, 0.0, 50.0) == pytest.approx(30 / 50)

@@ -18,7 +18,7 @@ from distsched.federated.config import (
     fed_config,
 )
 from distsched.federated.datasets import FedData, digits, from_factory, load_dataset, synthetic
-from distsched.federated.dp import DPFedAvg, next_clip_norm
+from distsched.federated.dp import DPFedAvg, centred_unclipped_fraction, next_clip_norm
 from distsched.federated.models import build_model, flat_params, mlp
 from distsched.federated.partitions import (
     PartitionStats,
@@ -91,6 +91,7 @@ __all__ = [
     "load_dataset",
     "make_partition",
     "mlp",
+    "centred_unclipped_fraction",
     "next_clip_norm",
     "partition_stats",
     "plot_partition",

@@ -6,11 +6,13 @@ Each client's update is clipped to norm ``C`` on the worker; the server adds Gau
 round to the sum and divides by the expected cohort size ``m = qN`` (the fixed-denominator estimator):
 ``delta = (sum_k clip_C(delta_k) + N(0, (z_delta * C)^2 I)) / m``.
 
-Adaptive clipping estimates the fraction of unclipped updates privately,
-``b = (sum_k 1[||delta_k|| <= C] + N(0, sigma_b^2)) / m``, and moves ``C`` geometrically toward the
-target quantile ``gamma``: ``C <- C * exp(-eta_C * (b - gamma))``. The two releases together are one
-Gaussian mechanism with noise multiplier ``z`` (Andrew et al. 2021, Thm. 1), so the update noise
-multiplier is ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` and the accountant is charged ``z``.
+Adaptive clipping estimates the fraction of unclipped updates privately from the centred bits
+``b_k - 1/2`` (``b_k = 1[||delta_k|| <= C]``), whose sum has sensitivity 1/2 when one client is added or
+removed: ``b = (sum_k (b_k - 1/2) + N(0, sigma_b^2)) / m + 1/2``, and moves ``C`` geometrically toward
+the target quantile ``gamma``: ``C <- C * exp(-eta_C * (b - gamma))``. With that sensitivity the two
+releases together are one Gaussian mechanism with noise multiplier ``z`` (Andrew et al. 2021, Thm. 1),
+so the update noise multiplier is ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` and the accountant is
+charged ``z``. (An uncentred count ``sum_k b_k`` has sensitivity 1 and would need ``sigma_b^-2`` there.)
 Accounting: Poisson sampling with ``q = m / N``, one step per round (shared
 :mod:`distsched.privacy` accountant and :class:`~distsched.privacy.BudgetGuard`).
 """
@@ -72,15 +74,18 @@ class DPFedAvg:
             return z
         return (z**-2 - (2.0 * self.count_noise_std) ** -2) ** -0.5
 
-    def aggregate(self, update_sum: np.ndarray, unclipped: int, generator: torch.Generator) -> np.ndarray:
-        """The noisy mean update (float64) from the sum of clipped updates; updates ``clip_norm`` when
-        adaptive (the returned mean used the norm in force during the round)."""
+    def aggregate(
+        self, update_sum: np.ndarray, unclipped: int, trained: int, generator: torch.Generator
+    ) -> np.ndarray:
+        """The noisy mean update (float64) from the sum of clipped updates of the ``trained`` clients, of
+        which ``unclipped`` were within the norm; updates ``clip_norm`` when adaptive (the returned mean
+        used the norm in force during the round)."""
         std = self.update_noise_multiplier * self.clip_norm
         noise = torch.randn(len(update_sum), generator=generator, dtype=torch.float64).numpy()
         mean = (np.asarray(update_sum, dtype=np.float64) + std * noise) / self.expected_cohort
         if self.adaptive:
             count_noise = float(torch.randn(1, generator=generator, dtype=torch.float64)) * self.count_noise_std
-            b = (unclipped + count_noise) / self.expected_cohort
+            b = centred_unclipped_fraction(unclipped, trained, count_noise, self.expected_cohort)
             self.clip_norm = next_clip_norm(self.clip_norm, b, self.target_quantile, self.clip_lr)
         return mean
 
@@ -89,6 +94,12 @@ class DPFedAvg:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.clip_norm = check_positive("clip_norm", state["clip_norm"])
+
+
+def centred_unclipped_fraction(unclipped: int, trained: int, count_noise: float, expected_cohort: float) -> float:
+    """``(sum_k (b_k - 1/2) + noise) / m + 1/2`` with ``sum_k b_k = unclipped`` over ``trained`` clients:
+    the private unclipped fraction whose released sum has sensitivity 1/2 (Andrew et al. 2021, Sec. 3)."""
+    return (unclipped - 0.5 * trained + count_noise) / expected_cohort + 0.5
 
 
 def next_clip_norm(clip_norm: float, unclipped_fraction: float, target_quantile: float, clip_lr: float) -> float:

@@ -149,22 +149,32 @@ class Simulation:
         return {
             "params": self.params.clone(),
             "strategy": self.strategy.state_dict(),
-            "dp": self.dp.state_dict() if self.dp else None,
-            "accountant": self.accountant.state_dict() if self.accountant else None,
-            "guard": self.guard.state_dict() if self.guard else None,
+            "dp": self.dp.state_dict() if self.dp is not None else None,
+            "accountant": self.accountant.state_dict() if self.accountant is not None else None,
+            "guard": self.guard.state_dict() if self.guard is not None else None,
             "seed": self.cfg.seed,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if int(state["seed"]) != self.cfg.seed:
             raise ValueError(f"seed must equal the checkpoint's seed {state['seed']}, got {self.cfg.seed}")
+        saved_dp, saved_budget = state.get("dp") is not None, state.get("guard") is not None
+        if saved_dp != (self.dp is not None):
+            raise ValueError(
+                f"dp: the checkpoint was written {'with' if saved_dp else 'without'} DP, the config has "
+                f"{'a' if self.dp is not None else 'no'} dp block; resume with the run's own config.yaml"
+            )
+        if saved_budget and self.guard is None:  # a resumed run never drops its budget
+            raise ValueError(
+                "dp.target_epsilon: the run was started with a privacy budget; resume with the same target"
+            )
         self.params = state["params"].clone()
         self.strategy.load_state_dict(state["strategy"])
         if self.dp is not None:
             self.dp.load_state_dict(state["dp"])
-            if self.guard is not None:
-                self.guard.load_state_dict(state["guard"])
-            else:
+            if saved_budget:
+                self.guard.load_state_dict(state["guard"])  # keeps min(saved, new) target
+            else:  # the accountant's history is the spent budget; a new guard reads it from there
                 self.accountant.load_state_dict(state["accountant"])
         self.round = int(state["round"])
 
@@ -217,7 +227,7 @@ class Simulation:
             info["clip_norm"] = self.dp.clip_norm
             info["unclipped_fraction"] = unclipped / trained if trained else float("nan")
             gen = torch.Generator().manual_seed(int(round_rng(self.cfg.seed, r, _NOISE_STREAM).integers(2**62)))
-            return self.dp.aggregate(total, unclipped, gen), info
+            return self.dp.aggregate(total, unclipped, trained, gen), info
         if weight <= 0.0:
             return None, info
         return total / weight, info
@@ -363,7 +373,8 @@ class Simulation:
             "stop_reason": stop_reason,
             "final_test_acc": evals[-1].test_acc if evals else None,
             "final_test_loss": evals[-1].test_loss if evals else None,
-            "epsilon": hist[-1].epsilon if hist and hist[-1].epsilon is not None else None,
+            # the accountant holds the whole run's history, resumed rounds included
+            "epsilon": self.accountant.epsilon(self.cfg.dp.delta) if self.accountant is not None else None,
             "delta": self.cfg.dp.delta if self.cfg.dp else None,
             "noise_multiplier": self.dp.noise_multiplier if self.dp else None,
             "client_updates": int(sum(h.trained for h in hist)),
