@@ -144,3 +144,12 @@ def test_guard_resume_cannot_reset_budget():
     assert larger.target_epsilon == 2.0  # resuming with a larger target keeps the saved one
     with pytest.raises(ValueError, match="delta"):
         BudgetGuard(2.0, 1e-6).load_state_dict(state)
+
+
+def test_training_config_refuses_gdp_with_a_changing_noise_schedule():
+    """gdp accounts one constant (sigma, q) only: a schedule must be refused before training, not mid-run."""
+    from distsched.privacy.config import PrivacyConfig
+
+    assert PrivacyConfig(noise_multiplier=1.0, accountant="gdp").accountant == "gdp"
+    with pytest.raises(ValueError, match="gdp"):
+        PrivacyConfig(noise_multiplier=1.0, accountant="gdp", noise_schedule="step:gamma=0.5,step_size=3")

@@ -19,7 +19,7 @@ from typing import Any
 from distsched._checks import check_choice, check_int, check_positive, check_range
 from distsched.config import from_mapping
 from distsched.privacy.accounting import check_accountant, check_delta
-from distsched.privacy.noise import noise_schedule_from_spec
+from distsched.privacy.noise import ConstantNoise, noise_schedule_from_spec
 
 TRAIN_MODES: tuple[str, ...] = ("auto", "group", "local")
 
@@ -65,7 +65,12 @@ class PrivacyConfig:
         check_delta(self.delta)
         check_positive("max_grad_norm", self.max_grad_norm)
         check_accountant(self.accountant)
-        noise_schedule_from_spec(self.noise_schedule, total_steps=1)  # the spec parses
+        shape = noise_schedule_from_spec(self.noise_schedule, total_steps=1)  # the spec parses
+        if self.accountant == "gdp" and not isinstance(shape, ConstantNoise):
+            raise ValueError(
+                f"accountant 'gdp' needs a constant noise multiplier; use rdp or prv for the noise schedule "
+                f"{self.noise_schedule!r}"
+            )
         if self.interval is not None:
             check_int("interval", self.interval, 1)
         check_range("coupling_beta", self.coupling_beta, 0.0, 1.0, high_open=True)
