@@ -174,3 +174,31 @@ def test_two_workers_local_dp_unequal_shards(tmp_path):
     run_eps = max(_eps_history(h) for h in hists)
     assert summary["epsilon"] == pytest.approx(run_eps, rel=1e-12)
     assert 2.0 - 1e-3 <= run_eps <= 2.0  # planned for the worker with the largest q_k
+
+
+def test_budget_stop_right_after_a_resume_logs_like_the_uninterrupted_run(tmp_path):
+    """Resumed from a checkpoint in the middle of a logging window, a run whose budget ends exactly there
+    stops at once; its last record (loss window, lr, H, sigma of the last step) equals the record of a run
+    that was never interrupted."""
+    torch.set_num_threads(1)
+    n = len(digits(0.2, CFG["seed"]).train)
+    target = (_eps(SIGMA, 32 / n, 30) + _eps(SIGMA, 32 / n, 31)) / 2  # allows 30 steps, not 31
+    base = {**CFG, "steps": 40, "checkpoint": {"every": 15, "keep": 5},
+            "privacy": {"noise_multiplier": SIGMA, "delta": DELTA}}
+    budget = {**base, "privacy": {**base["privacy"], "target_epsilon": target}}
+    _, straight = _run_one(tmp_path / "straight", budget)
+    assert straight["stopped_by_budget"] and straight["steps_done"] == 30
+
+    free, _ = _run_one(tmp_path / "free", base)  # no budget: runs all 40 steps, checkpoints at 15 and 30
+    for step, ck in complete_checkpoints(free.checkpoints):
+        if step > 30:
+            shutil.rmtree(ck)
+    (free.root / "summary.json").unlink()
+    _, resumed = _run_one(free.root, budget)  # resumes at 30 with 10 steps in the window, stops at once
+    assert resumed["resumed_from_step"] == 30 and resumed["stopped_by_budget"] and resumed["steps_done"] == 30
+
+    def records(root):
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(root / "metrics.jsonl")]
+
+    assert records(free.root) == records(tmp_path / "straight")
+    assert records(free.root)[-1]["step"] == 30 and records(free.root)[-1]["sigma"] == SIGMA

@@ -226,6 +226,9 @@ def train_worker(
     engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=total, **options)
 
     start, elapsed_before, window, finished = 0, 0.0, (0.0, 0), False
+    # (lr, H, sigma) of the last step taken: the stop-at-budget record needs it even when that step ran
+    # before a restart, so it travels in the checkpoint with the loss window it belongs to.
+    last_step: tuple[float | None, int | None, float | None] = (None, None, None)
     restore = session.restore_dir()
     if restore is not None:
         state = ckpt.load_rank_state(restore, rank)
@@ -250,6 +253,7 @@ def train_worker(
         ckpt.restore_rng(state["rng"])
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         window, finished = tuple(state["window"]), bool(state["finished"])
+        last_step = tuple(state.get("last_step", last_step))
     else:
         torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
     _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
@@ -261,6 +265,7 @@ def train_worker(
     def snapshot(step: int, elapsed: float, done: bool) -> dict[str, Any]:
         return {
             "step": step, "world_size": world, "finished": done, "elapsed_s": elapsed, "window": window,
+            "last_step": last_step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
             "privacy": priv.state_dict() if priv is not None else None,
@@ -286,6 +291,7 @@ def train_worker(
         h_t = engine.current_period
         factor_t = float(controller.multiplier(t)) if controller is not None else None
         sigma_t = priv.noise_multiplier if priv is not None else None
+        last_step = (lr_t, h_t, sigma_t)
         loss = train_step(model, optimizer, next(batches), device)
         if priv is not None:
             priv.after_step()
@@ -323,8 +329,10 @@ def train_worker(
             save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
 
     if stopped_by_budget and window[1] > 0:  # log the steps since the last record
-        last = {"step": end, "lr": lr_t, "H": h_t, "loss": _mean_over_workers(window[0], window[1], world, device),
-                "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_t,
+        lr_last, h_last, sigma_last = last_step
+        last = {"step": end, "lr": lr_last, "H": h_last,
+                "loss": _mean_over_workers(window[0], window[1], world, device),
+                "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_last,
                 "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0}
         if controller is not None:  # the factor of step end - 1 (no update since)
             last["controller_factor"] = float(controller.multiplier(end - 1))
