@@ -108,3 +108,28 @@ def test_plan_batch_scaling_rows(capsys):
     rc, _, err = _run(capsys, "plan", "--target-epsilon", "3", "--delta", "1e-5", "--sample-rate", "0.01",
                       "--steps", "500", "--batch-scaling", "2")
     assert rc == 2 and "--batch-scaling needs --batch-size" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["epsilon", "--sigma", "1e-300", "--sample-rate", "0.5", "--delta", "1e-5", "--steps", "10"],
+        ["epsilon", "--sigma", "1e200", "--sample-rate", "0.5", "--delta", "1e-5", "--steps", "10"],
+        ["plan", "--delta", "1e-5", "--noise-multiplier", "1e-300", "--sample-rate", "0.5", "--steps", "10"],
+        ["plan", "--delta", "1e-5", "--noise-multiplier", "1e300", "--sample-rate", "0.5", "--steps", "10"],
+    ],
+)
+def test_extreme_noise_is_one_line_exit_2(argv, capsys):
+    """Opacus' analysis under- or overflows far outside [1e-3, 1e4]: refused with the range, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("[0.001, 10000" in err or "[0, 10000]" in err)
+
+
+def test_noise_below_the_floor_is_accounted_as_no_noise():
+    from distsched.privacy import Accountant, epsilon
+
+    assert epsilon([(1e-200, 0.5, 10)], 1e-5) == float("inf")
+    acc = Accountant("rdp")
+    acc.step(1e-200, 0.5, steps=3)
+    assert acc.epsilon(1e-5) == float("inf")

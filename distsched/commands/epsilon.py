@@ -20,11 +20,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from distsched._checks import check_int, check_positive
+    from distsched._checks import check_int, check_range
     from distsched.privacy import epsilon
-    from distsched.privacy.accounting import check_delta, check_sample_rate
+    from distsched.privacy.accounting import MAX_NOISE, MIN_NOISE, check_delta, check_sample_rate
 
-    sigma = check_positive("sigma", args.sigma)
+    sigma = check_range("sigma", args.sigma, MIN_NOISE, MAX_NOISE)
     q = check_sample_rate(args.sample_rate)
     steps = check_int("steps", args.steps, 1)
     delta = check_delta(args.delta)

@@ -49,11 +49,19 @@ def check_accountant(accountant: str) -> str:
     return check_choice("accountant", accountant, ACCOUNTANTS)
 
 
+#: Noise multipliers the accountants are asked about. Below ``MIN_NOISE`` a step protects nothing that
+#: matters and Opacus' analysis under- or overflows: it is accounted as no noise (``epsilon = inf``, a
+#: valid upper bound). Above ``MAX_NOISE`` Opacus' analysis overflows, and no run needs such noise.
+MIN_NOISE, MAX_NOISE = 1e-3, 1e4
+
+
 def as_segment(segment: Segment | Sequence[float]) -> Segment:
     """A validated :class:`Segment` from a ``(sigma, q)`` or ``(sigma, q, steps)`` sequence."""
     if len(segment) not in (2, 3):
         raise ValueError(f"segment must be (noise_multiplier, sample_rate[, steps]), got {tuple(segment)!r}")
     sigma = check_non_negative("noise_multiplier", segment[0])
+    if sigma > MAX_NOISE:
+        raise ValueError(f"noise_multiplier must be in [0, {MAX_NOISE:g}], got {segment[0]!r}")
     q = check_sample_rate(segment[1])
     steps = check_int("steps", segment[2], 0) if len(segment) == 3 else 1
     return Segment(sigma, q, steps)
@@ -105,14 +113,15 @@ def epsilon(
     """Epsilon spent by ``history`` at ``delta``, from Opacus' ``accountant``.
 
     ``eps_error`` is the PRV accountant's discretisation error; Opacus returns the upper bound of its
-    estimate, so the answer stays conservative. A segment with ``sigma = 0`` gives ``inf``.
+    estimate, so the answer stays conservative. A segment with ``sigma < MIN_NOISE`` (0 included) gives
+    ``inf``.
     """
     check_delta(delta)
     check_accountant(accountant)
     segments = compress(history)
     if not segments:
         return 0.0
-    if any(s.noise_multiplier == 0.0 for s in segments):
+    if any(s.noise_multiplier < MIN_NOISE for s in segments):
         return math.inf
     acc = opacus_accountant(accountant, segments)
     if accountant == "prv":
@@ -283,7 +292,7 @@ class Accountant:
     def _segment_rdp(self, seg: Segment) -> np.ndarray:
         if seg.steps == 0:
             return np.zeros_like(self._orders)
-        if seg.noise_multiplier == 0.0:
+        if seg.noise_multiplier < MIN_NOISE:
             return np.full_like(self._orders, np.inf)
         return _unit_rdp(seg.noise_multiplier, seg.sample_rate) * seg.steps
 

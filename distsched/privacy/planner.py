@@ -18,12 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
-from distsched.privacy.accounting import Segment, check_accountant, check_delta, check_sample_rate, epsilon
+from distsched.privacy.accounting import (  # MIN/MAX_NOISE: the planner's search range
+    MAX_NOISE,
+    MIN_NOISE,
+    Segment,
+    check_accountant,
+    check_delta,
+    check_sample_rate,
+    epsilon,
+)
 from distsched.privacy.noise import NoiseSchedule, noise_schedule_from_spec
 
 SOLVE: tuple[str, ...] = ("noise", "steps", "batch", "epsilon")
 #: the noise multiplier search range.
-MIN_NOISE, MAX_NOISE = 1e-3, 1e4
+
 #: the step-count search limit.
 MAX_STEPS = 10**8
 
@@ -140,7 +148,7 @@ def plan(
     elif noise_multiplier is None:
         raise ValueError(f"noise_multiplier is required to solve for {solve}")
     else:
-        check_positive("noise_multiplier", noise_multiplier)
+        check_range("noise_multiplier", noise_multiplier, MIN_NOISE, MAX_NOISE)
     if dataset_size is not None:
         check_int("dataset_size", dataset_size, 1)
 
