@@ -111,3 +111,16 @@ def test_readme_local_sgd_snippet_runs_and_its_round_count_holds(capsys):
     assert ns["engine"].rounds == rounds
     assert f"{rounds} rounds instead of {total}" in code  # the comment in the README is true
     assert capsys.readouterr().out.split()[:2] == [str(rounds), "0"]
+
+
+def test_outer_optimizer_refuses_a_model_whose_parameters_changed():
+    """DiLoCo's anchors mirror the parameters; a layer swapped after construction must not be zipped
+    silently against the old anchors."""
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    engine = LocalSGD(model, rule=FixedH(2), schedule=lambda t: 0.1, total_steps=10, outer_optimizer=OuterSGD())
+    assert engine.step(0) is False and engine.step(1) is True  # a normal round with the outer step
+    model[1] = torch.nn.Linear(3, 5)
+    engine.step(2)
+    with pytest.raises(ValueError, match="outer_optimizer"):
+        engine.step(3)

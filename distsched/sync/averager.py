@@ -171,7 +171,7 @@ class LocalSGD:
         if outer_optimizer is not None:
             if not callable(outer_optimizer):
                 raise ValueError(f"outer_optimizer must be callable params -> Optimizer, got {outer_optimizer!r}")
-            self._anchors = [p.detach().clone() for p in self.model.parameters()]
+            self._anchors = [p.detach().clone() for p in self._outer_params()]
             self.outer = outer_optimizer(self._anchors)
             if not isinstance(self.outer, torch.optim.Optimizer):
                 raise ValueError(f"outer_optimizer must return a torch Optimizer, got {type(self.outer).__name__}")
@@ -386,9 +386,18 @@ class LocalSGD:
                         t.data = v
                         b.tensors[k] = t
 
+    def _outer_params(self) -> list[torch.Tensor]:
+        """The parameters the outer optimizer moves: the averaged ones (floating point, non-empty)."""
+        return [p for p in self.model.parameters() if p.is_floating_point() and p.numel() > 0]
+
     def _outer_step(self) -> None:
         """DiLoCo: ``g = x_prev - x_avg``; outer optimizer step on ``x_prev``; model <- ``x_prev``."""
-        params = list(self.model.parameters())
+        params = self._outer_params()
+        if [p.shape for p in params] != [a.shape for a in self._anchors]:
+            raise ValueError(
+                "outer_optimizer: the model's parameters changed after the engine was built "
+                f"({len(self._anchors)} anchors, {len(params)} parameters now); build a new LocalSGD"
+            )
         with torch.no_grad():
             for a, p in zip(self._anchors, params):
                 a.grad = a - p.detach()
