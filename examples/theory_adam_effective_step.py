@@ -29,7 +29,7 @@ def main(small: bool = False, out: str | None = None) -> dict:
     y = x @ torch.ones(len(scales), 1, dtype=torch.float64) + 0.1 * torch.randn(n, 1, dtype=torch.float64)
     model = torch.nn.Linear(len(scales), 1, bias=False).double()
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    opt = torch.optim.Adam(model.parameters(), lr=0.0, betas=(beta1, beta2), eps=eps)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, betas=(beta1, beta2), eps=eps)
     cos = S.cosine(lr=0.05, total_steps=steps, min_lr=0.0)
     sched = S.ScheduledLR(opt, cos)
     v_ref = torch.zeros(len(scales), dtype=torch.float64)

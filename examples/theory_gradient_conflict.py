@@ -33,7 +33,7 @@ def _run(lr_mode: str, steps: int, seed: int, dim: int, sigma: float, lr: float)
     ctl = GradientConflictScaler(threshold=0.0, factor=0.1, smoothing=0.9)
     sched = {"conflict-scaled": Controlled(S.constant(lr), ctl), "constant": S.constant(lr),
              "constant x 0.1": S.constant(0.1 * lr)}[lr_mode]
-    lrs = S.ScheduledLR(opt, sched)
+    lrs = S.ScheduledLR(opt, sched, multipliers=[1.0])  # the schedule sets the LR itself
     excess, factors = [], []
     opt_value = 0.5 * float((a1 - a2).norm() ** 2) / 2  # combined loss at the compromise (a1 + a2) / 2
     for _ in range(steps):

@@ -30,7 +30,7 @@ def _run(x, y, sched_base, steps, seed, controller):
     torch.manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], 1).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    sched = S.ScheduledLR(opt, Controlled(sched_base, controller) if controller else sched_base)
+    sched = S.ScheduledLR(opt, Controlled(sched_base, controller) if controller else sched_base, multipliers=[1.0])
     losses, lrs = [], []
     for _ in range(steps):
         idx = torch.randint(0, len(x), (128,), generator=g)

@@ -179,7 +179,7 @@ def test_warm_restart_fires_where_torch_reduces_and_restarts_schedule():
 
 def test_controlled_drives_scheduled_lr_and_resumes():
     model = torch.nn.Linear(3, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)  # the base: the schedule's peak
     cos = S.cosine(lr=0.2, total_steps=50)
     ctl = ReduceOnPlateau(factor=0.5, patience=1)
     sched = S.ScheduledLR(opt, Controlled(cos, ctl))
@@ -190,7 +190,7 @@ def test_controlled_drives_scheduled_lr_and_resumes():
         sched.step()
     assert ctl.factor == 0.25
     ckpt = {"sched": sched.state_dict(), "ctl": ctl.state_dict()}
-    opt2 = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.2)
     ctl2 = ReduceOnPlateau(factor=0.5, patience=1)
     sched2 = S.ScheduledLR(opt2, Controlled(cos, ctl2))
     ctl2.load_state_dict(ckpt["ctl"])

@@ -72,7 +72,7 @@ def test_resume_from_state_dict_at_any_step_gives_identical_sequence(name):
     for k in (0, 1, 99, 100, 137, 299):
         # a fresh process: a new optimizer, the schedule rebuilt from its spec, the pickled state
         opt2 = _opt()
-        b = S.ScheduledLR(opt2, S.from_spec(S.to_spec(pickle.loads(pickle.dumps(sched)))))
+        b = S.ScheduledLR(opt2, S.from_spec(S.to_spec(pickle.loads(pickle.dumps(sched)))), multipliers=[1.0, 1.0])
         b.load_state_dict(pickle.loads(states[k]))
         resumed = []
         for _ in range(k, 300):
@@ -84,7 +84,7 @@ def test_resume_from_state_dict_at_any_step_gives_identical_sequence(name):
 
 def test_state_is_the_step_and_outside_edits_do_not_leak():
     sched = S.Cosine(0.1, 100)
-    opt = _opt(1)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # base = peak: lr(t) = sched(t)
     lrs = S.ScheduledLR(opt, sched)
     for _ in range(10):
         opt.step()

@@ -45,6 +45,7 @@ from distsched.schedules.decay import (
     step,
 )
 from distsched.schedules.layerwise import by_children, layerwise
+from distsched.schedules.peak import peak_lr
 from distsched.schedules.spec import from_spec, to_spec
 from distsched.schedules.torch_adapter import MULTIPLIER_KEY, ScheduledLR
 from distsched.schedules.wsd import WarmupStableDecay, warmup_stable_decay, wsd
@@ -98,6 +99,7 @@ __all__ = [
     "linear_beta",
     "multistep",
     "one_cycle",
+    "peak_lr",
     "out_of_phase",
     "phase_shift",
     "polynomial",

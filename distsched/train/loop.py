@@ -222,7 +222,7 @@ def train_worker(
                                          sync_every_step=every_step)
         tr.optimizer, tr.sampler = priv.optimizer, tr.loader.batch_sampler
     optimizer = tr.optimizer
-    scheduler = ScheduledLR(optimizer, schedule)
+    scheduler = ScheduledLR(optimizer, schedule, multipliers=[1.0] * len(optimizer.param_groups))  # LR = schedule
     engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=total, **options)
 
     start, elapsed_before, window, finished = 0, 0.0, (0.0, 0), False
