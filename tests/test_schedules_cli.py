@@ -16,8 +16,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_list_shows_every_catalogue_entry_with_parameters(capsys):
     assert main(["schedule", "--list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    table, note = out.split("\n\n")
+    lines = table.splitlines()
     assert [ln.split()[0] for ln in lines] == list(S.CATALOGUE)
+    assert note.startswith("total_steps is the whole run, warmup included")
     by_name = {ln.split()[0]: ln for ln in lines}
     assert "cycle_steps: int" in by_name["cosine_restarts"] and "cycle_decay: float = 1" in by_name["cosine_restarts"]
     assert "schedules: list[schedule]" in by_name["join"]
@@ -36,6 +39,7 @@ def test_schedule_summary_csv_and_plot(tmp_path, capsys):
     rows = list(csv.DictReader(out_csv.open()))
     assert [int(r["step"]) for r in rows] == list(range(150))
     assert [float(r["value"]) for r in rows] == [expected(t) for t in range(150)]  # exact round trip
+    assert float(rows[100]["value"]) == 1e-3 < float(rows[99]["value"])  # total_steps includes the warmup
     assert out_png.read_bytes()[:8] == PNG_MAGIC
 
 

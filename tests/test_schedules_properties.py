@@ -88,7 +88,7 @@ def case(draw, name: str):
         return sched, 0.0, lr, False, total + 10
     if name == "warmup":
         inner, lo, hi, _, h = draw(case("cosine"))
-        w = draw(st.integers(0, 300))
+        w = draw(st.integers(0, inner.total_steps - 1))  # total_steps counts the warmup
         mode = draw(st.sampled_from(["linear", "exponential"]))
         sf = draw(st.floats(1e-3, 1.0))
         return S.Warmup(inner, w, sf, mode), 0.0, hi, False, h + w

@@ -104,8 +104,8 @@ def test_qsr_holds_h_base_through_warmup_then_follows_the_formula():
     from distsched.sync import LocalSGD
 
     peak, cosine_steps, warmup, h_base, alpha = 0.2, 400, 20, 2, 0.2
-    sched = S.from_spec({"name": "cosine", "lr": peak, "total_steps": cosine_steps, "warmup_steps": warmup})
-    total = warmup + cosine_steps
+    total = warmup + cosine_steps  # total_steps counts the whole run, warmup included
+    sched = S.from_spec({"name": "cosine", "lr": peak, "total_steps": total, "warmup_steps": warmup})
     expected = _qsr_sync_steps_reference(peak, cosine_steps, warmup, h_base, alpha)
     assert expected[: warmup // h_base] == list(range(h_base - 1, warmup, h_base)) and len(expected) > 20
 

@@ -105,12 +105,12 @@ def test_qsr_holds_h_base_through_the_schedule_warmup(tmp_path):
     torch.set_num_threads(1)
     cfg = config_from_mapping({
         **CFG, "steps": steps, "sync": sync,
-        "schedule": {"name": "cosine", "lr": 0.2, "total_steps": steps - warm, "warmup_steps": warm},
+        "schedule": {"name": "cosine", "lr": 0.2, "total_steps": steps, "warmup_steps": warm},
     })
     folder, cfg = prepare_run(cfg, run_dir=tmp_path / "warm")
     summary = train_worker(cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1, keep=1))
     # closed form of the sync steps: H = 2 during warmup, then max(2, floor((0.2 / lr_t)^2)), cut at the end
-    sched = S.warmup(S.cosine(lr=0.2, total_steps=steps - warm), warmup_steps=warm)
+    sched = S.warmup(S.cosine(lr=0.2, total_steps=steps), warmup_steps=warm)  # the cosine: the last 80 steps
     t, expected = 0, 0
     while t < steps:
         h = 2 if t < warm else max(2, int((0.2 / sched(t)) ** 2))

@@ -45,11 +45,22 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: printed under ``--list``: the one warmup convention.
+LIST_NOTE = (
+    "total_steps is the whole run, warmup included (as HF and timm): --set warmup_steps=W on any schedule\n"
+    "adds a warmup of W steps in front and the schedule takes the remaining total_steps - W steps, ending\n"
+    "at its final value (min_lr) at step total_steps. Step counts without a total (step_size, milestones,\n"
+    "cycle_steps, timescale) start after the warmup."
+)
+
+
 def _list(catalogue: dict) -> None:
     width = max(len(n) for n in catalogue)
     for name, cls in catalogue.items():
         params = ", ".join(f"{k}: {v}" for k, v in cls.parameters().items())
         print(f"{name:{width}s}  {params}")
+    print()
+    print(LIST_NOTE)
 
 
 def showcase_schedules(steps: int) -> dict:
@@ -58,7 +69,7 @@ def showcase_schedules(steps: int) -> dict:
 
     w = max(1, steps // 20)
     return {
-        "warmup + cosine": S.warmup(S.cosine(lr=0.1, total_steps=steps - w, min_lr=1e-3), warmup_steps=w),
+        "warmup + cosine": S.warmup(S.cosine(lr=0.1, total_steps=steps, min_lr=1e-3), warmup_steps=w),
         "SGDR (T_mult=2, decay 0.7)": S.cosine_restarts(
             lr=0.1, cycle_steps=steps // 7 + 1, cycle_mult=2, cycle_decay=0.7
         ),

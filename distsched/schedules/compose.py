@@ -10,20 +10,49 @@ from distsched._checks import check_choice, check_increasing, check_int, check_n
 from distsched.schedules.base import Schedule
 
 
+def _shorten(schedule: Schedule, warmup_steps: int) -> Schedule:
+    """``schedule`` with its ``total_steps`` (found directly or through ``scale``/``clamp``) cut by
+    ``warmup_steps``: what remains of the run after the warmup."""
+    if isinstance(schedule, (Scale, Clamp)):
+        inner = _shorten(schedule.schedule, warmup_steps)
+        return schedule if inner is schedule.schedule else dataclasses.replace(schedule, schedule=inner)
+    names = {f.name for f in dataclasses.fields(schedule) if f.init} if dataclasses.is_dataclass(schedule) else ()
+    if warmup_steps == 0 or "total_steps" not in names:
+        return schedule
+    total = schedule.total_steps
+    if not warmup_steps < total:
+        raise ValueError(
+            f"warmup_steps must be < total_steps={total} of the {type(schedule).__name__} (total_steps counts "
+            f"the whole run, warmup included), got {warmup_steps}"
+        )
+    try:
+        return dataclasses.replace(schedule, total_steps=total - warmup_steps)
+    except ValueError as exc:
+        raise ValueError(f"after warmup_steps={warmup_steps} of total_steps={total}: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Warmup(Schedule):
-    """Warmup of ``warmup_steps`` steps in front of ``schedule``.
+    """Warmup of ``W = warmup_steps`` steps in front of ``schedule``; ``total_steps`` is the whole run.
 
-    Linear: ``v(t) = s(0) * (f + (1 - f) * t / W)`` for ``t < W``;
-    exponential: ``v(t) = s(0) * f^(1 - t / W)`` (needs ``f > 0``);
-    afterwards ``v(t) = s(t - W)``: the wrapped schedule sees steps counted from the end of warmup
-    (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+    Linear: ``v(t) = s'(0) * (f + (1 - f) * t / W)`` for ``t < W``;
+    exponential: ``v(t) = s'(0) * f^(1 - t / W)`` (needs ``f > 0``);
+    afterwards ``v(t) = s'(t - W)`` (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+
+    ``s'`` is ``schedule`` with ``total_steps`` (its own, or that of the schedule inside a ``scale`` or
+    ``clamp``) replaced by ``total_steps - W``: as in HF's ``get_*_schedule_with_warmup`` and timm,
+    ``total_steps`` counts the whole run, warmup included, so ``warmup(cosine(lr, total_steps=T), W)``
+    lasts T steps and is at ``min_lr`` at step T. A schedule without ``total_steps`` (``step``,
+    ``multistep``, ``exponential``, ``inverse_sqrt``, ``cosine_restarts``...) is unchanged, ``s' = s``:
+    its steps (``step_size``, ``milestones``, cycles) count from the end of warmup, as in torch's
+    ``SequentialLR``.
     """
 
     schedule: Schedule
     warmup_steps: int
     start_factor: float = 0.0
     mode: str = "linear"
+    _after: Schedule | None = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         check_int("warmup_steps", self.warmup_steps, 0)
@@ -32,12 +61,15 @@ class Warmup(Schedule):
             check_range("start_factor", self.start_factor, 0.0, 1.0, low_open=True)
         else:
             check_range("start_factor", self.start_factor, 0.0, 1.0)
+        after = _shorten(self.schedule, self.warmup_steps) if isinstance(self.schedule, Schedule) else self.schedule
+        object.__setattr__(self, "_after", after)
 
     def __call__(self, step: int) -> float:
         w = self.warmup_steps
+        after = self._after
         if step >= w:
-            return self.schedule(step - w)
-        target = self.schedule(0)
+            return after(step - w)
+        target = after(0)
         frac = step / w
         if self.mode == "linear":
             return target * (self.start_factor + (1.0 - self.start_factor) * frac)

@@ -1,7 +1,8 @@
 """Schedules from plain mappings (YAML configs) and back.
 
 ``from_spec({"name": "cosine", "lr": 0.1, "total_steps": 1000, "warmup_steps": 50})`` builds
-``Warmup(Cosine(lr=0.1, total_steps=1000), warmup_steps=50)``; ``to_spec`` writes the mapping back
+``Warmup(Cosine(lr=0.1, total_steps=1000), warmup_steps=50)``, 1000 steps in all (``total_steps`` counts
+the warmup); ``to_spec`` writes the mapping back
 (``from_spec(to_spec(s)) == s``). Nested schedules (``join``, ``scale``, ...) are nested mappings.
 """
 
@@ -60,8 +61,9 @@ def from_spec(spec: Mapping[str, Any] | Schedule, *, _where: str = "schedule") -
     """Build a schedule from ``{name: ..., <parameters>}``.
 
     A ``warmup_steps`` key (with optional ``warmup_mode``, ``warmup_start_factor``) on a schedule that
-    has no such parameter of its own wraps it in :class:`Warmup`, in front: the schedule's own steps
-    (its ``total_steps``) start after the warmup, so the run lasts ``warmup_steps + total_steps``.
+    has no such parameter of its own wraps it in :class:`Warmup`, in front. ``total_steps`` is the whole
+    run, warmup included, for every schedule (as HF and timm): ``{cosine, total_steps: 100,
+    warmup_steps: 10}`` lasts 100 steps, the cosine taking the last 90, and ends at ``min_lr``.
     Unknown names, unknown keys and missing keys raise ``ValueError`` naming them; values are
     validated by the schedule itself.
     """
