@@ -4,8 +4,9 @@ Each command lives in ``distsched/commands/<name>.py`` with two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy libraries
 (torch, Ray, Opacus) inside ``run`` so that ``distsched --help`` stays fast.
 
-Bad input never shows a traceback: a ``ValueError`` (or an argparse error) is printed as one
-line on stderr and the exit code is 2.
+Bad input never shows a traceback: a ``ValueError``, an ``OSError`` (a missing, unreadable or
+unwritable path, a file where a folder belongs) or an argparse error is printed as one line on
+stderr and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -52,13 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of the message, e.g. ``[Errno 13] Permission denied: '/ro/run'``."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (ValueError, OSError) as exc:
+        message = _one_line(exc)
         sys.stderr.write(f"distsched {args.command}: error: {message}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

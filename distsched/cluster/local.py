@@ -52,8 +52,6 @@ def connect(
     env = {
         "env_vars": {
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-            # a failed NCCL collective aborts the worker (Ray Train then restarts the group) instead of hanging
-            "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
         }
     }
     if address:

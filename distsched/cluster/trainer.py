@@ -78,11 +78,11 @@ def train_on_ray(
 
     from distsched.cluster.local import connect
     from distsched.cluster.progress import Progress
+    from distsched.cluster.rendezvous import BoundTorchConfig
 
     check_int("max_failures", max_failures, -1)
     total_steps = planned_steps(cfg)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
-    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     connect(address, num_cpus=num_cpus, dashboard=dashboard)
 
     resources = ray.cluster_resources()
@@ -99,6 +99,7 @@ def train_on_ray(
             "resume": resume,
             "fault": dataclasses.asdict(fault) if fault else None,
         },
+        torch_config=BoundTorchConfig(),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=folder.checkpoints.name,

@@ -11,6 +11,10 @@ import argparse
 from typing import Any
 
 
+#: the most steps ``--steps`` evaluates (80 MB of values; a CSV of ~2 GB)
+MAX_STEPS = 100_000_000
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="catalogue name, e.g. cosine (see --list)")
     parser.add_argument(
@@ -110,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.name:
         raise ValueError("name is required (one of the catalogue, see --list)")
     steps = check_int("steps", args.steps, 1)
+    if steps > MAX_STEPS:  # every value is held in memory (8 bytes a step) and written out
+        raise ValueError(f"--steps must be at most {MAX_STEPS:_}, got {steps:_}")
+    for flag, target in (("--csv", args.csv), ("--plot", args.plot)):
+        if target and Path(target).is_dir():
+            raise ValueError(f"{flag} must name a file, got the directory {target}")
     sched = S.from_spec({"name": args.name, **parse_params(args.params)})
     values = sched.values(steps)
     peak, low = int(values.argmax()), int(values.argmin())

@@ -18,20 +18,54 @@ import yaml
 class RunFolder:
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @classmethod
     def create(cls, parent: str | os.PathLike, name: str) -> RunFolder:
-        """A new folder ``parent/name-YYYYmmdd-HHMMSS[-k]`` with its sub-folders."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(parent) / f"{name}-{stamp}"
-        root, k = base, 1
-        while root.exists():
-            root, k = Path(f"{base}-{k}"), k + 1
+        """A new folder ``parent/name-YYYYmmdd-HHMMSS[-k]`` with its sub-folders.
+
+        The folder is claimed with an exclusive ``mkdir`` (atomic), so two runs started at the same
+        second never share it: the loser takes the next suffix ``-k``.
+        """
+        parent = Path(parent)
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"not a directory: {parent}")
+        parent.mkdir(parents=True, exist_ok=True)
+        base = parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for k in range(10_000):
+            root = base if k == 0 else Path(f"{base}-{k}")
+            try:
+                root.mkdir()
+            except FileExistsError:
+                continue
+            return cls.open(root)
+        raise FileExistsError(f"no free run folder name under {parent} for {base.name}")
+
+    @classmethod
+    def fresh(cls, root: str | os.PathLike) -> RunFolder:
+        """Exactly ``root`` for a new run: refused (ValueError) when it already holds a run
+        (``config.yaml``, ``summary.json``, ``metrics.jsonl`` or a checkpoint) or is not a folder."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"not a directory: {root}")
+        folder = cls(root)
+        if folder.holds_run():
+            raise ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
         return cls.open(root)
+
+    def holds_run(self) -> bool:
+        """Whether anything of a run is here (config, summary, metrics or checkpoints)."""
+        if any(p.exists() for p in (self.config_path, self.summary_path, self.metrics_path)):
+            return True
+        return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> RunFolder:
         """An existing or new run folder at ``root`` (sub-folders created)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"not a directory: {root}")
         (root / "checkpoints").mkdir(parents=True, exist_ok=True)
         (root / "plots").mkdir(exist_ok=True)
         return cls(root)

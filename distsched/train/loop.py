@@ -192,7 +192,6 @@ def train_worker(
     from distsched.sync import LocalSGD
 
     torch.set_num_threads(cfg.threads)
-    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     rank, world = session.rank, session.world_size
     if world != cfg.workers:
         raise ValueError(f"workers must match the launched world size {world}, got {cfg.workers}")

@@ -2,9 +2,10 @@
 
 * :func:`prepare_run` makes (or reopens) the run folder and writes ``config.yaml``.
 * :func:`run_torchrun` is what each torchrun process runs (``env://`` rendezvous, MASTER_ADDR
-  defaults to 127.0.0.1, backend from :func:`distsched.sync.default_backend`).
+  defaults to 127.0.0.1, joined by :func:`distsched.sync.init_process_group`).
 * :func:`run_processes` starts ``workers`` local processes joined by a gloo/NCCL group on
-  ``tcp://127.0.0.1:<free port>`` (used by tests and ``--launcher processes``).
+  ``tcp://127.0.0.1:<free port>`` (used by tests and ``--launcher processes``); nothing listens
+  beyond loopback.
 
 The Ray Train entry is :func:`distsched.cluster.train_on_ray`; all three run
 :func:`distsched.train.loop.train_worker`.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from distsched.train.loop import FaultInjection, train_worker
 from distsched.train.session import LocalSession
 
 DEFAULT_OUT = "runs"
+#: the most steps a run may plan: at a millisecond a step, 10^9 steps are 11 days of training
+MAX_STEPS = 10**9
 
 
 def prepare_run(
@@ -36,7 +38,8 @@ def prepare_run(
     """The run folder and its config.
 
     ``resume``: an existing run folder, its ``config.yaml`` is read back (``cfg`` may set only the
-    same number of workers). Otherwise ``run_dir`` (an exact folder) or a new
+    same number of workers). Otherwise ``run_dir`` (an exact folder, refused if it already holds a
+    run) or a new
     ``<out>/<name>-<timestamp>`` folder, with ``cfg`` written to ``config.yaml``.
     """
     if resume is not None:
@@ -48,7 +51,7 @@ def prepare_run(
     if cfg is None:
         raise ValueError("a config is required unless resuming (--resume RUN_DIR)")
     if run_dir is not None:
-        folder = RunFolder.open(Path(run_dir).resolve())
+        folder = RunFolder.fresh(Path(run_dir).resolve())
     else:
         folder = RunFolder.create(Path(out if out is not None else DEFAULT_OUT).resolve(), cfg.name)
     folder.write_config(config_to_mapping(cfg))
@@ -68,7 +71,10 @@ def preflight(cfg: TrainConfig) -> int:
     shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
     with torch.random.fork_rng():
         build_model(cfg.model, bundle.input_shape, bundle.num_classes)
-    return total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+    total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+    if total > MAX_STEPS:
+        raise ValueError(f"a run may plan at most {MAX_STEPS:_} steps, this config plans {total:_} (steps/epochs)")
+    return total
 
 
 def read_summary(folder: RunFolder) -> dict[str, Any]:
@@ -91,23 +97,19 @@ def run_torchrun(
     """
     import torch.distributed as dist
 
-    from distsched.sync import default_backend
+    from distsched.sync import init_process_group
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    backend = default_backend()
-    if backend == "nccl":
-        import torch
-
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    init_process_group(rank, world, "env://", timeout_s=timeout_s, local_rank=local_rank)
     try:
         if cfg is not None and cfg.workers != world:
             cfg = config_from_mapping({**config_to_mapping(cfg), "workers": world})
         box: list[Any] = [None]
         if rank == 0:
+            restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+            if restarted and resume is None and run_dir is not None and RunFolder(run_dir).config_path.exists():
+                resume = run_dir  # torchrun restarted the workers: the folder holds this very run
             folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume)
             box = [(str(folder.root), config_to_mapping(cfg))]
         dist.broadcast_object_list(box, src=0)
@@ -124,16 +126,9 @@ def run_torchrun(
 def _process_main(rank: int, world: int, init_method: str, mapping: dict, root: str, fault: dict | None) -> None:
     import torch.distributed as dist
 
-    from distsched.sync import default_backend
+    from distsched.sync import init_process_group
 
-    backend = default_backend()
-    if backend == "nccl":
-        import torch
-
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=600))
+    init_process_group(rank, world, init_method, timeout_s=600.0)
     try:
         cfg = config_from_mapping(mapping)
         folder = RunFolder.open(root)
