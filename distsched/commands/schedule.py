@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
 #: the most steps ``--steps`` evaluates (80 MB of values; a CSV of ~2 GB)
 MAX_STEPS = 100_000_000
 
