@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -26,6 +28,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"config must be a YAML file, got the directory {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -41,14 +45,36 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def import_object(path: str, key: str) -> Any:
     """The object named ``"package.module:attr"`` in a config (a model or data factory); errors are one
-    line naming the config ``key``."""
+    line naming the config ``key``.
+
+    A config is code: importing and calling a factory runs whatever it names, as Hydra's
+    ``_target_`` does. Standard-library modules (``os:system``, ``subprocess:run``...) are refused,
+    since no model or data factory lives there and they are the first tools of a hostile config.
+    """
     module_name, sep, attr = path.partition(":")
     if not (sep and module_name and attr):
         raise ValueError(f"{key} must be 'package.module:function', got {path!r}")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        raise ValueError(f"{key}: {path!r} is in the standard library; a factory must come from your own package")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"{key}: cannot import {path!r} ({exc})") from None
+
+
+def check_kwargs(fn: Any, kwargs: Mapping[str, Any], key: str) -> None:
+    """Refuse (one line naming ``key``) keyword arguments that ``fn`` does not take."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no introspectable signature: leave it to the call
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{key}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
 
 
 def _type_name(tp: Any) -> str:

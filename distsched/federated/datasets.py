@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from distsched._checks import check_int, check_non_negative
-from distsched.config import import_object
+from distsched.config import check_kwargs, import_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +137,10 @@ def _materialize(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
 def load_dataset(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> FedData:
     """``digits``, ``synthetic`` or ``factory`` (with ``params["factory"] = "module:function"``)."""
     params = dict(params or {})
-    if name == "digits":
-        return digits(seed=seed, **params)
-    if name == "synthetic":
-        return synthetic(seed=seed, **params)
+    if name in ("digits", "synthetic"):
+        build = digits if name == "digits" else synthetic
+        check_kwargs(build, {**params, "seed": seed}, "data.params")
+        return build(seed=seed, **params)
     if name == "factory":
         if "factory" not in params:
             raise ValueError("data.params.factory is required when data.name is 'factory'")

@@ -1,0 +1,82 @@
+"""Every user-caused error is one line on stderr and exit 2, and nothing is written (issue 10,
+items 10 and 12). ``/sys`` stands for a read-only target (sysfs refuses new files even to root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distsched.cli import main
+
+READ_ONLY = Path("/sys/distsched-read-only")
+
+TRAIN = {"name": "e", "seed": 0, "workers": 1, "steps": 4, "batch_size": 8, "model": {"name": "mlp", "hidden": [4]},
+         "data": {"name": "digits"}, "schedule": {"name": "constant", "lr": 0.1}}
+
+
+def _one_line(capsys: pytest.CaptureFixture, argv: list[str], needle: str) -> None:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle.lower() in err.lower(), err
+
+
+def _write(path: Path, mapping: dict) -> str:
+    path.write_text(yaml.safe_dump(mapping), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["train", "simulate"])
+def test_directory_as_config(tmp_path: Path, capsys: pytest.CaptureFixture, command: str) -> None:
+    _one_line(capsys, [command, str(tmp_path)], "directory")
+
+
+def test_simulate_unknown_data_param(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = yaml.safe_load(Path("examples/fed_digits.yaml").read_text())
+    cfg["data"]["params"] = {"test_size": 297, "no_such_key": 1}
+    _one_line(capsys, ["simulate", _write(tmp_path / "f.yaml", cfg), "--out", str(tmp_path / "o")], "no_such_key")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_train_read_only_out(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _one_line(capsys, ["train", _write(tmp_path / "c.yaml", TRAIN), "--out", str(READ_ONLY), "--launcher",
+                       "processes"], str(READ_ONLY))
+
+
+def test_schedule_read_only_and_directory_targets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["schedule", "cosine", "--set", "lr=0.1", "--set", "total_steps=100", "--steps", "100"]
+    _one_line(capsys, [*base, "--csv", str(READ_ONLY / "x.csv")], str(READ_ONLY))
+    _one_line(capsys, [*base, "--plot", str(READ_ONLY / "x.png")], str(READ_ONLY))
+    _one_line(capsys, [*base, "--plot", str(tmp_path)], "directory")
+    _one_line(capsys, [*base, "--csv", str(tmp_path)], "directory")
+    assert list(tmp_path.iterdir()) == [] and not Path(f"{tmp_path}.png").exists()
+
+
+def test_schedule_steps_that_cannot_finish(capsys: pytest.CaptureFixture) -> None:
+    _one_line(capsys, ["schedule", "constant", "--set", "lr=0.1", "--steps", str(10**11)], "at most")
+
+
+def test_train_steps_that_cannot_finish(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _write(tmp_path / "c.yaml", {**TRAIN, "steps": 10**14})
+    _one_line(capsys, ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "runs"), "--launcher", "processes"],
+              "at most")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_resume_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run / "config.yaml", TRAIN)
+    _one_line(capsys, ["train", "--resume", str(run), "--workers", "2"], "workers must be 1")
+
+
+@pytest.mark.parametrize("factory", ["os:system", "subprocess:run", "builtins:exec", "os.path:join"])
+def test_standard_library_factory_refused(tmp_path: Path, capsys: pytest.CaptureFixture, factory: str) -> None:
+    marker = tmp_path / "ran"
+    cfg = {**TRAIN, "data": {"name": factory, "kwargs": {"command": f"touch {marker}"}}}
+    _one_line(capsys, ["train", _write(tmp_path / "c.yaml", cfg), "--out", str(tmp_path / "runs"), "--launcher",
+                       "processes"], "standard library")
+    assert not marker.exists() and not (tmp_path / "runs").exists()
