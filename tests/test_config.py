@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
+import numpy as np
 import pytest
 
 from distsched._checks import check_int
@@ -51,10 +51,12 @@ def test_errors_name_the_key(data, message):
 
 
 def test_import_object_resolves_and_names_the_key():
-    assert import_object("math:sqrt", "model.name") is math.sqrt
+    assert import_object("numpy:sqrt", "model.name") is np.sqrt
     with pytest.raises(ValueError, match=r"model\.name must be 'package\.module:function', got 'math\.sqrt'"):
         import_object("math.sqrt", "model.name")
+    with pytest.raises(ValueError, match=r"model\.name: 'math:sqrt' is in the standard library"):
+        import_object("math:sqrt", "model.name")
     with pytest.raises(ValueError, match=r"data\.factory: cannot import 'no_such_module_xyz:f'"):
         import_object("no_such_module_xyz:f", "data.factory")
-    with pytest.raises(ValueError, match=r"data\.factory: cannot import 'math:nope'"):
-        import_object("math:nope", "data.factory")
+    with pytest.raises(ValueError, match=r"data\.factory: cannot import 'numpy:nope'"):
+        import_object("numpy:nope", "data.factory")
