@@ -124,3 +124,36 @@ def test_outer_optimizer_refuses_a_model_whose_parameters_changed():
     engine.step(2)
     with pytest.raises(ValueError, match="outer_optimizer"):
         engine.step(3)
+
+
+def test_refuses_a_launcher_that_declares_several_workers_without_a_process_group(monkeypatch):
+    """Issue 12.3: built before init_process_group under torchrun (WORLD_SIZE=2) the engine used to
+    count rounds and send nothing; like torch's PeriodicModelAverager it now refuses."""
+    assert not torch.distributed.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"not initialized but WORLD_SIZE=2: call torch.distributed.init_process_group"):
+        LocalSGD(_model(), FixedH(4))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process without a group stays allowed
+    assert LocalSGD(_model(), FixedH(4)).world_size == 1
+
+
+@pytest.mark.parametrize("steps", [[0, 1, 1], [0, 2, 1], [3, 0]])
+def test_refuses_a_step_that_repeats_or_goes_backwards(steps):
+    eng = LocalSGD(_model(), FixedH(2), total_steps=10)
+    for t in steps[:-1]:
+        eng.step(t)
+    rounds = eng.rounds
+    with pytest.raises(ValueError, match=rf"step must increase: got {steps[-1]} after {steps[-2]}"):
+        eng.step(steps[-1])
+    assert eng.rounds == rounds  # nothing counted for the refused step
+
+
+def test_step_order_survives_a_resume():
+    eng = LocalSGD(_model(), FixedH(2), total_steps=10)
+    for t in range(3):
+        eng.step(t)
+    fresh = LocalSGD(_model(), FixedH(2), total_steps=10)
+    fresh.load_state_dict(eng.state_dict())
+    with pytest.raises(ValueError, match="step must increase: got 2 after 2"):
+        fresh.step(2)
+    assert fresh.step(3) is True  # the round 2..3 ends at step 3, as in the uninterrupted run

@@ -9,6 +9,8 @@ engine that averages models over any torch.distributed process group.
 
 from distsched.sync.averager import LocalSGD, OuterSGD
 from distsched.sync.backend import default_backend, free_port, init_process_group
+from distsched.sync.compression import CODECS, CastCodec, Codec, Int8Codec, make_codec
+from distsched.sync.fragments import assign_fragments, balanced_cuts
 from distsched.sync.rules import (
     H_CAP,
     QSR,
@@ -22,6 +24,13 @@ from distsched.sync.rules import (
 )
 
 __all__ = [
+    "CODECS",
+    "CastCodec",
+    "Codec",
+    "Int8Codec",
+    "assign_fragments",
+    "balanced_cuts",
+    "make_codec",
     "H_CAP",
     "QSR",
     "RULES",
