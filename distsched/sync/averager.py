@@ -296,6 +296,7 @@ class LocalSGD:
         self.last_loss: float | None = None
         self._natural_period = 1
         self._last_step: int | None = None
+        self.synced_fragments: list[int] = []  # fragments whose sync started at the last step
         self._step_bytes = (-1, 0)  # (step, bytes sent at it)
         self._next = [1] * F  # fragment f syncs after step _next[f] - 1
         self._loss_sum = [0.0] * F
@@ -369,12 +370,10 @@ class LocalSGD:
             pending = self._pending[f]
             if pending is not None and pending.apply_at <= step:
                 self._finish(f)
-        synced = False
-        for f in range(self.fragments):
-            if step + 1 >= self._next[f]:
-                self._sync_fragment(f, step)
-                synced = True
-        return synced
+        self.synced_fragments = [f for f in range(self.fragments) if step + 1 >= self._next[f]]
+        for f in self.synced_fragments:
+            self._sync_fragment(f, step)
+        return bool(self.synced_fragments)
 
     def sync(self) -> None:
         """Average every fragment now, blocking (pending exchanges are applied first)."""
