@@ -162,3 +162,32 @@ def test_outer_sgd_schedule_errors():
         OuterSGD(lr={"name": "nope"})
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.5"):
         OuterSGD(momentum=lambda r: 1.5).at(0)
+
+
+def test_config_sync_block_carries_the_engine_options():
+    from distsched.train.config import build_sync
+
+    rule, options = build_sync({"rule": "fixed", "h": 4, "fragments": 2, "compression": "int8", "delay": 1,
+                                "mix": 0.25, "error_feedback": False,
+                                "outer": {"lr": {"name": "cosine", "lr": 0.7, "total_steps": 10}, "momentum": 0.9}})
+    assert rule == FixedH(4)
+    outer = options.pop("outer_optimizer")
+    assert options == {"fragments": 2, "compression": "int8", "delay": 1, "mix": 0.25, "error_feedback": False}
+    assert outer.at(0) == (pytest.approx(0.7), 0.9) and outer.at(10)[0] == pytest.approx(0.0, abs=1e-12)
+    eng = LocalSGD(_model(), rule, total_steps=8, outer_optimizer=outer, **options)
+    assert (eng.fragments, eng.delay, eng.mix, eng.error_feedback) == (2, 1, 0.25, False)
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [({"compression": "int4"}, r"sync.compression must be one of 'none', 'bf16', 'fp16', 'int8', got 'int4'"),
+     ({"fragments": 0}, r"sync.fragments must be an integer >= 1, got 0"),
+     ({"delay": "2"}, r"sync.delay must be an integer >= 0, got '2'"),
+     ({"mix": 1}, r"sync.mix must be in \[0.0, 1.0\), got 1"),
+     ({"outer": {"lr": {"name": "nope"}}}, r"unknown schedule name 'nope' in lr")],
+)
+def test_config_sync_block_errors(extra, match):
+    from distsched.train.config import build_sync
+
+    with pytest.raises(ValueError, match=match):
+        build_sync({"rule": "fixed", "h": 4, **extra})

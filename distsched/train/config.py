@@ -17,7 +17,9 @@ A config file is one mapping::
 ``schedule`` is any :func:`distsched.schedules.from_spec` mapping (composition allowed) and ``sync``
 is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
 (``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
-``outer: {lr, momentum, nesterov}``). Both are checked at load time by building them.
+``outer: {lr, momentum, nesterov}`` where ``lr`` and ``momentum`` may be schedule specs of the outer
+round, ``fragments``, ``compression: none|bf16|fp16|int8``, ``error_feedback``, ``delay``, ``mix``).
+Both are checked at load time by building them.
 ``privacy`` turns on DP-SGD (:class:`distsched.privacy.PrivacyConfig`, checked at load time).
 ``controller`` puts a feedback controller on the schedule (``{name: plateau, factor: 0.5, patience: 3}``;
 :mod:`distsched.train.controller`, checked at load time by building it).
@@ -38,7 +40,8 @@ BUILTIN_DATA = ("digits", "synthetic")
 PARTITIONS = ("iid", "label_skew")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: ``sync`` keys that configure the engine, not the rule.
-ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer")
+ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer", "fragments", "compression",
+               "error_feedback", "delay", "mix")
 
 
 def _is_import_path(name: str) -> bool:
@@ -231,15 +234,27 @@ def build_rule(spec: Mapping[str, Any]) -> Any:
 
 def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     """LocalSGD keyword arguments from a ``sync`` block (average_buffers, average_momentum,
-    lr_compensation, outer_optimizer)."""
+    lr_compensation, outer_optimizer, fragments, compression, error_feedback, delay, mix)."""
     from distsched.sync import LRCompensation, OuterSGD
 
     out: dict[str, Any] = {}
-    for key in ("average_buffers", "average_momentum"):
+    for key in ("average_buffers", "average_momentum", "error_feedback"):
         if key in spec:
             if not isinstance(spec[key], bool):
                 raise ValueError(f"sync.{key}: expected true or false, got {spec[key]!r}")
             out[key] = spec[key]
+    from distsched.sync import CODECS
+
+    try:
+        for key in ("fragments", "delay"):
+            if key in spec:
+                out[key] = check_int(key, spec[key], 1 if key == "fragments" else 0)
+        if "compression" in spec:
+            out["compression"] = check_choice("compression", spec["compression"], CODECS)
+        if "mix" in spec:
+            out["mix"] = check_range("mix", spec["mix"], 0.0, 1.0, high_open=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sync.{exc}") from None
     comp = spec.get("lr_compensation")
     if comp is not None:
         out["lr_compensation"] = from_mapping(LRCompensation, comp, prefix="sync.lr_compensation")
