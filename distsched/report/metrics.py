@@ -6,9 +6,15 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distsched.report.loggers import Logger
+
+#: the file name that makes a folder a run folder: its records also go to the run's loggers
+METRICS_FILE = "metrics.jsonl"
 
 
 def _jsonable(value: Any) -> Any:
@@ -20,20 +26,30 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``path``; flushed after every record.
+    """Appends one JSON object per line to ``path``; flushed after every record. Each record also goes to
+    ``loggers`` (:mod:`distsched.report.loggers`); by default, for a run folder's ``metrics.jsonl``, to
+    the run's loggers (:func:`~distsched.report.loggers.open_loggers`: TensorBoard event files in
+    ``RUN_DIR/tensorboard``, MLflow when named in ``$DISTSCHED_LOGGERS``), for any other path to none.
 
     ``truncate_after(key, value)`` drops records written past a checkpoint (``record[key] > value``),
-    so that a resumed run never counts a step twice.
+    so that a resumed run never counts a step twice (in the loggers too).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, loggers: Sequence[Logger] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if loggers is None and self.path.name == METRICS_FILE:
+            from distsched.report.loggers import open_loggers
+
+            loggers = open_loggers(self.path.parent)
+        self.loggers: list[Logger] = list(loggers or [])
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
         self._fh.flush()
+        for logger in self.loggers:
+            logger.log(record)
 
     def truncate_after(self, key: str, value: float) -> int:
         """Keep only records with ``record[key] <= value``; returns how many were kept."""
@@ -45,10 +61,14 @@ class MetricsWriter:
                 fh.write(json.dumps(r) + "\n")
         os.replace(tmp, self.path)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        for logger in self.loggers:
+            logger.truncate_after(key, value)
         return len(kept)
 
     def close(self) -> None:
         self._fh.close()
+        for logger in self.loggers:
+            logger.close()
 
     def __enter__(self) -> MetricsWriter:
         return self
