@@ -28,7 +28,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/distsched demo
 
+# The layers contract (pyproject.toml [tool.importlinter]) first: a new upward import fails fast.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)

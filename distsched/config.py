@@ -77,6 +77,20 @@ def check_kwargs(fn: Any, kwargs: Mapping[str, Any], key: str) -> None:
         raise ValueError(f"{key}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
 
 
+def is_import_path(name: str) -> bool:
+    """``"package.module:attribute"``."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr and all(part.isidentifier() for part in module.split(".")))
+
+
+def check_name(key: str, name: str, builtins: tuple[str, ...]) -> str:
+    """``name`` if it is one of ``builtins`` or an import path (a user factory), else a one-line error."""
+    if name in builtins or is_import_path(name):
+        return name
+    allowed = ", ".join(repr(b) for b in builtins)
+    raise ValueError(f"{key} must be one of {allowed} or an import path 'package.module:factory', got {name!r}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

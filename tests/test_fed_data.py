@@ -5,20 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distsched.federated import (
-    ClientSampler,
-    Stragglers,
-    digits,
+from distsched.data import arrays_from_factory as from_factory
+from distsched.data import digits_flat as digits
+from distsched.data import (
     dirichlet,
-    from_factory,
     iid,
-    load_dataset,
+    load_arrays,
     make_partition,
     partition_stats,
     power_law,
     shards,
-    synthetic,
 )
+from distsched.data import leaf_synthetic as synthetic
+from distsched.federated import ClientSampler, Stragglers
 
 
 def _labels(per_class: int, classes: int, seed: int = 0) -> np.ndarray:
@@ -136,8 +135,8 @@ def test_user_factory_of_torch_datasets():
 def test_user_factory_by_import_path():
     data = from_factory("tests.test_fed_data:_factory_data", {"n": 25})
     assert data.x_train.shape == (25, 3) and data.num_classes == 3
-    assert load_dataset("factory", {"factory": "tests.test_fed_data:_factory_data"}).x_train.shape == (40, 3)
-    with pytest.raises(ValueError, match="data.factory"):
+    assert load_arrays("tests.test_fed_data:_factory_data").x_train.shape == (40, 3)
+    with pytest.raises(ValueError, match="data.name"):
         from_factory("no_colon")
 
 

@@ -145,11 +145,11 @@ class _DiesOnMarker(torch.nn.Module):
     """The reference MLP; inside a Ray actor, the first process to make its ``after``-th forward call
     while ``marker`` exists removes it and exits (a real worker death in the middle of a chunk)."""
 
-    def __init__(self, num_features, num_classes, hidden=(32,), marker="", after=8):
+    def __init__(self, input_shape, num_classes, hidden=(32,), marker="", after=8):
         super().__init__()
-        from distsched.federated import mlp
+        from distsched.data import mlp
 
-        self.net = mlp(num_features, num_classes, hidden)
+        self.net = mlp(input_shape, num_classes, hidden)
         self.marker, self.after, self.calls = marker, after, 0
 
     def forward(self, x):
@@ -166,16 +166,16 @@ class _DiesOnMarker(torch.nn.Module):
         return self.net(x)
 
 
-def _dies_on_marker(num_features, num_classes, **params):
-    return _DiesOnMarker(num_features, num_classes, **params)
+def _dies_on_marker(input_shape, num_classes, **kwargs):
+    return _DiesOnMarker(input_shape, num_classes, **kwargs)
 
 
 def test_actor_dying_mid_chunk_changes_nothing(reference_run, tmp_path):
     ref, ref_summary = reference_run
     marker = tmp_path / "die"
     marker.write_text("")
-    cfg = _config(model={"hidden": [32], "factory": "tests.test_fed_sim:_dies_on_marker"})
-    cfg["model"]["params"] = {"hidden": [32], "marker": str(marker), "after": 8}
+    cfg = _config(model={"name": "tests.test_fed_sim:_dies_on_marker"})
+    cfg["model"]["kwargs"] = {"hidden": [32], "marker": str(marker), "after": 8}
     sim = Simulation(cfg)
     summary = sim.run(out_dir=tmp_path / "run", progress=False, plots=False, stop_after=2)
     assert not marker.exists() and summary["actor_failures"] >= 1

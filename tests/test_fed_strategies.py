@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from distsched.data import mlp
 from distsched.federated import (
     STRATEGIES,
     DPFedAvg,
@@ -16,7 +17,6 @@ from distsched.federated import (
     build_strategy,
     centred_unclipped_fraction,
     client_seed,
-    mlp,
     next_clip_norm,
     train_client,
 )

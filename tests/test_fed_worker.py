@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from distsched.federated import ChunkTask, ClientWorker, LocalWork, client_seed, digits, make_partition, to_csr
-from distsched.federated.models import build_model
+from distsched.data import build_model, make_partition
+from distsched.data import digits_flat as digits
+from distsched.federated import ChunkTask, ClientWorker, LocalWork, client_seed, to_csr
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def worker_and_data():
     data = digits()
     parts = make_partition("dirichlet", data.y_train, 20, seed=0, alpha=0.5, min_size=3)
     order, offsets = to_csr(parts)
-    spec = {"num_features": 64, "num_classes": 10, "hidden": (16,)}
+    spec = {"name": "mlp", "input_shape": (64,), "num_classes": 10, "hidden": (16,)}
     worker = ClientWorker(data.x_train, data.y_train, order, offsets, spec, LocalWork("epochs", 2), seed=5)
     torch.manual_seed(0)
     params = torch.nn.utils.parameters_to_vector(build_model(**spec).parameters()).detach().clone()

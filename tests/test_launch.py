@@ -17,10 +17,9 @@ import torch
 import yaml
 from torch import nn
 
+from distsched.data import ShardBatches, digits, iid_shards
 from distsched.report import read_metrics
-from distsched.train import ShardBatches, iid_shards
 from distsched.train.checkpoint import checkpoint_name, load_rank_state
-from distsched.train.data import digits
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])

@@ -10,10 +10,10 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from distsched.data import digits
 from distsched.report import read_metrics
 from distsched.train import FaultInjection, LocalSession, config_from_mapping, prepare_run, run_processes, train_worker
 from distsched.train.checkpoint import checkpoint_name, complete_checkpoints, latest_checkpoint, load_rank_state
-from distsched.train.data import digits
 
 TARGET, SIGMA, DELTA = 1.0, 1.5, 1e-5
 CFG = {
@@ -156,7 +156,6 @@ def _eps_history(history):
 
 @pytest.mark.slow  # ~40 s (one 2-process spawn); the accounting rule is covered fast in test_privacy_distributed.py
 def test_two_workers_local_dp_unequal_shards(tmp_path):
-    from distsched.train.data import load_data, make_shards
 
     mapping = {**CFG, "workers": 2, "steps": 120, "data": {"name": "digits", "partition": "label_skew", "alpha": 0.5},
                "sync": {"rule": "fixed", "h": 4}, "checkpoint": {"every": 60, "keep": 2},
@@ -165,7 +164,7 @@ def test_two_workers_local_dp_unequal_shards(tmp_path):
     folder, cfg = prepare_run(cfg, run_dir=tmp_path / "local")
     summary = run_processes(cfg, folder)
     assert summary["privacy_mode"] == "local" and summary["steps_done"] == 120
-    shards = make_shards(load_data(cfg.data, cfg.seed), cfg.data, 2, cfg.batch_size, cfg.seed)
+    shards = cfg.data.shards(cfg.data.load(cfg.seed).targets, 2, cfg.batch_size, cfg.seed)
     last = latest_checkpoint(folder.checkpoints)
     hists = [load_rank_state(last, r)["privacy"]["accountant"]["history"] for r in range(2)]
     for r, hist in enumerate(hists):  # each worker charged its own q_k = B / N_k, with the same noise schedule

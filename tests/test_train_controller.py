@@ -92,11 +92,11 @@ def _plain_torch_plateau_run():
     with the mean loss of each ``LOG_EVERY`` steps, before the next step's LR is used."""
     from torch import nn
 
-    from distsched.train.data import ShardBatches, load_data, make_shards
+    from distsched.data import ShardBatches
 
     cfg = config_from_mapping({**BASE, **CASES["plateau"]})
-    data = load_data(cfg.data, cfg.seed)
-    shard = make_shards(data, cfg.data, 1, cfg.batch_size, cfg.seed)[0]
+    data = cfg.data.load(cfg.seed)
+    shard = cfg.data.shards(data.targets, 1, cfg.batch_size, cfg.seed)[0]
     x_all, y_all = data.train.tensors
     torch.manual_seed(cfg.seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from distsched.train import DataConfig, ModelConfig, ShardBatches, build_model, iid_shards, label_skew_shards
-from distsched.train.data import digits, from_import_path, synthetic
+from distsched.data import ShardBatches, digits, iid_shards, label_skew_shards
+from distsched.data import blobs as synthetic
+from distsched.data import bundle_from_factory as from_import_path
+from distsched.train import DataConfig, ModelConfig
 
 
 def _is_partition(shards, n):
@@ -73,9 +75,9 @@ def test_shard_batches_cover_each_epoch_and_resume_exactly():
 def test_digits_equal_sklearn_load_digits():
     from sklearn.datasets import load_digits
 
-    from distsched.train.data import _digits_arrays
+    from distsched.data import digits_arrays
 
-    pixels, labels = _digits_arrays()
+    pixels, labels = digits_arrays()
     ref = load_digits()
     assert np.array_equal(pixels, ref.data) and np.array_equal(labels, ref.target)
 
@@ -102,7 +104,7 @@ def _factory(n: int = 30):
 
 
 def test_import_path_data_and_models():
-    b = from_import_path(f"{__name__}:_factory", n=12)
+    b = from_import_path(f"{__name__}:_factory", {"n": 12})
     assert b.num_classes == 3 and b.input_shape == (3,) and b.test is None
     assert DataConfig(name=f"{__name__}:_factory").name.endswith("_factory")
     with pytest.raises(ValueError, match="data.name"):
@@ -111,9 +113,9 @@ def test_import_path_data_and_models():
 
 def test_models_shapes_and_errors():
     x = torch.zeros(5, 1, 8, 8)
-    assert build_model(ModelConfig(name="mlp", hidden=[16, 8]), (1, 8, 8), 10)(x).shape == (5, 10)
-    assert build_model(ModelConfig(name="cnn", hidden=[4, 8]), (1, 8, 8), 10)(x).shape == (5, 10)
+    assert ModelConfig(name="mlp", hidden=[16, 8]).build((1, 8, 8), 10)(x).shape == (5, 10)
+    assert ModelConfig(name="cnn", hidden=[4, 8]).build((1, 8, 8), 10)(x).shape == (5, 10)
     with pytest.raises(ValueError, match="cnn"):
-        build_model(ModelConfig(name="cnn", hidden=[4, 8]), (16,), 4)
-    m = build_model(ModelConfig(name="torch.nn:Identity"), (3,), 3)
+        ModelConfig(name="cnn", hidden=[4, 8]).build((16,), 4)
+    m = ModelConfig(name="torch.nn:Identity").build((3,), 3)
     assert isinstance(m, torch.nn.Identity)

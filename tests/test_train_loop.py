@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from distsched import schedules as S
+from distsched.data import ShardBatches, digits
 from distsched.report import read_metrics
-from distsched.train import LocalSession, ShardBatches, config_from_mapping, prepare_run, train_worker
+from distsched.train import LocalSession, config_from_mapping, prepare_run, train_worker
 from distsched.train.checkpoint import latest_checkpoint, load_rank_state
-from distsched.train.data import digits
 
 STEPS = 120
 CFG = {

@@ -1,4 +1,5 @@
-"""Federated simulation on Ray actors: data sets, partitions, sampling, strategies, DP-FedAvg.
+"""Federated simulation on Ray actors: sampling, strategies, DP-FedAvg (data sets, partitions and
+models live in :mod:`distsched.data`).
 
 >>> from distsched.federated import simulate
 >>> summary = simulate("examples/fed_digits.yaml", rounds=3)   # doctest: +SKIP
@@ -17,19 +18,7 @@ from distsched.federated.config import (
     StrategyConfig,
     fed_config,
 )
-from distsched.federated.datasets import FedData, digits, from_factory, load_dataset, synthetic
 from distsched.federated.dp import DPFedAvg, centred_unclipped_fraction, next_clip_norm
-from distsched.federated.models import build_model, flat_params, mlp
-from distsched.federated.partitions import (
-    PartitionStats,
-    dirichlet,
-    iid,
-    make_partition,
-    partition_stats,
-    plot_partition,
-    power_law,
-    shards,
-)
 from distsched.federated.pool import ActorPool
 from distsched.federated.sampling import ClientSampler, CohortDraw, Stragglers
 from distsched.federated.simulation import RoundRecord, Simulation, simulate
@@ -63,43 +52,27 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "FedConfig",
-    "FedData",
     "FedProx",
     "FedYogi",
     "LocalWork",
     "ModelConfig",
     "PartitionConfig",
-    "PartitionStats",
     "RoundRecord",
     "SamplingConfig",
     "Simulation",
     "Strategy",
     "StrategyConfig",
     "Stragglers",
-    "build_model",
     "build_strategy",
     "client_seed",
-    "digits",
-    "dirichlet",
     "evaluate",
     "fed_config",
-    "flat_params",
-    "from_factory",
-    "iid",
     "latest_checkpoint",
     "load_checkpoint",
-    "load_dataset",
-    "make_partition",
-    "mlp",
     "centred_unclipped_fraction",
     "next_clip_norm",
-    "partition_stats",
-    "plot_partition",
-    "power_law",
     "save_checkpoint",
-    "shards",
     "simulate",
-    "synthetic",
     "to_csr",
     "train_client",
 ]

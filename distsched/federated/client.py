@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distsched._checks import check_choice, check_int, check_non_negative
+from distsched.data import evaluate_tensors
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -105,7 +106,7 @@ def train_client(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of the global model ``params``."""
+    """Test accuracy and mean cross-entropy of the global model ``params``
+    (:func:`distsched.data.evaluate_tensors`)."""
     torch.nn.utils.vector_to_parameters(params, model.parameters())
-    logits = model(x)
-    return float((logits.argmax(dim=1) == y).float().mean()), float(F.cross_entropy(logits, y))
+    return evaluate_tensors(model, x, y)

@@ -12,18 +12,36 @@ from collections.abc import Mapping
 from typing import Any
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
-from distsched.config import from_mapping
+from distsched.config import check_name, from_mapping
+
+BUILTIN_DATA = ("digits", "synthetic")
+BUILTIN_MODELS = ("mlp", "cnn")
 
 
 @dataclasses.dataclass
 class DataConfig:
     name: str = "digits"
-    """``digits``, ``synthetic`` or ``factory``."""
+    """``digits`` (:func:`distsched.data.digits_flat`), ``synthetic`` (:func:`distsched.data.leaf_synthetic`)
+    or a factory ``package.module:function`` (the contract in :mod:`distsched.data`)."""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Passed to the data set (``test_size``; ``alpha``, ``beta``, ``num_clients``...; ``factory: mod:fn``)."""
+    """Passed to a built-in data set (``test_size``; ``alpha``, ``beta``, ``num_clients``...)."""
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Passed to a factory."""
 
     def __post_init__(self) -> None:
-        check_choice("data.name", self.name, ("digits", "synthetic", "factory"))
+        if self.name == "factory":
+            raise ValueError(
+                "data.name 'factory' was replaced: give data.name: 'package.module:function' and data.kwargs"
+            )
+        check_name("data.name", self.name, BUILTIN_DATA)
+        if self.name not in BUILTIN_DATA and self.params:
+            raise ValueError("data.params is for the built-in data sets; a factory takes data.kwargs")
+
+    def load(self, seed: int) -> Any:
+        """The :class:`distsched.data.ArrayData`."""
+        from distsched.data import load_arrays
+
+        return load_arrays(self.name, self.params if self.name in BUILTIN_DATA else self.kwargs, seed=seed)
 
 
 @dataclasses.dataclass
@@ -50,11 +68,16 @@ class PartitionConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+    name: str = "mlp"
+    """``mlp``, ``cnn`` or a factory ``package.module:function`` called as
+    ``fn(input_shape=..., num_classes=..., **kwargs)`` (the contract in :mod:`distsched.data`)."""
     hidden: list[int] = dataclasses.field(default_factory=lambda: [128])
-    """Hidden widths of the MLP (64-128-10 on digits)."""
-    factory: str | None = None
-    """``module:function`` called as ``fn(num_features, num_classes, **params)``."""
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Hidden widths of the MLP (64-128-10 on digits); the CNN's two channel counts."""
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Passed to a factory."""
+
+    def __post_init__(self) -> None:
+        check_name("model.name", self.name, BUILTIN_MODELS)
 
 
 @dataclasses.dataclass
@@ -183,6 +206,12 @@ def fed_config(data: Mapping[str, Any] | FedConfig) -> FedConfig:
     """A validated :class:`FedConfig` from a YAML mapping (or the config itself)."""
     if isinstance(data, FedConfig):
         return data
+    model = data.get("model")
+    if isinstance(model, Mapping) and ("factory" in model or "params" in model):
+        raise ValueError(
+            "model.factory/model.params were replaced: give model.name: 'package.module:function' (called as "
+            "fn(input_shape=..., num_classes=..., **kwargs)) and model.kwargs"
+        )
     return from_mapping(FedConfig, data)
 
 

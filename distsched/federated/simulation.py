@@ -26,13 +26,19 @@ import numpy as np
 import torch
 
 from distsched.config import load_yaml, to_mapping
+from distsched.data import (
+    ArrayData,
+    PartitionStats,
+    build_model,
+    flat_params,
+    make_partition,
+    partition_stats,
+    plot_partition,
+)
 from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distsched.federated.client import LocalWork, evaluate
 from distsched.federated.config import FedConfig, fed_config, schedule_of
-from distsched.federated.datasets import FedData, load_dataset
 from distsched.federated.dp import DPFedAvg
-from distsched.federated.models import build_model, flat_params
-from distsched.federated.partitions import PartitionStats, make_partition, partition_stats, plot_partition
 from distsched.federated.sampling import ClientSampler, Stragglers, round_rng
 from distsched.federated.strategies import build_strategy
 from distsched.federated.worker import ChunkTask, to_csr
@@ -70,9 +76,9 @@ class Simulation:
     from its latest checkpoint.
     """
 
-    def __init__(self, config: FedConfig | Mapping[str, Any], *, data: FedData | None = None) -> None:
+    def __init__(self, config: FedConfig | Mapping[str, Any], *, data: ArrayData | None = None) -> None:
         cfg = self.cfg = fed_config(config)
-        self.data = data if data is not None else load_dataset(cfg.data.name, cfg.data.params, seed=cfg.seed)
+        self.data = data if data is not None else cfg.data.load(cfg.seed)
         p = cfg.partition
         self.parts = make_partition(
             p.scheme,
@@ -101,11 +107,11 @@ class Simulation:
         self.server_lr = schedule_of(cfg.strategy.server_lr, "strategy.server_lr")
         self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
         self.model_spec = {
-            "num_features": self.data.num_features,
+            "name": cfg.model.name,
+            "input_shape": self.data.input_shape,
             "num_classes": self.data.num_classes,
             "hidden": tuple(cfg.model.hidden),
-            "factory": cfg.model.factory,
-            "params": dict(cfg.model.params),
+            "kwargs": dict(cfg.model.kwargs),
         }
         torch.manual_seed(cfg.seed)
         self.model = build_model(**self.model_spec)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distsched.data import build_model
 from distsched.federated.client import LocalWork, client_seed, train_client
-from distsched.federated.models import build_model
 
 
 @dataclasses.dataclass

@@ -12,37 +12,25 @@ from distsched.train.config import (
     load_config,
 )
 from distsched.train.controller import CONTROLLERS, build_controller, update_controller
-from distsched.train.data import DataBundle, ShardBatches, iid_shards, label_skew_shards, load_data, make_shards
-from distsched.train.loop import FaultInjection, build_training, evaluate, train_step, train_worker
-from distsched.train.models import build_model, cnn, mlp
+from distsched.train.loop import FaultInjection, build_training, train_step, train_worker
 from distsched.train.run import preflight, prepare_run, read_summary, run_processes, run_torchrun
 from distsched.train.session import LocalSession, Session
 
 __all__ = [
     "CONTROLLERS",
     "CheckpointConfig",
-    "DataBundle",
     "DataConfig",
     "FaultInjection",
     "LocalSession",
     "ModelConfig",
     "OptimizerConfig",
     "Session",
-    "ShardBatches",
     "TrainConfig",
     "build_controller",
-    "build_model",
     "build_training",
-    "cnn",
     "config_from_mapping",
     "config_to_mapping",
-    "evaluate",
-    "iid_shards",
-    "label_skew_shards",
     "load_config",
-    "load_data",
-    "make_shards",
-    "mlp",
     "preflight",
     "prepare_run",
     "read_summary",

@@ -33,28 +33,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
-from distsched.config import from_mapping, load_yaml, to_mapping
+from distsched.config import check_name, from_mapping, load_yaml, to_mapping
 
-BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_MODELS = ("mlp", "cnn")  # distsched.data.models.BUILTIN_MODELS (kept here: no torch import at load)
 BUILTIN_DATA = ("digits", "synthetic")
 PARTITIONS = ("iid", "label_skew")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: ``sync`` keys that configure the engine, not the rule.
 ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer", "fragments", "compression",
                "error_feedback", "delay", "mix")
-
-
-def _is_import_path(name: str) -> bool:
-    """``"package.module:attribute"``."""
-    module, sep, attr = name.partition(":")
-    return bool(sep and module and attr and all(part.isidentifier() for part in module.split(".")))
-
-
-def _check_name(key: str, name: str, builtins: tuple[str, ...]) -> str:
-    if name in builtins or _is_import_path(name):
-        return name
-    allowed = ", ".join(repr(b) for b in builtins)
-    raise ValueError(f"{key} must be one of {allowed} or an import path 'package.module:factory', got {name!r}")
 
 
 @dataclasses.dataclass
@@ -69,8 +56,14 @@ class ModelConfig:
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_name("name", self.name, BUILTIN_MODELS)
+        check_name("name", self.name, BUILTIN_MODELS)
         self.hidden = [check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(self.hidden)]
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
+        """The ``torch.nn.Module`` (:func:`distsched.data.build_model`); call under a fixed torch seed."""
+        from distsched.data import build_model
+
+        return build_model(self.name, input_shape, num_classes, self.hidden, self.kwargs)
 
 
 @dataclasses.dataclass
@@ -98,7 +91,7 @@ class DataConfig:
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_name("name", self.name, BUILTIN_DATA)
+        check_name("name", self.name, BUILTIN_DATA)
         check_choice("partition", self.partition, PARTITIONS)
         check_positive("alpha", self.alpha)
         check_range("test_fraction", self.test_fraction, 0.0, 1.0, high_open=True)
@@ -106,6 +99,19 @@ class DataConfig:
         check_int("features", self.features, 1)
         check_int("classes", self.classes, 2)
         check_non_negative("noise", self.noise)
+
+    def load(self, seed: int) -> Any:
+        """The :class:`distsched.data.DataBundle` (same on every worker for the same seed)."""
+        from distsched.data import load_bundle
+
+        blobs = {"samples": self.samples, "features": self.features, "classes": self.classes, "noise": self.noise}
+        return load_bundle(self.name, seed, test_fraction=self.test_fraction, blobs_params=blobs, kwargs=self.kwargs)
+
+    def shards(self, targets: Any, workers: int, batch_size: int, seed: int) -> list[Any]:
+        """Every worker's index shard (:func:`distsched.data.make_shards`), identical on all workers."""
+        from distsched.data import make_shards
+
+        return make_shards(targets, self.partition, workers, batch_size, seed, alpha=self.alpha)
 
 
 @dataclasses.dataclass

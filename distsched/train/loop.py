@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from distsched.data import DataBundle, ShardBatches, evaluate
 from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
 from distsched.train.controller import build_controller, update_controller
-from distsched.train.data import DataBundle, ShardBatches, load_data, make_shards
-from distsched.train.models import build_model
 from distsched.train.session import Session
 
 
@@ -119,22 +118,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, d
 
 
 # ---------------------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 512) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data``."""
-    was_training = model.training
-    model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in DataLoader(data, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(dim=1) == y).sum())
-        total += len(y)
-    model.train(was_training)
-    return {"test_accuracy": correct / max(total, 1), "test_loss": loss_sum / max(total, 1)}
-
-
 def _mean_over_workers(loss_sum: float, count: int, world_size: int, device: torch.device) -> float:
     if world_size > 1:
         t = torch.tensor([loss_sum, float(count)], dtype=torch.float64, device=device)
@@ -198,12 +181,12 @@ def train_worker(
     folder = RunFolder.open(run_dir)
     device = device_for(session.local_rank)
 
-    bundle: DataBundle = load_data(cfg.data, cfg.seed)
-    shards = make_shards(bundle, cfg.data, world, cfg.batch_size, cfg.seed)
+    bundle: DataBundle = cfg.data.load(cfg.seed)
+    shards = cfg.data.shards(bundle.targets, world, cfg.batch_size, cfg.seed)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
 
     torch.manual_seed(cfg.seed)  # identical initial replicas
-    model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
+    model = cfg.model.build(bundle.input_shape, bundle.num_classes).to(device)
     # SEAM (control): schedule x controller, read by the optimizer's LR and by the sync rule alike
     controller = build_controller(cfg.controller)
     schedule = build_schedule(cfg.schedule)

@@ -63,14 +63,12 @@ def preflight(cfg: TrainConfig) -> int:
     the workers cannot run fails here; returns the run's total steps."""
     import torch
 
-    from distsched.train.data import load_data, make_shards
     from distsched.train.loop import total_steps_of
-    from distsched.train.models import build_model
 
-    bundle = load_data(cfg.data, cfg.seed)
-    shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
+    bundle = cfg.data.load(cfg.seed)
+    shards = cfg.data.shards(bundle.targets, cfg.workers, cfg.batch_size, cfg.seed)
     with torch.random.fork_rng():
-        build_model(cfg.model, bundle.input_shape, bundle.num_classes)
+        cfg.model.build(bundle.input_shape, bundle.num_classes)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
     if total > MAX_STEPS:
         raise ValueError(f"a run may plan at most {MAX_STEPS:_} steps, this config plans {total:_} (steps/epochs)")

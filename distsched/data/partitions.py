@@ -1,4 +1,4 @@
-"""Partitioners: split a data set's train indices among clients.
+"""Partitioners: split a data set's train indices among clients (``simulate``) or workers (``train``).
 
 Each returns a list of ``int64`` index arrays, one per client, sorted, disjoint, covering every
 sample exactly once (except ``natural``, which is the data set's own split).
@@ -113,6 +113,42 @@ def make_partition(
     if natural is None:
         raise ValueError("partition.scheme 'natural' needs a data set with its own client split (synthetic)")
     return [np.asarray(p, dtype=np.int64) for p in natural]
+
+
+def iid_shards(n: int, workers: int, seed: int) -> list[np.ndarray]:
+    """A random permutation of ``range(n)`` cut into ``workers`` near-equal shards (:func:`iid`, one
+    client per worker)."""
+    check_int("workers", workers, 1)
+    return iid(n, workers, np.random.default_rng(seed))
+
+
+def label_skew_shards(
+    targets: np.ndarray, workers: int, alpha: float, seed: int, min_size: int = 1, tries: int = 100
+) -> list[np.ndarray]:
+    """Per class ``c``, worker shares ``p_c ~ Dirichlet(alpha * 1_K)`` of that class's samples
+    (Hsu, Qi & Brown 2019): :func:`dirichlet`, one client per worker. Redrawn until every shard holds
+    at least ``min_size`` samples."""
+    check_int("workers", workers, 1)
+    rng = np.random.default_rng(seed)
+    return dirichlet(np.asarray(targets), workers, alpha, rng, min_size=min_size, max_tries=tries)
+
+
+def make_shards(
+    targets: np.ndarray, partition: str, workers: int, batch_size: int, seed: int, alpha: float = 0.5
+) -> list[np.ndarray]:
+    """The index shard of every training worker (``partition``: ``iid`` or ``label_skew``), identical on
+    all workers; every shard holds at least one batch."""
+    if partition == "iid":
+        out = iid_shards(len(targets), workers, seed)
+    else:
+        try:
+            out = label_skew_shards(targets, workers, alpha, seed, min_size=batch_size)
+        except ValueError as exc:  # say it in the config's words (min_size is the batch size here)
+            raise ValueError(f"data.alpha={alpha!r}, {workers} workers, batch_size={batch_size}: {exc}") from None
+    small = min(len(s) for s in out)
+    if small < batch_size:
+        raise ValueError(f"batch_size must be <= the smallest shard ({small} samples), got {batch_size}")
+    return out
 
 
 def _check_counts(num_samples: int, num_clients: int) -> None:

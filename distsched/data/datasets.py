@@ -1,0 +1,267 @@
+"""Data sets shared by ``train`` and ``simulate``: scikit-learn's digits, Gaussian blobs, LEAF-style
+synthetic(alpha, beta) and user factories given by import path.
+
+Two shapes of the same data: a :class:`DataBundle` of torch datasets (what a training worker's
+loader reads) and an :class:`ArrayData` of plain arrays (what the simulator ships once to every
+executor). Nothing is downloaded: ``digits`` ships with scikit-learn.
+
+The factory contract (one for both commands): ``name: "package.module:function"`` with ``kwargs``;
+``function(**kwargs)`` returns a map-style dataset of ``(features, label)`` pairs, a pair
+``(train, test)`` of them, or ``(x_train, y_train, x_test, y_test)`` arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from distsched._checks import check_int, check_non_negative
+from distsched.config import check_kwargs, import_object
+
+
+# ------------------------------------------------------------------------------------------- shapes
+@dataclasses.dataclass
+class DataBundle:
+    """A train split, an optional test split, the train labels (for sharding) and the shapes."""
+
+    train: Dataset
+    test: Dataset | None
+    targets: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayData:
+    """Train and test arrays; ``natural_partition`` holds per-client train indices when the data set
+    comes already split by client (synthetic), else ``None``."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    natural_partition: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.x_train.shape[1:]))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+def _split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return order[n_test:], order[:n_test]
+
+
+def _bundle(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> DataBundle:
+    train_idx, test_idx = _split(len(y), test_fraction, seed)
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    train = TensorDataset(xt[train_idx], yt[train_idx])
+    test = TensorDataset(xt[test_idx], yt[test_idx]) if len(test_idx) else None
+    return DataBundle(train, test, y[train_idx].astype(np.int64), int(y.max()) + 1, tuple(x.shape[1:]))
+
+
+# ------------------------------------------------------------------------------------------- digits
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits ``(pixels 0..16 as (n, 64), labels)``, read from the CSV that ships with
+    scikit-learn without importing ``sklearn.datasets`` (seconds of start-up in every worker);
+    ``load_digits()`` when the file is not where it is expected (the same numbers)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.exists():
+        raw = np.loadtxt(path, delimiter=",")
+        return raw[:, :-1], raw[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data, bunch.target.astype(np.int64)
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+    """scikit-learn's 8x8 digits as ``(1, 8, 8)`` images scaled to [0, 1], 10 classes; a fixed-seed
+    permutation holds out ``round(1797 * test_fraction)`` images as the test split."""
+    pixels, labels = digits_arrays()
+    x = (pixels / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return _bundle(x, labels, test_fraction, seed)
+
+
+def digits_flat(test_size: int = 297, seed: int = 0) -> ArrayData:
+    """The 1797 digits as flat 64-pixel rows scaled to [0, 1] (``x / 16``); a fixed-seed permutation puts
+    ``test_size`` images in the test set and the rest in the train set."""
+    x, y = digits_arrays()
+    n = len(y)
+    check_int("test_size", test_size, 1)
+    if test_size >= n:
+        raise ValueError(f"test_size must be in [1, {n - 1}], got {test_size!r}")
+    perm = np.random.default_rng(seed).permutation(n)
+    test, train = perm[:test_size], perm[test_size:]
+    x = (x / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
+    return ArrayData("digits", x[train], y[train], x[test], y[test], 10)
+
+
+# ---------------------------------------------------------------------------------------- synthetic
+def blobs(
+    samples: int = 2048, features: int = 16, classes: int = 4, noise: float = 1.0, test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DataBundle:
+    """Gaussian blobs: class centres ``mu_c ~ N(0, 4 I)``, samples ``x = mu_y + noise * N(0, I)``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 2.0, size=(classes, features))
+    y = rng.integers(0, classes, size=samples)
+    x = (centres[y] + noise * rng.normal(size=(samples, features))).astype(np.float32)
+    return _bundle(x, y.astype(np.int64), test_fraction, seed)
+
+
+def leaf_synthetic(
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    num_clients: int = 100,
+    dim: int = 60,
+    num_classes: int = 10,
+    mean_samples: float = 50.0,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> ArrayData:
+    """Synthetic(alpha, beta) in the style of LEAF / FedProx (Li et al. 2020, "Federated Optimization in
+    Heterogeneous Networks", Sec. 5.1). For client ``k``:
+    ``u_k ~ N(0, alpha)``, ``W_k, b_k ~ N(u_k, 1)``, ``B_k ~ N(0, beta)``, ``v_k ~ N(B_k, 1)``,
+    ``x ~ N(v_k, diag(j^-1.2))``, ``y = argmax(softmax(W_k x + b_k))``.
+    ``alpha`` controls how much the local models differ, ``beta`` how much the local data differ.
+    Sizes are log-normal (mean about ``mean_samples``, at least 2); ``test_fraction`` of each client's
+    samples form the central test set. The client split is kept as ``natural_partition``."""
+    check_non_negative("alpha", alpha)
+    check_non_negative("beta", beta)
+    check_int("num_clients", num_clients, 1)
+    check_int("dim", dim, 1)
+    check_int("num_classes", num_classes, 2)
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    sigma = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
+    sizes = np.maximum(2, rng.lognormal(np.log(mean_samples) - 0.5, 1.0, num_clients).astype(np.int64))
+    xs, ys, owner = [], [], []
+    for k in range(num_clients):
+        u = rng.normal(0.0, np.sqrt(alpha)) if alpha > 0 else 0.0
+        w = rng.normal(u, 1.0, (num_classes, dim))
+        b = rng.normal(u, 1.0, num_classes)
+        big_b = rng.normal(0.0, np.sqrt(beta)) if beta > 0 else 0.0
+        v = rng.normal(big_b, 1.0, dim)
+        x = v + sigma * rng.standard_normal((sizes[k], dim))
+        xs.append(x)
+        ys.append(np.argmax(x @ w.T + b, axis=1))
+        owner.append(np.full(sizes[k], k))
+    x_all = np.concatenate(xs).astype(np.float32)
+    y_all = np.concatenate(ys).astype(np.int64)
+    owner_all = np.concatenate(owner)
+    is_test = rng.random(len(y_all)) < test_fraction
+    train_idx = np.flatnonzero(~is_test)
+    parts = tuple(np.flatnonzero(owner_all[train_idx] == k) for k in range(num_clients))
+    return ArrayData(
+        f"synthetic({alpha},{beta})",
+        x_all[train_idx],
+        y_all[train_idx],
+        x_all[is_test],
+        y_all[is_test],
+        num_classes,
+        natural_partition=parts,
+    )
+
+
+# ---------------------------------------------------------------------------------------- factories
+def _call_factory(path: str, kwargs: Mapping[str, Any] | None) -> Any:
+    return import_object(path, "data.name")(**dict(kwargs or {}))
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = [int(ds[i][1]) for i in range(len(ds))]  # type: ignore[arg-type]
+    return np.asarray(torch.as_tensor(targets), dtype=np.int64)
+
+
+def _is_arrays(out: Any) -> bool:
+    return isinstance(out, tuple) and len(out) == 4
+
+
+def _materialize(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays from a map-style dataset of ``(features, label)`` pairs."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise ValueError(f"data.name: expected a map-style dataset, got {type(dataset).__name__}")
+    pairs = [dataset[i] for i in range(len(dataset))]
+    x = np.stack([np.asarray(p[0], dtype=np.float32) for p in pairs])
+    y = np.asarray([int(p[1]) for p in pairs], dtype=np.int64)
+    return x, y
+
+
+def _arrays_of(path: str, out: Any) -> ArrayData:
+    if isinstance(out, ArrayData):
+        return out
+    if isinstance(out, tuple) and len(out) == 2:
+        out = (*_materialize(out[0]), *_materialize(out[1]))
+    if not _is_arrays(out):
+        raise ValueError(
+            f"data.name {path!r} must return (train, test) datasets or (x_train, y_train, x_test, y_test) arrays"
+        )
+    x_tr, y_tr, x_te, y_te = (np.asarray(a) for a in out)
+    y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return ArrayData(path.partition(":")[2], x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, num_classes)
+
+
+def bundle_from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> DataBundle:
+    """The user's data set (see the module's factory contract) as a :class:`DataBundle`."""
+    out = _call_factory(path, kwargs)
+    if _is_arrays(out):
+        x_tr, y_tr, x_te, y_te = (torch.as_tensor(np.asarray(a)) for a in out)
+        train = TensorDataset(x_tr.float(), y_tr.long())
+        test = TensorDataset(x_te.float(), y_te.long()) if len(y_te) else None
+        out = (train, test)
+    train, test = (out if isinstance(out, tuple) else (out, None))
+    targets = _labels(train)
+    x0 = train[0][0]
+    return DataBundle(train, test, targets, int(targets.max()) + 1, tuple(torch.as_tensor(x0).shape))
+
+
+def arrays_from_factory(path: str, kwargs: Mapping[str, Any] | None = None) -> ArrayData:
+    """The user's data set (see the module's factory contract, or an :class:`ArrayData`) as arrays,
+    map-style datasets read once."""
+    return _arrays_of(path, _call_factory(path, kwargs))
+
+
+# ------------------------------------------------------------------------------------------- by name
+def load_bundle(
+    name: str, seed: int, *, test_fraction: float = 0.2, blobs_params: Mapping[str, Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> DataBundle:
+    """``digits``, ``synthetic`` (:func:`blobs` with ``blobs_params``) or a factory path with ``kwargs``
+    (same on every worker for the same seed)."""
+    if name == "digits":
+        return digits(test_fraction, seed)
+    if name == "synthetic":
+        return blobs(**dict(blobs_params or {}), test_fraction=test_fraction, seed=seed)
+    return bundle_from_factory(name, kwargs)
+
+
+def load_arrays(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> ArrayData:
+    """``digits`` (:func:`digits_flat`), ``synthetic`` (:func:`leaf_synthetic`) with ``params``, or a
+    factory path called with ``params`` as its kwargs."""
+    params = dict(params or {})
+    if name in ("digits", "synthetic"):
+        build = digits_flat if name == "digits" else leaf_synthetic
+        check_kwargs(build, {**params, "seed": seed}, "data.params")
+        return build(seed=seed, **params)
+    return arrays_from_factory(name, params)
