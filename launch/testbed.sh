@@ -17,6 +17,8 @@
 # the kernel it is refused, never faked.
 #
 # Run a command on a host:  ip netns exec ${PREFIX}h0 COMMAND
+# On every host, the names ${PREFIX}h<i> resolve to the hosts' addresses (/etc/netns/<host>/hosts, which
+# `ip netns exec` shows as /etc/hosts: the machine's /etc/hosts plus these names).
 #
 # Settings (environment):
 #   TESTBED_PREFIX  name prefix of every object (default dsb; [a-z][a-z0-9]{0,7}); down and status see
@@ -128,10 +130,26 @@ no_ipv6() {
   fi
 }
 
+# Every host resolves every host's name (<prefix>h<i>): /etc/netns/<ns>/hosts, which `ip netns exec`
+# shows as /etc/hosts on that host, is the machine's /etc/hosts plus the test-bed's names.
+write_hosts_files() {
+  local n=$1 i k
+  for (( i = 0; i < n; i++ )); do
+    mkdir -p "/etc/netns/$(host_ns "$i")"
+    {
+      cat /etc/hosts 2>/dev/null || echo "127.0.0.1 localhost"
+      echo "# test-bed $PREFIX (launch/testbed.sh)"
+      for (( k = 0; k < n; k++ )); do echo "$(host_addr "$k") $(host_ns "$k")"; done
+    } > "/etc/netns/$(host_ns "$i")/hosts.tmp"
+    mv "/etc/netns/$(host_ns "$i")/hosts.tmp" "/etc/netns/$(host_ns "$i")/hosts"
+  done
+}
+
 remove_host() {
   local ns veth
   ns=$(host_ns "$1")
   veth=$(host_veth "$1")
+  rm -rf "/etc/netns/${ns:?}"
   if ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$ns"; then
     local pids
     pids=$(ip netns pids "$ns" 2>/dev/null | wc -l)
@@ -146,8 +164,11 @@ remove_host() {
 
 cmd_down() {
   need_root
-  local i
+  local i dir
   for i in $(our_hosts); do remove_host "$i"; done
+  for dir in /etc/netns/"$PREFIX"h*; do  # hosts files of namespaces already gone
+    if [[ -d "$dir" && "$(basename "$dir")" =~ ^${PREFIX}h[0-9]+$ ]]; then rm -rf "${dir:?}"; fi
+  done
   local veth tries
   for (( tries = 0; tries < 50; tries++ )); do  # links of deleted namespaces go away asynchronously
     [[ -z "$(our_veths)" ]] && break
@@ -226,6 +247,7 @@ cmd_up() {
   for i in $(our_hosts); do
     if [[ "$i" -ge "$n" ]]; then remove_host "$i"; fi
   done
+  write_hosts_files "$n"
   for (( i = 0; i < n; i++ )); do
     ensure_host "$i"
     shape "" "$(host_veth "$i")" "$rate" "$rate_b" ""        # bridge -> host

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,10 +152,12 @@ def test_up_converges_and_down_restores_the_root_namespace():
         probe = subprocess.run(bed.on(1, [PY, "-c", "import socket; socket.create_connection(('198.18.0.1', 9), 3)"]),
                                capture_output=True, text=True)
         assert "refused" in probe.stderr  # host 1 reaches host 0 (nothing listens on port 9: refused, not unreachable)
+        names = subprocess.run(bed.on(1, ["getent", "hosts", bed.ns(0)]), capture_output=True, text=True).stdout
+        assert names.split()[0] == bed.addr(0)  # every host resolves every host's name
     finally:
         bed.down()
     sleeper.wait(timeout=30)
-    assert _ours(bed.prefix) == []
+    assert _ours(bed.prefix) == [] and not any(Path("/etc/netns").glob(f"{bed.prefix}*"))
     assert bed.script("down").returncode == 0  # idempotent
     assert _root_state() == before
 

@@ -1,0 +1,178 @@
+"""Ray across 2 hosts of the test-bed (launch/testbed.sh): a head on host 0, a worker node on host 1
+joining it with the cluster's token (token authentication on), then from host 0:
+
+* ``distsched train --address`` places one Ray Train worker on each host (read from Ray's actor
+  table) and gives bit for bit the final parameters and metrics of the 2-process single-host run;
+* ``distsched simulate --address`` runs its client actors on both hosts with the same rounds,
+  metrics and accuracy as the same simulation on an embedded single-host cluster;
+* every socket of the runs is on a test-bed address or a host's own loopback, and nothing of them
+  listens in the root namespace.
+
+Slow (a 2-node Ray cluster starts in tens of seconds); the path is covered fast by
+tests/test_testbed.py (2 hosts, torchrun) and tests/test_cluster_train.py (``--address``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from testbed_support import ROOT, assert_sockets_on_testbed, hosts_up, unavailable, watch
+
+from distsched.report import read_metrics
+from distsched.train.checkpoint import checkpoint_name, load_rank_state
+
+REASON = unavailable()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+PY = sys.executable
+RAY = str(Path(PY).parent / "ray")
+PORT = 6379
+STEPS = 20
+CFG = {
+    "name": "rayhosts",
+    "seed": 1,
+    "workers": 2,
+    "steps": STEPS,
+    "batch_size": 16,
+    "log_every": 5,
+    "model": {"name": "mlp", "hidden": [16]},
+    "data": {"name": "digits"},
+    "optimizer": {"name": "sgd", "momentum": 0.9},
+    "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
+    "sync": {"rule": "fixed", "h": 4},
+    "checkpoint": {"every": STEPS, "keep": 1},
+}
+FED = ROOT / "examples" / "fed_digits.yaml"
+FED_ARGS = ["--rounds", "2", "--num-actors", "2", "--no-progress"]
+
+
+def _run(argv: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Hosts 0 and 1, a Ray head on 0 and a worker node on 1, with a token of their own; references
+    (no Ray for training, an embedded single-host cluster for the simulation) computed once it is up."""
+    tmp = Path(tempfile.mkdtemp(prefix="dsbray", dir="/tmp"))  # short: Ray's socket paths must fit
+    token = tmp / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           # Ray's token authentication on, with this cluster's own token (not ~/.ray/auth_token)
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    cfg_path = tmp / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(CFG))
+    ref_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    references: list[subprocess.Popen] = []
+    try:
+        with hosts_up(2, prefix=f"dsr{os.getpid() % 10000}") as bed:
+            # gloo's sockets on the test-bed link: Ray workers inherit the environment of `ray start`
+            # (this machine's hostname resolves to 127.0.0.1, where gloo would bind otherwise)
+            env["GLOO_SOCKET_IFNAME"] = "eth0"
+            common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats"]
+            _run(bed.on(0, [RAY, "start", "--head", f"--node-ip-address={bed.addr(0)}", f"--port={PORT}",
+                            "--include-dashboard=false", f"--temp-dir={tmp / 'ray'}", *common]), env)
+            _run(bed.on(1, [RAY, "start", f"--address={bed.addr(0)}:{PORT}", f"--node-ip-address={bed.addr(1)}",
+                            *common]), env)
+            # the references run once the cluster is up (Ray gives a node 30 s to start, on a busy machine)
+            references += [
+                subprocess.Popen([PY, "-m", "distsched", "train", str(cfg_path), "--launcher", "processes",
+                                  "--run-dir", str(tmp / "ref_train")], env=ref_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True),
+                subprocess.Popen([PY, "-m", "distsched", "simulate", str(FED), *FED_ARGS, "--out",
+                                  str(tmp / "ref_sim")], env=ref_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True),
+            ]
+            outs = [p.communicate(timeout=600)[0] for p in references]
+            for p, out in zip(references, outs):
+                assert p.returncode == 0, out[-3000:]
+            sim_ref = json.loads(outs[1][outs[1].index("{"):])
+            yield {"bed": bed, "env": env, "tmp": tmp, "cfg": cfg_path, "address": f"{bed.addr(0)}:{PORT}",
+                   "ref_train": tmp / "ref_train", "ref_sim": Path(sim_ref["run_dir"])}
+    finally:
+        for p in references:
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _actors_by_class(c: dict) -> dict[str, list[str]]:
+    """Ray's actor table, read on host 0: class name -> the node address of each of its actors."""
+    code = ("import json, ray; from ray._private.state import actors\n"
+            f"ray.init(address={c['address']!r}, log_to_driver=False)\n"
+            "out = {}\n"
+            "for a in actors().values(): out.setdefault(a['ActorClassName'], []).append(a['Address']['IPAddress'])\n"
+            "print(json.dumps(out))")
+    out = _run(c["bed"].on(0, [PY, "-c", code]), c["env"]).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock fields."""
+    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "elapsed_s"}
+            for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_ray_token_is_required(cluster):
+    """The cluster refuses a driver without its token (token authentication is really on)."""
+    env = {**cluster["env"], "RAY_AUTH_TOKEN_PATH": str(cluster["tmp"] / "missing")}
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # a wrong token
+    code = f"import ray; ray.init(address={cluster['address']!r}); print(ray.cluster_resources())"
+    proc = subprocess.run(cluster["bed"].on(0, [PY, "-c", code]), capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "CPU" not in proc.stdout
+
+
+def test_ray_train_one_worker_per_host_same_result(cluster):
+    bed, run_dir = cluster["bed"], cluster["tmp"] / "ray_train"
+    argv = [PY, "-m", "distsched", "train", str(cluster["cfg"]), "--address", cluster["address"], "--run-dir",
+            str(run_dir), "--no-progress"]
+    proc = subprocess.Popen(bed.on(0, argv), env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = watch(bed, [proc], timeout_s=600)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert_sockets_on_testbed(bed, seen)
+    placed = _actors_by_class(cluster)["RayTrainWorker"]
+    assert sorted(placed) == [bed.addr(0), bed.addr(1)]  # one Ray Train worker on each host
+
+    ref = cluster["ref_train"]
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
+    for key in ("final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "steps_done", "workers"):
+        assert ours[key] == theirs[key], key
+    assert _records(run_dir) == _records(ref)
+    final = checkpoint_name(STEPS)
+    for rank in (0, 1):
+        a = load_rank_state(run_dir / "checkpoints" / final, rank)["model"]
+        b = load_rank_state(ref / "checkpoints" / final, rank)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ray_simulate_across_hosts_same_result(cluster):
+    bed = cluster["bed"]
+    argv = [PY, "-m", "distsched", "simulate", str(FED), "--address", cluster["address"], *FED_ARGS, "--out",
+            str(cluster["tmp"] / "ray_sim")]
+    proc = subprocess.Popen(bed.on(0, argv), env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = watch(bed, [proc], timeout_s=600)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert_sockets_on_testbed(bed, seen)
+    summary = json.loads(out[out.index("{"):])
+    placed = _actors_by_class(cluster)["ClientWorker"]
+    assert sorted(placed) == [bed.addr(0), bed.addr(1)]  # one client actor on each host
+
+    ref = json.loads((cluster["ref_sim"] / "summary.json").read_text())
+    assert summary["rounds"] == ref["rounds"] == 2 and summary["client_updates"] == ref["client_updates"]
+    assert summary["final_test_acc"] == ref["final_test_acc"]
+    assert _records(Path(summary["run_dir"])) == _records(cluster["ref_sim"])
