@@ -1,4 +1,4 @@
-"""DP-SGD step time: distsched's wrapper (``privacy.make_private``: Opacus ``GradSampleModule`` + ``DPOptimizer``
+"""DP-SGD step time: distsched's wrapper (``privacy.private_training``: Opacus ``GradSampleModule`` + ``DPOptimizer``
 plus distsched's accountant hook, budget guard check and noise scheduler) against plain Opacus
 (``PrivacyEngine.make_private``, RDP accountant), same model, same data, same batches.
 
@@ -57,7 +57,7 @@ def main() -> None:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distsched.privacy import PoissonBatches, make_private
+    from distsched.privacy import PoissonBatches, private_training
 
     x, y = _data()
     n, q, sigma = len(y), 0.04, 1.0
@@ -73,9 +73,9 @@ def main() -> None:
         noise_multiplier=sigma, max_grad_norm=1.0, poisson_sampling=False,
     )
     m_ours = _model()
-    pt = make_private(m_ours, torch.optim.SGD(m_ours.parameters(), lr=0.1), sample_rate=q, expected_batch_size=q * n,
-                      max_grad_norm=1.0, delta=1e-5, noise=sigma, target_epsilon=1e9, lr_coupling=args.coupling,
-                      noise_seed=0)
+    pt = private_training(m_ours, torch.optim.SGD(m_ours.parameters(), lr=0.1), sample_rate=q,
+                          expected_batch_size=q * n, max_grad_norm=1.0, delta=1e-5, noise=sigma,
+                          target_epsilon=1e9, lr_coupling=args.coupling, noise_seed=0)
 
     def run_ref() -> float:
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from opacus.accountants import RDPAccountant
 from torch import nn
 
-from distsched.privacy import ConstantNoise, make_private
+from distsched.privacy import ConstantNoise, private_training
 
 WORLD = 2
 N, D = 400, 6
@@ -54,7 +54,7 @@ def _scenario_group_exact(rank):
     x, y = _data()
     q = 0.1
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
                       expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=ConstantNoise(0.0),
                       mode="group", noise_seed=rank)
     sampler = PoissonBatches(_shard(rank), q, seed=5, rank=rank)
@@ -75,7 +75,7 @@ def _scenario_group_noise(rank):
     x, _ = _data()
     q, sigma, steps = 0.1, 2.0, 40
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
                       expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=sigma,
                       mode="group", noise_seed=100 + rank)
     deltas = []
@@ -89,6 +89,26 @@ def _scenario_group_noise(rank):
     return {"deltas": torch.stack(deltas), "history": pt.accountant.history, "epsilon": pt.epsilon}
 
 
+def _scenario_group_coupling(rank):
+    """LR coupling in group mode: the noise std it assumes must be single mode's, sigma C / (q N)."""
+    from distsched.privacy import PoissonBatches
+
+    x, y = _data()
+    q, sigma = 0.1, 2.0
+    model = _model()
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
+                          expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=sigma,
+                          mode="group", noise_seed=rank, lr_coupling=True)
+    sampler = PoissonBatches(_shard(rank), q, seed=9, rank=rank)
+    for t in range(8):
+        idx = sampler.draw(t)
+        pt.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(pt.model(x[idx]), y[idx]).backward()
+        pt.optimizer.step()
+        pt.after_step()
+    return {"noise_std": pt.lr_controller.last_noise_std, "factor": pt.lr_factor}
+
+
 def _scenario_local(rank, period):
     """DP local SGD: each rank private on its shard, models averaged every ``period`` steps."""
     from distsched.privacy import PoissonBatches
@@ -98,7 +118,7 @@ def _scenario_local(rank, period):
     shard = _shard(rank)
     q_local = b_local / len(shard)
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q_local,
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q_local,
                       expected_batch_size=b_local, max_grad_norm=CLIP, delta=1e-5, noise=1.1, mode="local",
                       noise_seed=7 + rank)
     sampler = PoissonBatches(shard, q_local, seed=9, rank=rank)
@@ -126,7 +146,7 @@ def _scenario_guard(rank, mode):
     kwargs = dict(sample_rate=q, expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=2.0,
                   target_epsilon=1.0, mode=mode, noise_seed=rank)
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=LR), **kwargs)
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), **kwargs)
     sampler = PoissonBatches(_shard(rank), q, seed=2, rank=rank)
     taken = 0
     while pt.allows_next_step():
@@ -138,7 +158,7 @@ def _scenario_guard(rank, mode):
         taken += 1
     state = pt.state_dict()
     model2 = _model()
-    pt2 = make_private(model2, torch.optim.SGD(model2.parameters(), lr=LR), **kwargs)
+    pt2 = private_training(model2, torch.optim.SGD(model2.parameters(), lr=LR), **kwargs)
     fresh_allows = pt2.allows_next_step()
     pt2.load_state_dict(state)
     return {"taken": taken, "epsilon": pt.epsilon, "fresh_allows": fresh_allows,
@@ -155,6 +175,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "local_h1": _scenario_local(rank, 1),
             "local_h4": _scenario_local(rank, 4),
             "guard_group": _scenario_guard(rank, "group"),
+            "group_coupling": _scenario_group_coupling(rank),
         }
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
@@ -229,3 +250,25 @@ def test_group_guard_stops_all_ranks_at_the_same_step_and_resume_cannot_reset(ru
     assert g0["fresh_allows"] and g1["fresh_allows"]
     assert not g0["restored_allows"] and not g1["restored_allows"]
     assert g0["restored_steps"] == n
+
+
+def test_group_lr_coupling_uses_the_global_noise_std_of_single_mode(runs):
+    """Opacus' DistributedDPOptimizer divides by W * (qN / W) = qN, as one process with the union batch does;
+    the old estimate assumed sigma C / (qN / W), subtracted W^2 times the noise and gave G^2 = 0, factor 0."""
+    import torch.optim
+
+    from distsched.privacy import private_training as single
+
+    model = _model()
+    ref = single(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=0.1, expected_batch_size=0.1 * N,
+                 max_grad_norm=CLIP, delta=1e-5, noise=2.0, lr_coupling=True, noise_seed=0)
+    x, y = _data()
+    nn.functional.cross_entropy(ref.model(x[:40]), y[:40]).backward()
+    ref.optimizer.step()
+    ref.after_step()
+    for rank in range(WORLD):
+        got = runs[rank]["group_coupling"]
+        assert got["noise_std"] == pytest.approx(ref.lr_controller.last_noise_std, rel=1e-12)
+        assert got["noise_std"] == pytest.approx(2.0 * CLIP / (0.1 * N), rel=1e-12)
+        assert got["factor"] > 0.0
+    assert runs[0]["group_coupling"]["factor"] == runs[1]["group_coupling"]["factor"]

@@ -16,9 +16,9 @@ from distsched.privacy import (
     StepNoise,
     epsilon,
     expected_sq_distance_after_step,
-    make_private,
     optimal_step_quadratic,
     poisson_loader,
+    private_training,
     update_noise_std,
 )
 
@@ -57,7 +57,7 @@ def test_wrapper_takes_the_same_steps_as_plain_opacus():
     for b in batches:
         _step(ref_m, ref_opt, b)
     ours_model = _model()
-    pt = make_private(ours_model, torch.optim.SGD(ours_model.parameters(), lr=0.1), sample_rate=0.1,
+    pt = private_training(ours_model, torch.optim.SGD(ours_model.parameters(), lr=0.1), sample_rate=0.1,
                       expected_batch_size=20, max_grad_norm=1.0, delta=1e-5, noise=1.3, target_epsilon=10.0,
                       noise_seed=7)
     for b in batches:
@@ -154,7 +154,7 @@ class _Spy:
 def test_lr_controller_reads_only_privatized_quantities():
     data = _data()
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), sample_rate=0.1, expected_batch_size=20,
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), sample_rate=0.1, expected_batch_size=20,
                       max_grad_norm=1.0, delta=1e-5, noise=1.0, lr_coupling=True)
     x, y = data.tensors[0][:20], data.tensors[1][:20]
     _step(pt.model, pt.optimizer, (x, y))
@@ -200,7 +200,7 @@ def _train(pt, loader, state=None, max_steps=10_000, stop_after=None):
 def _make(target, seed=0):
     data = _data(n=400)
     model = _model()
-    pt = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), sample_rate=0.05, expected_batch_size=20,
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), sample_rate=0.05, expected_batch_size=20,
                       max_grad_norm=1.0, delta=1e-5, noise=StepNoise(sigma=1.2, gamma=0.9, step_size=15),
                       target_epsilon=target, noise_seed=seed)
     return pt, poisson_loader(data, np.arange(400), 0.05, seed=seed)
@@ -223,11 +223,13 @@ def test_guard_stops_training_at_the_budget_and_resume_cannot_reset_it():
     more, _ = _train(pt2, loader2)
     assert more == 0
     assert pt2.accountant.steps == steps
-    # a fresh run with a larger target cannot reset the budget through the checkpoint either
-    pt3, loader3 = _make(50.0)
-    pt3.load_state_dict(ckpt["privacy"])
-    assert pt3.guard.target_epsilon == target
-    assert _train(pt3, loader3)[0] == 0
+    # a resume with a larger target is refused; a smaller one is kept
+    pt3, _ = _make(50.0)
+    with pytest.raises(ValueError, match="privacy.target_epsilon: .* cannot raise it to 50"):
+        pt3.load_state_dict(ckpt["privacy"])
+    pt4, loader4 = _make(1.0)
+    pt4.load_state_dict(ckpt["privacy"])
+    assert pt4.guard.target_epsilon == 1.0 and _train(pt4, loader4)[0] == 0
 
 
 def test_interrupted_run_equals_uninterrupted_run():

@@ -30,7 +30,7 @@ CFG = {
     "sync": {"rule": "fixed", "h": 1},
     "checkpoint": {"every": 50, "keep": 2},
     "privacy": {"target_epsilon": TARGET, "noise_multiplier": SIGMA, "delta": DELTA, "lr_coupling": True,
-                "min_lr_factor": 0.2},
+                "min_lr_factor": 0.2, "reproducible": True},  # bit-identical resumes hold in reproducible mode only
 }
 
 
@@ -73,20 +73,30 @@ def test_single_worker_stops_at_the_budget_with_a_checkpoint(one_worker):
     for r in records:
         assert r["epsilon"] == pytest.approx(_eps(SIGMA, q, r["step"]), rel=1e-12)
         assert 0.2 * 0.5 - 1e-12 <= r["lr"] <= 0.5 + 1e-12
+        assert r["not_private"] == ["loss"]  # the raw loss is marked as never privatized
     assert (folder.plots / "epsilon.png").exists()
+    assert summary["private"] is False  # reproducible: true
 
 
 def test_resume_cannot_reset_the_budget(one_worker, tmp_path):
     folder, summary = one_worker
     copy = tmp_path / "again"
     shutil.copytree(folder.root, copy)
-    # resuming the finished run, even with a larger target in the config, takes no step
-    mapping = {**CFG, "privacy": {**CFG["privacy"], "target_epsilon": 50.0}}
-    _, again = _run_one(copy, mapping)
+    # resuming the finished run with its own config takes no step
+    _, again = _run_one(copy)
     assert again["steps_done"] == summary["steps_done"] and again["stopped_by_budget"]
     assert again["epsilon"] == summary["epsilon"]
+    # a config that raises or drops the budget, or changes the accountant, is refused (it ran on before)
+    privacy = CFG["privacy"]
+    dropped = {k: v for k, v in privacy.items() if k != "target_epsilon"}
+    for changed, match in [({**privacy, "target_epsilon": 50.0}, "privacy.target_epsilon: .*cannot raise"),
+                           (dropped, "privacy.target_epsilon: .*cannot drop"),
+                           ({**privacy, "accountant": "prv"}, "privacy.accountant")]:
+        with pytest.raises(ValueError, match=match):
+            _run_one(copy, {**CFG, "privacy": changed})
     state = load_rank_state(latest_checkpoint(copy / "checkpoints"), 0)
     assert state["privacy"]["guard"]["target_epsilon"] == TARGET
+    assert state["privacy"]["accountant"]["history"][0][2] == summary["steps_done"]
 
 
 def test_interrupted_run_equals_uninterrupted(one_worker, tmp_path):
@@ -183,7 +193,7 @@ def test_budget_stop_right_after_a_resume_logs_like_the_uninterrupted_run(tmp_pa
     n = len(digits(0.2, CFG["seed"]).train)
     target = (_eps(SIGMA, 32 / n, 30) + _eps(SIGMA, 32 / n, 31)) / 2  # allows 30 steps, not 31
     base = {**CFG, "steps": 40, "checkpoint": {"every": 15, "keep": 5},
-            "privacy": {"noise_multiplier": SIGMA, "delta": DELTA}}
+            "privacy": {"noise_multiplier": SIGMA, "delta": DELTA, "reproducible": True}}
     budget = {**base, "privacy": {**base["privacy"], "target_epsilon": target}}
     _, straight = _run_one(tmp_path / "straight", budget)
     assert straight["stopped_by_budget"] and straight["steps_done"] == 30

@@ -48,6 +48,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("epsilon") is not None:  # DP runs
         stop = ", stopped by the budget" if summary.get("stopped_by_budget") else ""
         parts.append(f"epsilon {summary['epsilon']:.4f} (delta {summary.get('delta')}{stop})")
+        if summary.get("private") is False:
+            parts.append("NOT PRIVATE (privacy.reproducible: true)")
     if summary.get("launch_wall_time_s") is not None:
         parts.append(f"with start-up {summary['launch_wall_time_s']} s")
     print("  ".join(parts))

@@ -157,8 +157,12 @@ class DPConfig:
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     count_noise_std: float | None = None
+    reproducible: bool = False
+    """``true``: noise and cohorts from the config's seed (bit-identical reruns): the run is NOT private."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reproducible, bool):
+            raise ValueError(f"dp.reproducible must be true or false, got {self.reproducible!r}")
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("dp: give noise_multiplier, target_epsilon or both")
         if self.noise_multiplier is not None:

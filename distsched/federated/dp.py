@@ -15,6 +15,12 @@ so the update noise multiplier is ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` a
 charged ``z``. (An uncentred count ``sum_k b_k`` has sensitivity 1 and would need ``sigma_b^-2`` there.)
 Accounting: Poisson sampling with ``q = m / N``, one step per round (shared
 :mod:`distsched.privacy` accountant and :class:`~distsched.privacy.BudgetGuard`).
+
+Randomness: the noise and the cohort sampling come from a secret per-process seed
+(:mod:`distsched.privacy.randomness`) unless ``dp.reproducible: true`` derives them from the config's seed
+(then the run is not private). The metrics ``train_loss`` and ``unclipped_fraction`` (the raw fraction,
+not the noised one the clipping norm follows) are never privatized: each DP round record lists them
+under ``not_private`` (:data:`NOT_PRIVATE_METRICS`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ import numpy as np
 import torch
 
 from distsched._checks import check_non_negative, check_positive, check_range
+from distsched.privacy.randomness import noise_generator, secret_seed
+
+#: round-record keys computed from the clients' data without noise: not for publication.
+NOT_PRIVATE_METRICS: tuple[str, ...] = ("train_loss", "unclipped_fraction")
+
+
+def sampling_seed(seed: int, dp_reproducible: bool | None) -> int:
+    """The cohort sampler's seed: the config's without DP or with ``dp.reproducible``, else a secret one."""
+    return seed if dp_reproducible is None or dp_reproducible else secret_seed()
 
 
 class DPFedAvg:
@@ -39,6 +54,7 @@ class DPFedAvg:
         target_quantile: ``gamma`` in [0, 1].
         clip_lr: ``eta_C`` > 0.
         count_noise_std: ``sigma_b`` (counts); default ``m / 20`` (Andrew et al. 2021, Sec. 3).
+        reproducible: ``False``: :meth:`aggregate` without a generator draws from a secret one.
     """
 
     def __init__(
@@ -51,7 +67,10 @@ class DPFedAvg:
         target_quantile: float = 0.5,
         clip_lr: float = 0.2,
         count_noise_std: float | None = None,
+        reproducible: bool = False,
     ) -> None:
+        self.reproducible = bool(reproducible)
+        self._secret = noise_generator()  # never saved: a resumed run draws fresh noise
         self.noise_multiplier = check_positive("dp.noise_multiplier", noise_multiplier)
         self.clip_norm = check_positive("dp.clip_norm", clip_norm)
         self.expected_cohort = check_positive("expected_cohort", expected_cohort)
@@ -75,11 +94,13 @@ class DPFedAvg:
         return (z**-2 - (2.0 * self.count_noise_std) ** -2) ** -0.5
 
     def aggregate(
-        self, update_sum: np.ndarray, unclipped: int, trained: int, generator: torch.Generator
+        self, update_sum: np.ndarray, unclipped: int, trained: int, generator: torch.Generator | None = None
     ) -> np.ndarray:
         """The noisy mean update (float64) from the sum of clipped updates of the ``trained`` clients, of
         which ``unclipped`` were within the norm; updates ``clip_norm`` when adaptive (the returned mean
-        used the norm in force during the round)."""
+        used the norm in force during the round). ``generator=None``: the secret generator."""
+        if generator is None:
+            generator = self._secret
         std = self.update_noise_multiplier * self.clip_norm
         noise = torch.randn(len(update_sum), generator=generator, dtype=torch.float64).numpy()
         mean = (np.asarray(update_sum, dtype=np.float64) + std * noise) / self.expected_cohort

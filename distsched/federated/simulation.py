@@ -38,7 +38,7 @@ from distsched.data import (
 from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distsched.federated.client import LocalWork, evaluate
 from distsched.federated.config import FedConfig, fed_config, schedule_of
-from distsched.federated.dp import DPFedAvg
+from distsched.federated.dp import NOT_PRIVATE_METRICS, DPFedAvg, sampling_seed
 from distsched.federated.sampling import ClientSampler, Stragglers, round_rng
 from distsched.federated.strategies import build_strategy
 from distsched.federated.worker import ChunkTask, to_csr
@@ -67,6 +67,8 @@ class RoundRecord:
     epsilon: float | None = None
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
+    #: keys of this record computed without noise (DP runs; see ``federated.dp.NOT_PRIVATE_METRICS``).
+    not_private: list[str] | None = None
 
 
 class Simulation:
@@ -96,7 +98,8 @@ class Simulation:
         self.sizes = np.fromiter((len(x) for x in self.parts), dtype=np.int64, count=self.num_clients)
         s = cfg.sampling
         self.sampler = ClientSampler(
-            self.num_clients, s.cohort_size, s.fraction, s.poisson, s.availability, s.dropout, seed=cfg.seed
+            self.num_clients, s.cohort_size, s.fraction, s.poisson, s.availability, s.dropout,
+            seed=sampling_seed(cfg.seed, cfg.dp.reproducible if cfg.dp else None),
         )
         self.stragglers = Stragglers(
             self.num_clients, s.speed_sigma, s.jitter_sigma, s.deadline, s.late_policy, seed=cfg.seed
@@ -143,6 +146,7 @@ class Simulation:
                 target_quantile=d.target_quantile,
                 clip_lr=d.clip_lr,
                 count_noise_std=d.count_noise_std,
+                reproducible=d.reproducible,
             )
             self.accountant = Accountant(d.accountant)
             if d.target_epsilon is not None:
@@ -232,7 +236,8 @@ class Simulation:
         if self.dp is not None:
             info["clip_norm"] = self.dp.clip_norm
             info["unclipped_fraction"] = unclipped / trained if trained else float("nan")
-            gen = torch.Generator().manual_seed(int(round_rng(self.cfg.seed, r, _NOISE_STREAM).integers(2**62)))
+            gen = (torch.Generator().manual_seed(int(round_rng(self.cfg.seed, r, _NOISE_STREAM).integers(2**62)))
+                   if self.dp.reproducible else None)  # None: the secret generator
             return self.dp.aggregate(total, unclipped, trained, gen), info
         if weight <= 0.0:
             return None, info
@@ -339,6 +344,7 @@ class Simulation:
                     actor_failures=failures,
                     clip_norm=info.get("clip_norm"),
                     unclipped_fraction=info.get("unclipped_fraction"),
+                    not_private=list(NOT_PRIVATE_METRICS) if self.dp else None,
                 )
                 if self.accountant is not None:
                     rec.epsilon = self.accountant.epsilon(cfg.dp.delta)
@@ -383,6 +389,7 @@ class Simulation:
             "epsilon": self.accountant.epsilon(self.cfg.dp.delta) if self.accountant is not None else None,
             "delta": self.cfg.dp.delta if self.cfg.dp else None,
             "noise_multiplier": self.dp.noise_multiplier if self.dp else None,
+            "private": (not self.dp.reproducible) if self.dp else None,
             "client_updates": int(sum(h.trained for h in hist)),
             "end_to_end_s": t_end - t_start,
             "startup_s": t_ready - t_start,

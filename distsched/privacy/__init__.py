@@ -1,9 +1,12 @@
 """Differential privacy over schedules, backed by Opacus: accounting, budget guard, noise schedules, planner,
-LR-noise coupling and DP-SGD in single, group (DP-SGD across workers) and local (DP local SGD) modes."""
+LR-noise coupling, ``make_private`` for one's own loop, and DP-SGD in single, group (DP-SGD across workers)
+and local (DP local SGD) modes. Noise and sampling are secret by default (:mod:`distsched.privacy.randomness`)."""
 
 from distsched.privacy.accounting import (
     ACCOUNTANTS,
+    RDP_ORDERS,
     Accountant,
+    AccountingTooLarge,
     Segment,
     compress,
     epsilon,
@@ -17,7 +20,8 @@ from distsched.privacy.coupling import (
     optimal_step_quadratic,
     update_noise_std,
 )
-from distsched.privacy.engine import MODES, PoissonBatches, PrivateTraining, make_private, poisson_loader
+from distsched.privacy.engine import MODES, PoissonBatches, PrivateTraining, poisson_loader, private_training
+from distsched.privacy.entry import make_private
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import (
     NOISE_SCHEDULES,
@@ -31,13 +35,17 @@ from distsched.privacy.noise import (
     noise_schedule_from_spec,
 )
 from distsched.privacy.planner import Plan, plan, scale_batch_and_noise, steps_for_epochs
-from distsched.privacy.training import attach_privacy, resolve_mode, run_epsilon
+from distsched.privacy.randomness import NOT_PRIVATE, secret_seed
+from distsched.privacy.training import NOT_PRIVATE_METRICS, attach_privacy, resolve_mode, run_epsilon
 
 __all__ = [
     "ACCOUNTANTS",
     "MODES",
     "NOISE_SCHEDULES",
+    "NOT_PRIVATE",
+    "NOT_PRIVATE_METRICS",
     "Accountant",
+    "AccountingTooLarge",
     "BudgetExhausted",
     "BudgetGuard",
     "ConstantNoise",
@@ -51,6 +59,7 @@ __all__ = [
     "PoissonBatches",
     "PrivacyConfig",
     "PrivateTraining",
+    "RDP_ORDERS",
     "Segment",
     "StepNoise",
     "attach_privacy",
@@ -64,10 +73,12 @@ __all__ = [
     "optimal_step_quadratic",
     "plan",
     "poisson_loader",
+    "private_training",
     "privacy_config",
     "resolve_mode",
     "run_epsilon",
     "scale_batch_and_noise",
+    "secret_seed",
     "steps_for_epochs",
     "update_noise_std",
 ]

@@ -49,6 +49,12 @@ def check_accountant(accountant: str) -> str:
     return check_choice("accountant", accountant, ACCOUNTANTS)
 
 
+#: RDP orders: Opacus' defaults (1.1 .. 63) and larger ones. RDP converts to epsilon with a term
+#: ``~log(1 / delta) / (alpha - 1)``, so the largest order sets a floor on the epsilon RDP can certify
+#: (about 0.103 at delta = 1e-5 with Opacus' orders); up to 1024 it is about 0.004. (Opacus' integer-order
+#: formula overflows to inf beyond ~1030, so larger orders would add nothing.)
+RDP_ORDERS: tuple[float, ...] = (*RDPAccountant.DEFAULT_ALPHAS, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024)
+
 #: Noise multipliers the accountants are asked about. Below ``MIN_NOISE`` a step protects nothing that
 #: matters and Opacus' analysis under- or overflows: it is accounted as no noise (``epsilon = inf``, a
 #: valid upper bound). Above ``MAX_NOISE`` Opacus' analysis overflows, and no run needs such noise.
@@ -88,6 +94,7 @@ def opacus_accountant(mechanism: str, history: Iterable[Segment | Sequence[float
     segments = compress(history)
     if mechanism == "rdp":
         acc: IAccountant = RDPAccountant()
+        acc.DEFAULT_ALPHAS = list(RDP_ORDERS)  # get_epsilon() uses them (Opacus reads self.DEFAULT_ALPHAS)
     elif mechanism == "prv":
         acc = PRVAccountant()
     else:
@@ -125,17 +132,46 @@ def epsilon(
         return math.inf
     acc = opacus_accountant(accountant, segments)
     if accountant == "prv":
+        need = prv_memory_bytes(segments, delta, eps_error)
+        if need > PRV_MEMORY_LIMIT:
+            raise AccountingTooLarge(
+                f"accountant 'prv' would need ~{need / 2**30:.3g} GiB for this history (limit "
+                f"{PRV_MEMORY_LIMIT / 2**30:g} GiB: little noise or many steps widen its domain); use accountant "
+                "'rdp' (an upper bound at any size) or more noise"
+            )
         return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
     return float(acc.get_epsilon(delta=delta))
 
 
+class AccountingTooLarge(ValueError):
+    """The PRV accountant would need more than :data:`PRV_MEMORY_LIMIT` for this history."""
+
+
+#: the most memory the PRV accountant may allocate for one epsilon.
+PRV_MEMORY_LIMIT = 1 << 30
+
+
+def prv_memory_bytes(segments: Sequence[Segment], delta: float, eps_error: float = 0.01) -> float:
+    """Estimated peak memory of Opacus' ``PRVAccountant.get_epsilon`` on ``segments``: its domain has
+    ``2 L / mesh`` points (``L`` from ``compute_safe_domain_size``, ``mesh = eps_error / sqrt(T log(12 /
+    delta_error) / 2)``, ``delta_error = delta / 1000``, as in Opacus), and it holds about 16 bytes per point
+    plus 60 per point and segment (measured: 76 bytes per point with one segment, 302 with five)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    delta_error = delta / 1000
+    prvs = [PoissonSubsampledGaussianPRV(s.sample_rate, s.noise_multiplier) for s in segments]
+    steps = [s.steps for s in segments]
+    size = compute_safe_domain_size(prvs=prvs, max_self_compositions=steps, eps_error=eps_error,
+                                    delta_error=delta_error)
+    mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    return 2.0 * size / mesh * (16 + 60 * len(segments))
+
+
 @functools.lru_cache(maxsize=4096)
 def _unit_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
-    """Opacus' RDP curve of one step at the default orders (``compute_rdp`` is linear in steps)."""
+    """Opacus' RDP curve of one step at :data:`RDP_ORDERS` (``compute_rdp`` is linear in steps)."""
     curve = np.asarray(
-        _rdp_analysis.compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
-        ),
+        _rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS),
         dtype=np.float64,
     )
     curve.setflags(write=False)
@@ -161,7 +197,7 @@ class Accountant:
         self.mechanism = check_accountant(mechanism)
         self.eps_error = check_range("eps_error", eps_error, 0.0, 1.0, low_open=True)
         self._history: list[Segment] = []
-        self._orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
+        self._orders = np.asarray(RDP_ORDERS, dtype=np.float64)
         self._rdp_closed = np.zeros_like(self._orders)  # RDP curve of all segments but the last
         self._cache: dict[tuple[Any, ...], float] = {}
         #: bumped whenever the history is replaced (not when it grows), so callers can cache per history prefix.

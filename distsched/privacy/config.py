@@ -8,6 +8,7 @@
       noise_schedule: constant   # or "step:gamma=0.8,step_size=100", "exponential:ratio=0.5", ...
       lr_coupling: false         # multiply the LR by the noise-aware factor (privacy.NoiseAwareLR)
       mode: auto                 # auto | group | local  (auto: group when the sync rule averages every step)
+      reproducible: false        # true: noise and batches from the config's seed -- NOT private (tests only)
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class PrivacyConfig:
     mode: str = "auto"
     #: PRV discretisation error.
     eps_error: float = 0.01
+    #: derive the noise and the Poisson batches from the config's ``seed`` (bit-identical reruns and resumes)
+    #: instead of a secret per-process seed: the run is then NOT private, and its summary says so.
+    reproducible: bool = False
 
     def __post_init__(self) -> None:
         if self.target_epsilon is None and self.noise_multiplier is None:
@@ -77,6 +81,20 @@ class PrivacyConfig:
         check_range("min_lr_factor", self.min_lr_factor, 0.0, 1.0)
         check_choice("mode", self.mode, TRAIN_MODES)
         check_range("eps_error", self.eps_error, 0.0, 1.0, low_open=True)
+        if not isinstance(self.reproducible, bool):
+            raise ValueError(f"reproducible must be true or false, got {self.reproducible!r}")
+
+
+def refuse_unprivatized_signals(*, controller: bool, sync_rule: Any) -> None:
+    """With DP on, nothing that steers training may read the raw training loss (it is never privatized, so
+    the LR or H would depend on the data at no charge). Refuses a controller and a loss-driven sync rule
+    (``uses_loss``, e.g. AdaComm) with one line naming the block; LR- and step-driven rules stay allowed."""
+    if controller:
+        raise ValueError("controller: a feedback controller reads the raw training loss, which DP-SGD does not "
+                         "privatize (epsilon would not cover it); remove the controller block to train with privacy")
+    if getattr(sync_rule, "uses_loss", False):
+        raise ValueError(f"sync.rule: {type(sync_rule).__name__} reads the raw training loss, which DP-SGD does "
+                         "not privatize; with privacy use an LR- or step-driven rule (fixed, qsr, post_local)")
 
 
 def privacy_config(data: Mapping[str, Any] | PrivacyConfig) -> PrivacyConfig:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from opacus.optimizers import DistributedDPOptimizer
 
 from distsched._checks import check_int, check_non_negative, check_positive, check_range
 from distsched.control.base import Controller
@@ -97,12 +98,16 @@ class NoiseAwareLR(Controller):
 
     def observe(self, optimizer: Any, next_noise_multiplier: float | None = None) -> float:
         """After ``optimizer.step()`` of an Opacus ``DPOptimizer``: read the privatized gradient ``p.grad`` (the
-        noisy mean the step used) and the public noise parameters; nothing else is read."""
+        noisy mean the step used) and the public noise parameters; nothing else is read. The noise std is
+        ``sigma C / B``, ``B`` the global expected batch (a ``DistributedDPOptimizer``'s ``expected_batch_size``
+        times its world size)."""
         if self._params is None or self._params[0] is not optimizer:
             self._params = (optimizer, list(optimizer.params))  # Opacus rebuilds this list on every access
         norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in self._params[1] if p.grad is not None]
         sq = float(torch.stack(norms).pow(2).sum()) if norms else 0.0  # one host sync
         c, b = float(optimizer.max_grad_norm), float(optimizer.expected_batch_size)
+        if isinstance(optimizer, DistributedDPOptimizer):  # group mode: the noise, added once, and the sum over
+            b *= optimizer.world_size  # ranks are divided by the global expected batch qN = W * (qN / W)
         s = float(optimizer.noise_multiplier) * c / b
         nxt = None if next_noise_multiplier is None else float(next_noise_multiplier) * c / b
         return self.update(sq, s, nxt)

@@ -22,6 +22,7 @@ all-reduce (MIN) so that all stop at the same step.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,8 +38,9 @@ from torch.utils.data._utils.collate import default_collate
 from distsched._checks import check_choice, check_int, check_positive
 from distsched.privacy.accounting import Accountant, check_delta, check_sample_rate
 from distsched.privacy.coupling import NoiseAwareLR
-from distsched.privacy.guard import BudgetGuard
+from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
+from distsched.privacy.randomness import noise_generator
 
 MODES: tuple[str, ...] = ("single", "group", "local")
 
@@ -58,7 +60,8 @@ def all_reduce_scalar(value: float, op: str) -> float:
 class PoissonBatches(Sampler[list[int]]):
     """Poisson sampling (each index of ``indices`` in the batch independently with probability ``q``, as
     Opacus' ``UniformWithReplacementSampler``), endless and resumable: batch ``t`` comes from a generator
-    seeded with ``(seed, rank, t)``, so the whole state is ``t``."""
+    seeded with ``(seed, rank, t)``, so the whole state is ``t``. For a private run ``seed`` is secret
+    (:func:`distsched.privacy.randomness.secret_seed`) and not saved: a resume then draws fresh batches."""
 
     def __init__(self, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -107,13 +110,14 @@ class PoissonBatches(Sampler[list[int]]):
 
 
 def poisson_loader(
-    dataset: Dataset, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0
+    dataset: Dataset, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0,
+    collate_fn: Any = None,
 ) -> DataLoader:
     """An endless DataLoader of Poisson batches over ``indices``; empty batches keep the tensors' structure
     (Opacus' ``wrap_collate_with_empty``). Its sampler is ``loader.batch_sampler``."""
     sampler = PoissonBatches(indices, sample_rate, seed, rank)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=0,
-                      collate_fn=wrap_collate_with_empty(collate_fn=default_collate))
+                      collate_fn=wrap_collate_with_empty(collate_fn=collate_fn or default_collate))
 
 
 @dataclasses.dataclass
@@ -131,6 +135,9 @@ class PrivateTraining:
     guard: BudgetGuard | None = None
     lr_controller: NoiseAwareLR | None = None
     generator: torch.Generator | None = None
+    #: the noise comes from a seed the caller chose (not private against whoever knows it); ``False``:
+    #: from a secret per-process seed, never saved (see :mod:`distsched.privacy.randomness`).
+    reproducible: bool = False
 
     @property
     def noise_multiplier(self) -> float:
@@ -164,10 +171,32 @@ class PrivateTraining:
             self.lr_controller.observe(self.optimizer, next_noise_multiplier=nxt)
         self.noise.step()
 
+    def charge_of_next_step(self) -> tuple[float, float]:
+        """``(sigma, q)`` the accountant's hook will record for the coming ``optimizer.step()``: Opacus
+        charges ``min(1, q k)`` for ``k`` backward passes accumulated since the last step."""
+        samples = [getattr(p, "grad_sample", None) for p in self.optimizer.params]
+        k = self.optimizer.accumulated_iterations if samples and all(g is not None for g in samples) else 1
+        return self.noise_multiplier, min(1.0, self.sample_rate * k)
+
+    def check_step(self) -> None:
+        """Raise :class:`BudgetExhausted` (before any noise is drawn or anything recorded) when the coming
+        real (not skipped) ``optimizer.step()`` would exceed the budget; installed on ``optimizer.step``."""
+        if self.guard is None or self.optimizer._check_skip_next_step(pop_next=False):
+            return
+        sigma, q = self.charge_of_next_step()
+        if not self.guard.allows((sigma, q)):
+            raise BudgetExhausted(
+                f"this step (noise_multiplier={sigma:g}, sample_rate={q:g}) would exceed target_epsilon="
+                f"{self.guard.target_epsilon:g} (spent {self.epsilon:.4f} in {self.accountant.steps} steps)"
+            )
+
     def state_dict(self) -> dict[str, Any]:
-        """Accountant history (with the guard's target), noise-schedule step and LR-controller state."""
-        state: dict[str, Any] = {"accountant": self.accountant.state_dict(), "noise": self.noise.state_dict()}
-        if self.generator is not None:
+        """Accountant history, budget and accountant settings, noise-schedule step and LR-controller state;
+        the noise generator's state only in reproducible mode (a secret one is never written)."""
+        state: dict[str, Any] = {"accountant": self.accountant.state_dict(), "noise": self.noise.state_dict(),
+                                 "delta": self.delta, "eps_error": self.accountant.eps_error,
+                                 "reproducible": self.reproducible}
+        if self.generator is not None and self.reproducible:
             state["noise_rng"] = self.generator.get_state()
         if self.guard is not None:
             state["guard"] = self.guard.state_dict()
@@ -176,18 +205,55 @@ class PrivateTraining:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the spent budget. A resume that drops or loosens the budget or the accountant settings
+        (no target where one was set, a larger target, another delta, accountant or a larger PRV
+        ``eps_error``) is refused with a ``ValueError`` naming the ``privacy.<key>``; a smaller target is kept.
+        A secure run continues with fresh secret noise; a reproducible one restores its generator."""
+        self._check_settings(state)
         if self.guard is not None and "guard" in state:
             self.guard.load_state_dict(state["guard"])  # restores the shared accountant's history
         else:
             self.accountant.load_state_dict(state["accountant"])
         self.noise.load_state_dict(state["noise"])
-        if self.generator is not None and "noise_rng" in state:
+        if self.generator is not None and self.reproducible and "noise_rng" in state:
             self.generator.set_state(state["noise_rng"])
         if self.lr_controller is not None and "lr_controller" in state:
             self.lr_controller.load_state_dict(state["lr_controller"])
 
+    def _check_settings(self, state: dict[str, Any]) -> None:
+        saved = state.get("guard")
+        if saved is not None and self.guard is None:
+            raise ValueError(f"privacy.target_epsilon: the run was started with target_epsilon="
+                             f"{saved['target_epsilon']:g}; a resume cannot drop the budget")
+        if saved is not None and self.guard is not None and self.guard.target_epsilon > float(saved["target_epsilon"]):
+            raise ValueError(f"privacy.target_epsilon: the run was started with target_epsilon="
+                             f"{saved['target_epsilon']:g}; a resume cannot raise it to {self.guard.target_epsilon:g}")
+        mechanism = state["accountant"].get("mechanism")
+        if mechanism != self.accountant.mechanism:
+            raise ValueError(f"privacy.accountant: the run was started with accountant {mechanism!r}; "
+                             f"resume with it, got {self.accountant.mechanism!r}")
+        if "delta" in state and float(state["delta"]) != self.delta:
+            raise ValueError(f"privacy.delta: the run was started with delta={state['delta']:g}; resume with it, "
+                             f"got {self.delta:g}")
+        if "eps_error" in state and self.accountant.eps_error > float(state["eps_error"]):
+            raise ValueError(f"privacy.eps_error: the run was started with eps_error={state['eps_error']:g}; "
+                             f"a resume cannot loosen it to {self.accountant.eps_error:g}")
 
-def make_private(
+
+def check_model(model: nn.Module) -> None:
+    """Refuse, in one line naming the fix, a model Opacus cannot compute per-example gradients for
+    (BatchNorm mixes the examples of a batch)."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(
+            f"model: {errors[0]} ({len(errors)} layer(s) DP-SGD cannot train); replace them first with "
+            "model = opacus.validators.ModuleValidator.fix(model) (BatchNorm -> GroupNorm)"
+        )
+
+
+def private_training(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
@@ -205,7 +271,8 @@ def make_private(
     eps_error: float = 0.01,
     noise_seed: int | None = None,
 ) -> PrivateTraining:
-    """Wrap ``model`` and ``optimizer`` for DP-SGD.
+    """Wrap ``model`` and ``optimizer`` for DP-SGD (the training loop's building block; for one's own loop
+    see :func:`distsched.privacy.make_private`).
 
     Args:
         sample_rate: ``q`` charged to the accountant per step (``group``: the global rate; ``local``: this
@@ -213,38 +280,40 @@ def make_private(
         expected_batch_size: this rank's expected batch size (the denominator of the mean gradient; Opacus
             divides by it, never by the realized Poisson batch size).
         noise: a noise schedule, or a constant noise multiplier.
-        target_epsilon: with it, a :class:`BudgetGuard` that stops the run before a step would exceed it.
+        target_epsilon: with it, a :class:`BudgetGuard`: :meth:`PrivateTraining.allows_next_step` says when
+            to stop, and ``optimizer.step()`` raises :class:`BudgetExhausted` rather than overspend.
         mode: ``single``, ``group`` or ``local`` (see the module docstring); ``group`` and ``local`` need an
             initialized torch.distributed process group.
         lr_coupling: attach a :class:`NoiseAwareLR` (read it as ``training.lr_controller.factor``).
-        noise_seed: seed of the noise generator (default: drawn from torch's global generator). The noise
-            has its own ``torch.Generator``, saved in :meth:`PrivateTraining.state_dict`, so a resumed run
-            draws the same noise as an uninterrupted one. (Not Opacus' ``secure_mode``: for experiments.)
+        noise_seed: ``None`` (default): the noise comes from a secret seed (``os.urandom``) with Opacus'
+            ``secure_mode`` noise, and is never saved. An int: reproducible noise from that seed, saved in
+            :meth:`PrivateTraining.state_dict` so that a resume is bit-identical; not private against
+            anyone who knows the seed.
     """
     check_choice("mode", mode, MODES)
     q = check_sample_rate(sample_rate)
     check_positive("expected_batch_size", expected_batch_size)
     check_positive("max_grad_norm", max_grad_norm)
     check_delta(delta)
+    check_model(model)
     schedule = noise if isinstance(noise, NoiseSchedule) else ConstantNoise(check_positive("noise_multiplier", noise))
     if mode != "single" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError(f"mode {mode!r} needs an initialized torch.distributed process group")
 
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if noise_seed is None else check_int("noise_seed", noise_seed, 0)
+    reproducible = noise_seed is not None
+    seed = check_int("noise_seed", noise_seed, 0) if reproducible else None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    generator = torch.Generator(device=device).manual_seed(seed)  # Opacus draws the noise on the params' device
+    generator = noise_generator(device, seed)  # Opacus draws the noise on the params' device
+    opts = {"noise_multiplier": schedule(0), "max_grad_norm": max_grad_norm,
+            "expected_batch_size": expected_batch_size, "generator": generator, "secure_mode": not reproducible}
     if mode == "group":
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 
         gsm = GradSampleModule(DPDDP(model))  # DPDDP broadcasts rank 0's parameters
-        dp_opt: DPOptimizer = DistributedDPOptimizer(
-            optimizer, noise_multiplier=schedule(0), max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size, generator=generator,
-        )
+        dp_opt: DPOptimizer = DistributedDPOptimizer(optimizer, **opts)
     else:
         gsm = GradSampleModule(model)
-        dp_opt = DPOptimizer(optimizer, noise_multiplier=schedule(0), max_grad_norm=max_grad_norm,
-                             expected_batch_size=expected_batch_size, generator=generator)
+        dp_opt = DPOptimizer(optimizer, **opts)
     acc = Accountant(accountant, eps_error=eps_error)
     dp_opt.attach_step_hook(acc.optimizer_hook(q))
     guard = BudgetGuard(target_epsilon, delta, acc) if target_epsilon is not None else None
@@ -252,7 +321,25 @@ def make_private(
     if lr_coupling:
         dim = sum(p.numel() for p in gsm.parameters() if p.requires_grad)
         controller = NoiseAwareLR(dim, beta=coupling_beta, min_factor=min_lr_factor)
-    return PrivateTraining(
+    training = PrivateTraining(
         model=gsm, optimizer=dp_opt, accountant=acc, noise=NoiseScheduler(dp_opt, schedule), sample_rate=q,
         delta=delta, mode=mode, guard=guard, lr_controller=controller, generator=generator,
+        reproducible=reproducible,
     )
+    _guard_step(training)
+    return training
+
+
+def _guard_step(training: PrivateTraining) -> None:
+    """Make ``optimizer.step()`` check the budget against exactly what its hook will charge."""
+    opt = training.optimizer
+    inner = opt.step
+
+    def step(self: DPOptimizer, closure: Any = None) -> Any:
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        training.check_step()
+        return inner()
+
+    opt.step = types.MethodType(step, opt)  # type: ignore[method-assign]  # a method: torch's LR schedulers wrap it

@@ -21,6 +21,7 @@ from distsched._checks import check_choice, check_int, check_non_negative, check
 from distsched.privacy.accounting import (  # MIN/MAX_NOISE: the planner's search range
     MAX_NOISE,
     MIN_NOISE,
+    AccountingTooLarge,
     Segment,
     check_accountant,
     check_delta,
@@ -177,7 +178,16 @@ def plan(
         check_int("interval", hold, 1)
         return noise_schedule_from_spec(noise_schedule, total_steps=total, interval=hold).with_sigma(sigma)
 
-    eps = _Counter(lambda sched, total, q: epsilon(sched.segments(total, q), delta, accountant, eps_error=eps_error))
+    def eps_or_inf(sched: NoiseSchedule, total: int, q: float) -> float:
+        """Epsilon; a history too large for PRV's memory limit (little noise, many steps) counts as infeasible."""
+        try:
+            return epsilon(sched.segments(total, q), delta, accountant, eps_error=eps_error)
+        except AccountingTooLarge:
+            if solve == "epsilon":
+                raise
+            return math.inf
+
+    eps = _Counter(eps_or_inf)
     common = {"delta": delta, "accountant": accountant, "solved": solve, "target_epsilon": target_epsilon}
 
     if solve == "epsilon":
@@ -194,7 +204,11 @@ def plan(
         total = steps if steps is not None else steps_for_epochs(epochs, sample_rate)  # type: ignore[arg-type]
         base = shape_for(total, sample_rate, 1.0)
         guess = _noise_guess(target_epsilon, sample_rate, total, delta)
-        sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), total, sample_rate), target_epsilon, tol, guess)
+        # with huge noise, RDP's epsilon is its conversion floor (largest order, delta), whatever the steps
+        hint = ("use a larger delta or accountant 'prv' (RDP's conversion floor)" if accountant == "rdp"
+                else "take fewer steps")
+        sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), total, sample_rate), target_epsilon, tol,
+                                    guess, hint)
         return Plan(sigma, value, steps=total, sample_rate=sample_rate, noise_schedule=base.with_sigma(sigma),
                     batch_size=batch_size, dataset_size=dataset_size, evaluations=eps.calls, **common)
 
@@ -293,7 +307,7 @@ def _noise_guess(target: float, sample_rate: float, steps: int, delta: float) ->
 
 
 def _solve_noise(
-    eps_of: Callable[[float], float], target: float, tol: float, guess: float = 1.0
+    eps_of: Callable[[float], float], target: float, tol: float, guess: float = 1.0, hint: str = "take fewer steps"
 ) -> tuple[float, float]:
     """Smallest-epsilon-gap sigma with ``target - tol <= eps_of(sigma) <= target`` (eps decreasing in sigma)."""
     # bracket in log sigma: lo infeasible (eps > target), hi feasible (eps <= target)
@@ -317,7 +331,7 @@ def _solve_noise(
             if math.exp(x) > MAX_NOISE:
                 raise ValueError(
                     f"target_epsilon={target} is not reachable with noise_multiplier <= {MAX_NOISE:g}: it still "
-                    f"spends epsilon={e_lo:.6g}; reachable: target_epsilon >= {e_lo:.6g}, or take fewer steps"
+                    f"spends epsilon={e_lo:.6g}; reachable: target_epsilon >= {e_lo:.6g}, or {hint}"
                 )
             e = eps_of(math.exp(x))
             if e <= target:

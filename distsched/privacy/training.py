@@ -13,6 +13,7 @@ sample rates follow :mod:`distsched.privacy.engine`:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,9 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from distsched._checks import check_int
 from distsched.privacy.config import PrivacyConfig, privacy_config
-from distsched.privacy.engine import PrivateTraining, all_reduce_scalar, make_private, poisson_loader
+from distsched.privacy.engine import PrivateTraining, all_reduce_scalar, poisson_loader, private_training
 from distsched.privacy.noise import noise_schedule_from_spec
 from distsched.privacy.planner import plan
+from distsched.privacy.randomness import NOT_PRIVATE, secret_seed
+
+#: metrics-record keys computed from the training data without noise (the raw loss): a DP run lists them
+#: under ``not_private`` in every record, so that they are not published by mistake.
+NOT_PRIVATE_METRICS: tuple[str, ...] = ("loss",)
 
 
 def resolve_mode(mode: str, world_size: int, sync_every_step: bool) -> str:
@@ -51,7 +57,8 @@ def attach_privacy(
     sync_every_step: bool = True,
 ) -> tuple[PrivateTraining, DataLoader]:
     """Wrap one worker for DP-SGD; returns the private training state and the worker's Poisson loader
-    (its resumable sampler is ``loader.batch_sampler``)."""
+    (its resumable sampler is ``loader.batch_sampler``). The noise and the batches come from a secret
+    per-process seed, unless ``privacy.reproducible`` derives them from ``seed`` (then not private)."""
     cfg = privacy_config(config)
     world = len(shards)
     check_int("rank", rank, 0)
@@ -77,14 +84,16 @@ def attach_privacy(
             target_epsilon=cfg.target_epsilon, delta=cfg.delta, sample_rate=q_plan, steps=total_steps,
             noise_schedule=shape, accountant=cfg.accountant, interval=interval, eps_error=cfg.eps_error,
         ).noise_multiplier
-    training = make_private(
+    if cfg.reproducible and rank == 0:
+        warnings.warn(NOT_PRIVATE, UserWarning, stacklevel=2)
+    training = private_training(
         model, optimizer, sample_rate=q_rank, expected_batch_size=expected, max_grad_norm=cfg.max_grad_norm,
         delta=cfg.delta, noise=shape.with_sigma(level), accountant=cfg.accountant,
         target_epsilon=cfg.target_epsilon, mode=mode, lr_coupling=cfg.lr_coupling,
         coupling_beta=cfg.coupling_beta, min_lr_factor=cfg.min_lr_factor, eps_error=cfg.eps_error,
-        noise_seed=seed * 1_000_003 + rank,
+        noise_seed=seed * 1_000_003 + rank if cfg.reproducible else None,
     )
-    loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed, rank=rank)
+    loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed if cfg.reproducible else secret_seed(), rank=rank)
     return training, loader
 
 

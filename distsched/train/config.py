@@ -192,9 +192,10 @@ class TrainConfig:
         build_schedule(self.schedule)
         build_sync(self.sync)
         if self.privacy is not None:
-            from distsched.privacy.config import privacy_config
+            from distsched.privacy.config import privacy_config, refuse_unprivatized_signals
 
             privacy_config(self.privacy)
+            refuse_unprivatized_signals(controller=self.controller is not None, sync_rule=build_rule(self.sync))
         if self.controller is not None:
             from distsched.train.controller import build_controller
 

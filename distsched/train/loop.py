@@ -196,7 +196,7 @@ def train_worker(
     tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
     priv = None  # DP-SGD (privacy block): Opacus optimizer, Poisson batches, accountant, budget guard
     if cfg.privacy is not None:
-        from distsched.privacy import attach_privacy, run_epsilon
+        from distsched.privacy import NOT_PRIVATE_METRICS, attach_privacy, run_epsilon
 
         every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
         priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, bundle.train, shards, rank,
@@ -295,7 +295,8 @@ def train_worker(
                 "time_s": elapsed_before + time.perf_counter() - t0,
             }
             if priv is not None:
-                last.update(epsilon=run_epsilon(priv), sigma=sigma_t, lr_factor=priv.lr_factor)
+                last.update(epsilon=run_epsilon(priv), sigma=sigma_t, lr_factor=priv.lr_factor,
+                            not_private=list(NOT_PRIVATE_METRICS))
             if controller is not None:
                 last["controller_factor"] = factor_t
             if writer is not None:
@@ -315,7 +316,8 @@ def train_worker(
         last = {"step": end, "lr": lr_last, "H": h_last,
                 "loss": _mean_over_workers(window[0], window[1], world, device),
                 "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_last,
-                "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0}
+                "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0,
+                "not_private": list(NOT_PRIVATE_METRICS)}
         if controller is not None:  # the factor of step end - 1 (no update since)
             last["controller_factor"] = float(controller.multiplier(end - 1))
         window = (0.0, 0)
@@ -337,7 +339,7 @@ def train_worker(
             "run_dir": str(folder.root),
         }
         if priv is not None:
-            summary.update(epsilon=final_eps, delta=priv.delta, privacy_mode=priv.mode,
+            summary.update(epsilon=final_eps, delta=priv.delta, privacy_mode=priv.mode, private=not priv.reproducible,
                            noise_multiplier=float(priv.noise.schedule(0)), stopped_by_budget=stopped_by_budget,
                            steps_done=end)
         if bundle.test is not None:
