@@ -5,9 +5,11 @@ uninterrupted run; the same with 2 gloo processes (DP-SGD for the group), killed
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from opacus.accountants import RDPAccountant
 
 from distsched.data import digits
@@ -41,8 +43,15 @@ def _eps(sigma, q, n):
 
 
 def _run_one(root, mapping=CFG):
-    cfg = config_from_mapping(mapping)
-    folder, cfg = prepare_run(cfg, run_dir=root)
+    """A new run in ``root``; or, when ``root`` holds a run, its resume from its ``config.yaml``, first
+    overwritten with ``mapping`` when one is given (as a user editing the run's config would)."""
+    root = Path(root)
+    if (root / "config.yaml").exists():
+        if mapping is not CFG:
+            (root / "config.yaml").write_text(yaml.safe_dump(mapping))
+        folder, cfg = prepare_run(resume=root)
+    else:
+        folder, cfg = prepare_run(config_from_mapping(mapping), run_dir=root)
     return folder, train_worker(cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1))
 
 
