@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("distsched.commands.plan", "solve a DP-SGD plan: noise, steps, batch size or epsilon"),
     "train": ("distsched.commands.train", "train CONFIG.yaml on N workers (Ray Train, torchrun or local processes)"),
     "simulate": ("distsched.commands.simulate", "federated simulation on Ray actors (distsched simulate CONFIG.yaml)"),
+    "compare": ("distsched.commands.compare", "overlay several runs (loss vs step and vs bytes) and print a table"),
 }
 
 EXIT_USAGE = 2

@@ -7,6 +7,7 @@ checked by the dataclasses' own ``__post_init__`` through :mod:`distsched._check
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -14,7 +15,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -186,3 +187,38 @@ def to_mapping(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_mapping(v) for k, v in obj.items()}
     return obj
+
+
+def parse_sets(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["optimizer.momentum=0.9", "sync={rule: fixed, h: 4}"]`` -> ``[(dotted key, value)]``, each value
+    read with ``yaml.safe_load`` (so ``0.05``, ``[64, 64]``, ``{name: constant, lr: 0.1}``, ``true``)."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"--set must be KEY.PATH=VALUE, got {item!r}")
+        try:
+            out.append((key, yaml.safe_load(text)))
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key}: cannot read value {text!r} as YAML") from None
+    return out
+
+
+def apply_sets(data: Mapping[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """A copy of the config mapping ``data`` with each ``--set KEY.PATH=VALUE`` applied (missing
+    intermediate mappings are created; the typed config then refuses keys it does not know)."""
+    out = copy.deepcopy(dict(data))
+    for key, value in parse_sets(items):
+        parts = key.split(".")
+        node: dict[str, Any] = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ValueError(f"--set {key}: {where} is {child!r}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out

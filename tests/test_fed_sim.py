@@ -253,9 +253,12 @@ def test_cli_simulate_joins_cluster_and_writes_run_folder(ray_cluster, tmp_path)
     cmd += ["--out", str(tmp_path), "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    summary = json.loads(out.stdout[out.stdout.index("{") :])
-    assert summary["rounds"] == 2 and summary["client_updates"] == 40
-    assert len(read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")) == 2
+    lines = out.stdout.strip().splitlines()  # one summary line, the run folder, the dashboard
+    assert lines[-3].startswith("rounds 2 (") and "client updates 40" in lines[-3], out.stdout
+    run_dir = Path(lines[-2].removeprefix("run folder: "))
+    assert len(read_metrics(run_dir / "metrics.jsonl")) == 2
+    dash = run_dir / "plots" / "dashboard.png"
+    assert lines[-1] == f"dashboard: {dash}" and dash.exists()
 
 
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):

@@ -1,12 +1,16 @@
-"""``distsched simulate CONFIG.yaml [--address ADDR] [--out DIR] [--resume RUN_DIR] [--rounds N]``:
-federated simulation on a pool of Ray actors; writes a run folder and prints the summary."""
+"""``distsched simulate CONFIG.yaml [--set KEY.PATH=VALUE ...] [--logger mlflow] [--address ADDR] [--out DIR]
+[--resume RUN_DIR] [--rounds N] [--json]``: federated simulation on a pool of Ray actors; writes a run folder
+(with ``plots/dashboard.png``) and prints a one-line summary."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from distsched.commands.train import add_run_options
+
     parser.add_argument("config", help="YAML config (see examples/fed_digits.yaml)")
     parser.add_argument("--address", help="join this Ray cluster (default: embedded cluster on 127.0.0.1)")
     parser.add_argument("--out", help="parent folder of the run folder (default: the config's output_dir)")
@@ -14,20 +18,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="override the config's rounds")
     parser.add_argument("--num-actors", type=int, help="override the config's num_actors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of one line")
+    add_run_options(parser)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """``rounds 30 (completed)  final test accuracy 0.9091  client updates 600  ...`` from the summary."""
+    parts = [f"rounds {summary.get('rounds')} ({summary.get('stop_reason')})"]
+    if isinstance(summary.get("final_test_acc"), float):
+        parts.append(f"final test accuracy {summary['final_test_acc']:.4f}")
+    if summary.get("epsilon") is not None:
+        parts.append(f"epsilon {summary['epsilon']:.4f}")
+    parts.append(f"client updates {summary.get('client_updates')}")
+    if isinstance(summary.get("steady_updates_per_s"), (int, float)):
+        parts.append(f"{summary['steady_updates_per_s']:.1f} updates/s")
+    if isinstance(summary.get("end_to_end_s"), (int, float)):
+        parts.append(f"end to end {summary['end_to_end_s']:.1f} s")
+    if summary.get("actor_failures"):
+        parts.append(f"actor failures {summary['actor_failures']}")
+    return "  ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from distsched.commands.train import overridden, use_loggers, write_dashboard
+    from distsched.config import load_yaml
     from distsched.federated import simulate
 
-    overrides = {}
+    sets = overridden(args.config, args.sets, args.resume) or {}
+    overrides: dict[str, Any] = {}
     if args.rounds is not None:
         overrides["rounds"] = args.rounds
     if args.num_actors is not None:
         overrides["num_actors"] = args.num_actors
+    use_loggers(args.loggers)
+    config = {**load_yaml(args.config), **sets} if sets else args.config
     summary = simulate(
-        args.config,
+        config,
         out_dir=args.out,
         resume=args.resume,
         address=args.address,
@@ -46,5 +74,10 @@ def run(args: argparse.Namespace) -> int:
         "partition",
         "run_dir",
     )
-    print(json.dumps({k: summary[k] for k in keep}, indent=2))
+    if args.json:
+        print(json.dumps({k: summary.get(k) for k in keep}, indent=2))
+    else:
+        print(summary_line(summary))
+        print(f"run folder: {summary.get('run_dir')}")
+    write_dashboard(summary.get("run_dir"))
     return 0

@@ -1,4 +1,5 @@
-"""``distsched train CONFIG.yaml [--address ADDR] [--workers N] [--out DIR] [--resume RUN_DIR]``.
+"""``distsched train CONFIG.yaml [--set KEY.PATH=VALUE ...] [--logger mlflow] [--address ADDR] [--workers N]
+[--out DIR] [--resume RUN_DIR]``.
 
 Launchers: ``ray`` (default: Ray Train's TorchTrainer on an embedded 127.0.0.1 cluster, or on
 ``--address``), ``torchrun`` (inside a torchrun process; chosen automatically when torchrun's
@@ -26,6 +27,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1)")
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts Ray Train may do")
     parser.add_argument("--no-progress", action="store_true", help="no live progress on the driver")
+    add_run_options(parser)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--set`` and ``--logger``, shared by ``train`` and ``simulate``."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config key (VALUE read as YAML), e.g. --set schedule.lr=0.05; "
+                             "recorded in the run's config.yaml")
+    parser.add_argument("--logger", dest="loggers", action="append", default=[], choices=("tensorboard", "mlflow"),
+                        help="also log to MLflow (TensorBoard event files are always written when installed)")
+
+
+def overridden(config: str | None, sets: list[str], resume: str | None) -> dict | None:
+    """The top-level keys that ``--set`` changes in the YAML at ``config`` (None without ``--set``)."""
+    if not sets:
+        return None
+    if resume is not None or config is None:
+        raise ValueError("--set changes a new run's config; a resumed run keeps its config.yaml")
+    from distsched.config import apply_sets, load_yaml
+
+    raw = load_yaml(config)
+    data = apply_sets(raw, sets)
+    return {k: v for k, v in data.items() if k not in raw or raw[k] != v}
+
+
+def use_loggers(names: list[str]) -> None:
+    """Name the extra loggers for the run's processes (``$DISTSCHED_LOGGERS``), checked now."""
+    from distsched.report.loggers import ENV
+
+    if "mlflow" in names:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ValueError("--logger mlflow needs mlflow: pip install mlflow (or mlflow-skinny)") from None
+    if names:
+        os.environ[ENV] = ",".join(dict.fromkeys(names))
+
+
+def write_dashboard(run_dir: str | os.PathLike | None) -> None:
+    """``plots/dashboard.png`` of a finished run, and where it is."""
+    if not run_dir or not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        return
+    from distsched.report.dashboard import dashboard
+
+    print(f"dashboard: {dashboard(run_dir)}")
 
 
 def _launcher(args: argparse.Namespace) -> str:
@@ -64,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
     if args.config is None and args.resume is None:
         raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
-    overrides = {"workers": args.workers} if args.workers is not None else None
+    overrides = overridden(args.config, args.sets, args.resume) or {}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    overrides = overrides or None
+    use_loggers(args.loggers)
     launcher = _launcher(args)
 
     if launcher == "torchrun":
@@ -74,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
         if summary:
             _print_summary(summary)
+            write_dashboard(summary.get("run_dir"))
         return 0
 
     cfg = load_config(args.config, overrides) if args.config else None
@@ -113,4 +164,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"resume with: distsched train --resume {folder.root}")
             return 1
     _print_summary(summary)
+    write_dashboard(str(folder.root))
     return 0
