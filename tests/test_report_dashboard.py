@@ -64,6 +64,10 @@ def test_dashboard_of_a_dp_train_run(tmp_path):
 def test_dashboard_without_dp_shows_accuracy_and_federated_keys(tmp_path):
     fig = dashboard_figure(_train_run(tmp_path / "plain", dp=False))
     assert fig.axes[3].get_title() == "validation accuracy"
+    plain = tmp_path / "plain" / "metrics.jsonl"
+    plain.write_text("".join(line for line in plain.read_text().splitlines(True) if "val_accuracy" not in line))
+    fig = dashboard_figure(tmp_path / "plain")
+    assert fig.axes[3].get_title().startswith("sync rounds") and fig.axes[3].lines[0].get_ydata()[-1] == 45  # step 90
     fed = load_run(_fed_run(tmp_path / "fed"))
     assert fed.xlabel == "round" and fed.get("lr") == ([1, 2, 3, 4, 5], [0.05] * 5) and fed.get("bytes") is None
     fig = dashboard_figure(tmp_path / "fed")

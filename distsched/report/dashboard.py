@@ -25,6 +25,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "accuracy": ("val_accuracy", "test_acc", "test_accuracy"),
     "bytes": ("bytes",),
     "epsilon": ("epsilon",),
+    "rounds": ("rounds", "trained"),
 }
 
 
@@ -91,7 +92,7 @@ def dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None = None)
 def dashboard_figure(run_dir: str | os.PathLike) -> Any:
     """The dashboard's matplotlib figure, four panels: LR and H on twin axes (client LR and local work for
     a federated run), train/val loss, bytes sent, and with DP epsilon with its target line (accuracy
-    otherwise)."""
+    otherwise, else the sync rounds)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -109,6 +110,7 @@ def dashboard_figure(run_dir: str | os.PathLike) -> Any:
         twin = a_lr.twinx()
         twin.step(*run.get("H"), where="post", color="tab:orange", label="local work" if federated else "H")
         twin.set_ylabel("local work per round" if federated else "sync period H (local steps)", color="tab:orange")
+        twin.set_ylim(bottom=0, top=max(run.get("H")[1]) * 1.1)
     a_lr.set_title("learning rate and local work" if federated else "learning rate and sync period H")
 
     for role, label in (("train_loss", "train"), ("val_loss", "test" if federated else "validation")):
@@ -138,9 +140,12 @@ def dashboard_figure(run_dir: str | os.PathLike) -> Any:
         a_last.plot(*run.get("accuracy"), color="tab:purple")
         a_last.set_title("test accuracy" if federated else "validation accuracy")
         a_last.set_ylabel("accuracy")
+    elif run.get("rounds"):
+        a_last.plot(*run.get("rounds"), color="tab:gray")
+        a_last.set_title("clients trained per round" if federated else "sync rounds (no DP, no accuracy logged)")
+        a_last.set_ylabel("clients" if federated else "rounds")
     else:
         a_last.set_title("no DP, no accuracy logged")
-        a_last.text(0.5, 0.5, "not a DP run", ha="center", va="center", transform=a_last.transAxes)
 
     for ax in axes.flat:
         ax.set_xlabel(run.xlabel)
