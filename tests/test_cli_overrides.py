@@ -69,3 +69,17 @@ def test_unknown_key_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, com
 def test_set_with_resume_is_refused(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--set", "steps=3"]) == 2
     assert "a resumed run keeps its config.yaml" in capsys.readouterr().err
+
+
+def test_ray_dashboard_without_ray_default_is_one_line_exit_2(tmp_path, capsys):
+    import importlib.util
+
+    from distsched.commands.train import DASHBOARD_MODULES
+
+    if all(importlib.util.find_spec(m) is not None for m in DASHBOARD_MODULES):
+        pytest.skip("ray[default] is installed here: --dashboard starts")
+    out = tmp_path / "out"
+    assert main(["train", _write(tmp_path / "c.yaml", TRAIN), "--dashboard", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pip install 'ray[default]'" in err
+    assert not out.exists()

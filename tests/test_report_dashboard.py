@@ -99,3 +99,19 @@ def test_compare_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run folder not found" in err and not (tmp_path / "x.png").exists()
+
+
+def test_every_plot_has_a_title_and_the_partition_plot_says_when_it_shows_a_subset():
+    import numpy as np
+
+    from distsched.data.partitions import partition_figure
+    from distsched.report.plots import auto_title
+
+    assert auto_title({"test accuracy": ([], [])}, xlabel="round") == "test accuracy per round"
+    assert auto_title({"a": ([], []), "b": ([], [])}, xlabel="round", ylabel="clients") == "clients per round"
+    labels = np.arange(400) % 4
+    parts = [np.arange(i * 5, i * 5 + 5) for i in range(80)]
+    fig = partition_figure(parts, labels, 4)
+    assert [ax.get_title() for ax in fig.axes] == ["samples per client (all 80 clients)",
+                                                   "label mix of the first 50 of 80 clients"]
+    assert partition_figure(parts[:30], labels, 4).axes[1].get_title() == "label mix of all 30 clients"

@@ -65,6 +65,20 @@ def use_loggers(names: list[str]) -> None:
         os.environ[ENV] = ",".join(dict.fromkeys(names))
 
 
+#: what Ray's dashboard imports beyond ``ray[train]`` (they come with ``ray[default]``)
+DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
+
+
+def check_ray_dashboard() -> None:
+    """Refuse ``--dashboard`` in one line, before anything starts, when ``ray[default]`` is missing."""
+    import importlib.util
+
+    missing = [m for m in DASHBOARD_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"--dashboard needs Ray's dashboard packages: pip install 'ray[default]' "
+                         f"(missing: {', '.join(missing)})")
+
+
 def write_dashboard(run_dir: str | os.PathLike | None) -> None:
     """``plots/dashboard.png`` of a finished run, and where it is."""
     if not run_dir or not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
@@ -115,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     overrides = overrides or None
     use_loggers(args.loggers)
+    if args.dashboard:
+        check_ray_dashboard()
     launcher = _launcher(args)
 
     if launcher == "torchrun":

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,30 +203,42 @@ def partition_stats(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes
     )
 
 
-def plot_partition(path: str | os.PathLike, parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> Path:
-    """Two panels: histogram of samples per client, and per-client label mix (first 50 clients)."""
+def partition_figure(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, shown: int = 50) -> Any:
+    """Two panels: histogram of samples per client (all clients), and the label mix of the first
+    ``shown`` clients; the titles say when that is a subset."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     counts = label_counts(parts, labels, num_classes)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     ax1.hist(counts.sum(axis=1), bins=30)
+    ax1.set_title(f"samples per client (all {len(counts)} clients)")
     ax1.set_xlabel("samples per client")
     ax1.set_ylabel("clients")
-    shown = counts[:50]
-    bottom = np.zeros(len(shown))
+    subset = counts[:shown]
+    bottom = np.zeros(len(subset))
     for c in range(num_classes):
-        ax2.bar(np.arange(len(shown)), shown[:, c], bottom=bottom, width=1.0, label=str(c))
-        bottom += shown[:, c]
+        ax2.bar(np.arange(len(subset)), subset[:, c], bottom=bottom, width=1.0, label=str(c))
+        bottom += subset[:, c]
+    ax2.set_title(f"label mix of the first {len(subset)} of {len(counts)} clients" if len(subset) < len(counts)
+                  else f"label mix of all {len(counts)} clients")
     ax2.set_xlabel("client")
     ax2.set_ylabel("samples by label")
     if num_classes <= 20:
         ax2.legend(fontsize=6, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def plot_partition(path: str | os.PathLike, parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> Path:
+    """Write :func:`partition_figure` (first 50 clients in the label panel) as a PNG; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = partition_figure(parts, labels, num_classes)
     fig.savefig(path)
     plt.close(fig)
     return path

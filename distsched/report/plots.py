@@ -17,7 +17,8 @@ def line_plot(
     logy: bool = False,
     step_style: bool = False,
 ) -> Path:
-    """Draw each ``label -> (x, y)`` series on one axis and save a PNG; returns the path."""
+    """Draw each ``label -> (x, y)`` series on one axis and save a PNG; returns the path. Every plot has
+    a title: without one, :func:`auto_title` makes it from the labels."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -33,7 +34,7 @@ def line_plot(
             ax.plot(list(x), list(y), label=label)
     if logy:
         ax.set_yscale("log")
-    ax.set_title(title)
+    ax.set_title(title or auto_title(series, xlabel=xlabel, ylabel=ylabel))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -43,3 +44,9 @@ def line_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def auto_title(series: Mapping[str, object], *, xlabel: str = "step", ylabel: str = "") -> str:
+    """``"test accuracy per round"``: the series' labels (or the y label when there are several), per x."""
+    what = next(iter(series)) if len(series) == 1 else (ylabel or ", ".join(series))
+    return f"{what} per {xlabel}" if xlabel else what
