@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distsched.sync import CastCodec, Int8Codec, make_codec
+from distsched.sync import CastCodec, FullCodec, Int8Codec, LRCompression, make_codec
 from distsched.sync.compression import compress_with_feedback
 
 
@@ -86,3 +86,25 @@ def test_error_feedback_loses_nothing(codec):
 def test_without_error_feedback_the_residual_is_none():
     payload, residual = compress_with_feedback(Int8Codec(), torch.ones(3), None)
     assert residual is None and payload[0].tolist() == [127, 127, 127]
+
+
+def test_lr_compression_picks_the_level_of_the_lr():
+    rule = LRCompression(lr_peak=2.0, levels=((0.75, "fp32"), (0.25, "bf16"), (0.0, "int8")))
+    names = [rule.codec_name(lr) for lr in (2.0, 1.5, 1.49, 0.5, 0.49, 0.0)]
+    assert names == ["fp32", "fp32", "bf16", "bf16", "int8", "int8"]
+    assert isinstance(rule.codec_at(2.0), FullCodec) and rule.codec_at(2.0).payload_bytes(10) == 40
+    assert isinstance(rule.codec_at(0.0), Int8Codec)
+    assert LRCompression(lr_peak=1.0).codec_name(0.5) == "bf16" and LRCompression(lr_peak=1.0).codec_name(0.4) == "int8"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"lr_peak": 0.0}, r"lr_peak must be > 0"),
+     ({"lr_peak": 1.0, "levels": ((0.5, "int4"), (0.0, "int8"))}, r"codec must be one of"),
+     ({"lr_peak": 1.0, "levels": ((0.2, "bf16"), (0.5, "int8"))}, r"decreasing thresholds ending at 0"),
+     ({"lr_peak": 1.0, "levels": ((0.5, "bf16"),)}, r"decreasing thresholds ending at 0"),
+     ({"lr_peak": 1.0, "levels": ()}, r"at least one")],
+)
+def test_lr_compression_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LRCompression(**kwargs)

@@ -178,9 +178,21 @@ def test_config_sync_block_carries_the_engine_options():
     assert (eng.fragments, eng.delay, eng.mix, eng.error_feedback) == (2, 1, 0.25, False)
 
 
+def test_config_compression_from_the_lr():
+    from distsched.sync import LRCompression
+    from distsched.train.config import build_sync
+
+    _, options = build_sync({"rule": "fixed", "h": 4,
+                             "compression": {"lr_peak": 0.1, "levels": [[0.5, "bf16"], [0, "int8"]]}})
+    assert options["compression"] == LRCompression(lr_peak=0.1, levels=((0.5, "bf16"), (0.0, "int8")))
+
+
 @pytest.mark.parametrize(
     "extra,match",
-    [({"compression": "int4"}, r"sync.compression must be one of 'none', 'bf16', 'fp16', 'int8', got 'int4'"),
+    [({"compression": {"levels": [[0, "int8"]]}}, r"missing required key compression.lr_peak"),
+     ({"compression": {"lr_peak": 0.1, "bits": 4}}, r"unknown key compression.bits"),
+     ({"compression": {"lr_peak": 0.1, "levels": [[0, "int3"]]}}, r"sync.compression.codec must be one of"),
+     ({"compression": "int4"}, r"sync.compression must be one of 'none', 'bf16', 'fp16', 'int8', got 'int4'"),
      ({"fragments": 0}, r"sync.fragments must be an integer >= 1, got 0"),
      ({"delay": "2"}, r"sync.delay must be an integer >= 0, got '2'"),
      ({"mix": 1}, r"sync.mix must be in \[0.0, 1.0\), got 1"),

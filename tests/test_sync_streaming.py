@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distsched.sync import FixedH, Int8Codec, LocalSGD, OuterSGD, free_port, init_process_group
+from distsched import schedules as S
+from distsched.sync import FixedH, Int8Codec, LocalSGD, LRCompression, OuterSGD, free_port, init_process_group
 
 WORLD = 2
 # Linear(6,16): 112, Linear(16,16): 272, Linear(16,3): 51 elements; the best cut in 2 is
@@ -142,8 +143,8 @@ def _recorded(rank: int, codec, fragments: int, H: int, T: int, outer: bool, del
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(30 + rank)
-    eng = LocalSGD(model, FixedH(H), total_steps=T, fragments=fragments, compression=codec, delay=delay,
-                   outer_optimizer=OuterSGD(lr=0.7, momentum=0.9) if outer else None)
+    eng = LocalSGD(model, FixedH(H), S.cosine(lr=0.1, total_steps=T), total_steps=T, fragments=fragments,
+                   compression=codec, delay=delay, outer_optimizer=OuterSGD(lr=0.7, momentum=0.9) if outer else None)
     init, steps = _params(model), []
     for t in range(T):
         _train_step(model, opt, gen)
@@ -252,6 +253,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "int8_f2": _recorded(rank, Int8Codec(block=16), fragments=2, H=3, T=9, outer=False, delay=0),
             "bf16_diloco": _recorded(rank, "bf16", fragments=1, H=3, T=9, outer=True, delay=0),
             "int8_delay": _recorded(rank, Int8Codec(block=16), fragments=2, H=4, T=12, outer=True, delay=2),
+            "lr_codec": _recorded(rank, LRCompression(lr_peak=0.1), fragments=1, H=3, T=12, outer=False, delay=0),
             "fp32_f2_h4": _recorded(rank, None, fragments=2, H=4, T=12, outer=False, delay=0),
             "int8_f2_h4": _recorded(rank, Int8Codec(block=16), fragments=2, H=4, T=12, outer=False, delay=0),
             "delay_plain": _delayed_reference(rank, outer=False),
@@ -365,7 +367,7 @@ def _replay(runs, case: str, quantize, frags: dict[int, list[int]], outer: bool,
             for k in range(2):
                 x_k = cat(current[k], frags[f])
                 s_k = (x_k - anchor[f]) + resid[(f, k)]
-                q_k = quantize(s_k)
+                q_k = quantize(s_k, t)
                 resid[(f, k)] = s_k - q_k
                 total = q_k if total is None else total + q_k
             in_flight[f] = ((applies or {}).get((f, t), t), total)
@@ -376,12 +378,12 @@ def _replay(runs, case: str, quantize, frags: dict[int, list[int]], outer: bool,
 
 
 def test_int8_with_error_feedback_on_two_fragments_equals_the_replay(runs):
-    _replay(runs, "int8_f2", lambda s: _int8(s, 16), FRAG_PARAMS, outer=False,
+    _replay(runs, "int8_f2", lambda s, t: _int8(s, 16), FRAG_PARAMS, outer=False,
             sends={1: [0], 2: [1], 4: [0], 5: [1], 7: [0], 8: [0, 1]})
 
 
 def test_bf16_diloco_equals_the_replay(runs):
-    _replay(runs, "bf16_diloco", lambda s: s.to(torch.bfloat16).float(), {0: list(range(6))}, outer=True,
+    _replay(runs, "bf16_diloco", lambda s, t: s.to(torch.bfloat16).float(), {0: list(range(6))}, outer=True,
             sends={2: [0], 5: [0], 8: [0]})
 
 
@@ -389,9 +391,19 @@ def test_int8_delayed_diloco_on_two_fragments_equals_the_replay(runs):
     # sends: fragment 0 after steps 1, 5, 9, 11; fragment 1 after 3, 7, 11. Applied tau = 2 steps later,
     # never after the fragment's next send, and at once on the last step
     applies = {(0, 1): 3, (0, 5): 7, (0, 9): 11, (0, 11): 11, (1, 3): 5, (1, 7): 9, (1, 11): 11}
-    _replay(runs, "int8_delay", lambda s: _int8(s, 16), FRAG_PARAMS, outer=True,
+    _replay(runs, "int8_delay", lambda s, t: _int8(s, 16), FRAG_PARAMS, outer=True,
             sends={1: [0], 3: [1], 5: [0], 7: [1], 9: [0], 11: [0, 1]}, applies=applies)
     assert _equal(runs[0]["int8_delay"]["steps"][-1]["post"], runs[1]["int8_delay"]["steps"][-1]["post"])
+
+
+def test_lr_driven_compression_switches_from_bf16_to_int8_as_the_lr_decays(runs):
+    # cosine(0.1, T=12): lr_t / lr_peak >= 0.5 up to step 6, so syncs after steps 2, 5 send bf16 and
+    # after 8, 11 int8 (one block: 435 elements); error feedback carries across the switch
+    lr = S.cosine(lr=0.1, total_steps=12)
+    assert [lr(t) / 0.1 >= 0.5 for t in (2, 5, 8, 11)] == [True, True, False, False]
+    _replay(runs, "lr_codec", lambda s, t: s.to(torch.bfloat16).float() if t <= 6 else _int8(s, 1024),
+            {0: list(range(6))}, outer=False, sends={2: [0], 5: [0], 8: [0], 11: [0]})
+    assert runs[0]["lr_codec"]["bytes"] == 2 * (2 * 435) + 2 * (435 + 4)
 
 
 def test_int8_bytes_are_the_payload_and_a_quarter_of_float32(runs):

@@ -9,7 +9,7 @@ engine that averages models over any torch.distributed process group.
 
 from distsched.sync.averager import LocalSGD, OuterSGD
 from distsched.sync.backend import default_backend, free_port, init_process_group
-from distsched.sync.compression import CODECS, CastCodec, Codec, Int8Codec, make_codec
+from distsched.sync.compression import CODECS, CastCodec, Codec, FullCodec, Int8Codec, LRCompression, make_codec
 from distsched.sync.fragments import assign_fragments, balanced_cuts
 from distsched.sync.rules import (
     H_CAP,
@@ -27,7 +27,9 @@ __all__ = [
     "CODECS",
     "CastCodec",
     "Codec",
+    "FullCodec",
     "Int8Codec",
+    "LRCompression",
     "assign_fragments",
     "balanced_cuts",
     "make_codec",

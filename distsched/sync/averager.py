@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distsched._checks import check_int, check_non_negative, check_positive, check_range
-from distsched.sync.compression import Codec, GatherSum, compress_with_feedback, make_codec
+from distsched.sync.compression import Codec, GatherSum, LRCompression, compress_with_feedback, make_codec
 from distsched.sync.fragments import assign_fragments
 from distsched.sync.rules import LRCompensation, SyncRule
 
@@ -210,8 +210,10 @@ class LocalSGD:
         bucket_bytes: largest flat buffer per all_reduce (a larger single tensor gets its own).
         broadcast_init: copy rank 0's parameters and buffers to every worker at construction.
         fragments: F, the number of streaming fragments (1 = the whole model at once).
-        compression: ``None``/``"none"`` (full precision), ``"bf16"``, ``"fp16"``, ``"int8"`` or a
-            :class:`~distsched.sync.compression.Codec`; applied to the deltas since the last sync.
+        compression: ``None``/``"none"`` (full precision), ``"bf16"``, ``"fp16"``, ``"int8"``, a
+            :class:`~distsched.sync.compression.Codec`, or an
+            :class:`~distsched.sync.compression.LRCompression` (the codec chosen from the LR at each
+            sync step); applied to the deltas since the last sync.
         error_feedback: carry what compression lost to the next round (compressed modes only).
         delay: tau, local steps between the start of a fragment's exchange and its application.
         mix: with ``delay``, the weight of the local value when the global one arrives.
@@ -261,7 +263,9 @@ class LocalSGD:
         if lr_compensation is not None and not isinstance(lr_compensation, LRCompensation):
             raise ValueError(f"lr_compensation must be LRCompensation, (h_ref, power) or None, got {lr_compensation!r}")
         self.fragments = check_int("fragments", fragments, 1)
-        self.codec = make_codec(compression)
+        self.codec = compression if isinstance(compression, LRCompression) else make_codec(compression)
+        if isinstance(self.codec, LRCompression) and schedule is None:
+            raise ValueError("schedule must be given for compression=LRCompression(...), which reads the LR; got None")
         self.error_feedback = bool(error_feedback)
         self.delay = check_int("delay", delay, 0)
         self.mix = float(check_range("mix", mix, 0.0, 1.0, high_open=True))
@@ -297,6 +301,7 @@ class LocalSGD:
         self._natural_period = 1
         self._last_step: int | None = None
         self.synced_fragments: list[int] = []  # fragments whose sync started at the last step
+        self.last_codec: Codec | None = None  # the codec of the latest compressed exchange
         self._step_bytes = (-1, 0)  # (step, bytes sent at it)
         self._next = [1] * F  # fragment f syncs after step _next[f] - 1
         self._loss_sum = [0.0] * F
@@ -626,15 +631,20 @@ class LocalSGD:
                 sent += 8
                 self.last_loss = float(slot[0] / slot[1]) if float(slot[1]) > 0 else self.last_loss
             exchanges: list[Any] = []
+            codec = self.codec
+            if isinstance(codec, LRCompression):  # strength from the LR at the sync step
+                at = step if step is not None else (self._last_step if self._last_step is not None else 0)
+                codec = codec.codec_at(self._lr_at(at))
+            self.last_codec = None if codec is None else codec
             with torch.no_grad():
                 for b in buckets:
                     if self.codec is None:
                         ex = _ReduceSum(b.flat, self.group)
                     else:
-                        payload, residual = compress_with_feedback(self.codec, b.flat - b.anchor, b.residual)
+                        payload, residual = compress_with_feedback(codec, b.flat - b.anchor, b.residual)
                         if residual is not None:
                             b.residual.copy_(residual)
-                        ex = GatherSum(self.codec, payload, b.flat.numel(), b.flat.dtype, self.world_size, self.group)
+                        ex = GatherSum(codec, payload, b.flat.numel(), b.flat.dtype, self.world_size, self.group)
                     exchanges.append(ex)
                     sent += ex.bytes
             self._count(sent)

@@ -31,6 +31,8 @@ from distsched._checks import check_choice, check_int
 
 #: codec names accepted by ``LocalSGD(compression=...)`` and the ``sync.compression`` config key.
 CODECS = ("none", "bf16", "fp16", "int8")
+#: codec names an :class:`LRCompression` level may name (``fp32``: the delta in full precision).
+LEVEL_CODECS = ("fp32", "bf16", "fp16", "int8")
 
 _FP16_MAX = 65504.0
 
@@ -110,6 +112,62 @@ class Int8Codec(Codec):
 
     def payload_bytes(self, n: int) -> int:
         return n + 4 * self._blocks(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullCodec(Codec):
+    """The delta itself, in its own precision (4 bytes per float32 element): an LR-driven level that
+    asks for no compression."""
+
+    def encode(self, d: torch.Tensor) -> list[torch.Tensor]:
+        return [d.clone()]
+
+    def decode(self, payload: list[torch.Tensor], n: int, dtype: torch.dtype) -> torch.Tensor:
+        return payload[0].to(dtype)
+
+    def payload_bytes(self, n: int) -> int:
+        return 4 * n
+
+
+def _level_codec(name: str) -> Codec:
+    name = check_choice("codec", name, LEVEL_CODECS)
+    return FullCodec() if name == "fp32" else Int8Codec() if name == "int8" else CastCodec(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LRCompression:
+    """Compression strength from the learning rate, a rule like the sync rules: at a sync step ``t``
+    the codec is that of the first level ``(threshold, codec)`` with ``lr_t / lr_peak >= threshold``
+    (levels in decreasing threshold, the last one at 0). Default: bf16 while the LR is at least half
+    its peak, int8 below (fewer bits as the LR decays: the pseudo-gradients shrink with the LR and
+    error feedback returns what was lost). Every worker reads the same schedule, so they agree.
+    """
+
+    lr_peak: float
+    levels: tuple[tuple[float, str], ...] = ((0.5, "bf16"), (0.0, "int8"))
+
+    def __post_init__(self) -> None:
+        from distsched._checks import check_non_negative, check_positive
+
+        check_positive("lr_peak", self.lr_peak)
+        levels = tuple((float(check_non_negative("threshold", float(th))), str(name)) for th, name in self.levels)
+        if not levels:
+            raise ValueError("levels must name at least one (threshold, codec), got none")
+        for _, name in levels:
+            _level_codec(name)
+        thresholds = [th for th, _ in levels]
+        if thresholds != sorted(thresholds, reverse=True) or thresholds[-1] != 0.0:
+            raise ValueError(f"levels must have decreasing thresholds ending at 0, got {thresholds}")
+        object.__setattr__(self, "levels", levels)
+
+    def codec_name(self, lr: float) -> str:
+        """The codec's name at learning rate ``lr``."""
+        ratio = float(lr) / self.lr_peak
+        return next(name for th, name in self.levels if ratio >= th)
+
+    def codec_at(self, lr: float) -> Codec:
+        """The codec at learning rate ``lr``."""
+        return _level_codec(self.codec_name(lr))
 
 
 def make_codec(compression: str | Codec | None) -> Codec | None:

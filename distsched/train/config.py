@@ -18,7 +18,8 @@ A config file is one mapping::
 is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
 (``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
 ``outer: {lr, momentum, nesterov}`` where ``lr`` and ``momentum`` may be schedule specs of the outer
-round, ``fragments``, ``compression: none|bf16|fp16|int8``, ``error_feedback``, ``delay``, ``mix``).
+round, ``fragments``, ``compression: none|bf16|fp16|int8`` or ``{lr_peak, levels}`` (the codec from
+the LR, :class:`distsched.sync.LRCompression`), ``error_feedback``, ``delay``, ``mix``).
 Both are checked at load time by building them.
 ``privacy`` turns on DP-SGD (:class:`distsched.privacy.PrivacyConfig`, checked at load time).
 ``controller`` puts a feedback controller on the schedule (``{name: plateau, factor: 0.5, patience: 3}``;
@@ -239,6 +240,24 @@ def build_rule(spec: Mapping[str, Any]) -> Any:
         raise ValueError(f"sync.{exc}") from None
 
 
+def _lr_compression(spec: Mapping[str, Any]) -> Any:
+    """``{lr_peak: 0.1, levels: [[0.5, bf16], [0.0, int8]]}`` -> :class:`distsched.sync.LRCompression`."""
+    from distsched.sync import LRCompression
+
+    unknown = [k for k in spec if k not in ("lr_peak", "levels")]
+    if unknown:
+        raise ValueError(f"unknown key compression.{unknown[0]} (allowed: levels, lr_peak)")
+    if "lr_peak" not in spec:
+        raise ValueError("missing required key compression.lr_peak")
+    levels = spec.get("levels", LRCompression.__dataclass_fields__["levels"].default)
+    if not isinstance(levels, (list, tuple)) or not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in levels):
+        raise ValueError(f"compression.levels: expected a list of [threshold, codec] pairs, got {levels!r}")
+    try:
+        return LRCompression(lr_peak=spec["lr_peak"], levels=tuple((th, name) for th, name in levels))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"compression.{exc}") from None
+
+
 def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     """LocalSGD keyword arguments from a ``sync`` block (average_buffers, average_momentum,
     lr_compensation, outer_optimizer, fragments, compression, error_feedback, delay, mix)."""
@@ -256,7 +275,9 @@ def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("fragments", "delay"):
             if key in spec:
                 out[key] = check_int(key, spec[key], 1 if key == "fragments" else 0)
-        if "compression" in spec:
+        if isinstance(spec.get("compression"), Mapping):  # strength from the LR
+            out["compression"] = _lr_compression(spec["compression"])
+        elif "compression" in spec:
             out["compression"] = check_choice("compression", spec["compression"], CODECS)
         if "mix" in spec:
             out["mix"] = check_range("mix", spec["mix"], 0.0, 1.0, high_open=True)
