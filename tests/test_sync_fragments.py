@@ -203,3 +203,19 @@ def test_config_sync_block_errors(extra, match):
 
     with pytest.raises(ValueError, match=match):
         build_sync({"rule": "fixed", "h": 4, **extra})
+
+
+def test_readme_engine_options_yaml_is_a_valid_sync_block():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from distsched.train.config import build_sync
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Fragments, compressed exchange, overlap") :]
+    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    rule, options = build_sync(block["sync"])
+    assert (options["fragments"], options["compression"], options["delay"]) == (4, "int8", 2)
+    assert options["outer_optimizer"].scheduled
