@@ -47,6 +47,8 @@ def test_train_set_is_recorded_in_config_yaml(tmp_path, capsys):
     records = [r for r in read_metrics(run / "metrics.jsonl") if "step" in r]
     assert [r["step"] for r in records] == [2, 4, 6] and {r["lr"] for r in records} == {0.05}
     out = capsys.readouterr().out
+    # the processes launcher: the folder once, progress lines as under Ray, the summary, the dashboard
+    assert out.count("run folder:") == 1 and "step 2/6  lr 0.05" in out and "step 6/6  lr 0.05" in out, out
     assert f"dashboard: {run / 'plots' / 'dashboard.png'}" in out and (run / "plots" / "dashboard.png").exists()
     assert (run / "tensorboard").is_dir()
 

@@ -52,6 +52,8 @@ def connect(
     env = {
         "env_vars": {
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            # the run's extra loggers (--logger mlflow): rank 0 may run on a node the driver did not start
+            **{k: os.environ[k] for k in ("DISTSCHED_LOGGERS",) if k in os.environ},
         }
     }
     if address:

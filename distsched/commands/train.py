@@ -94,7 +94,7 @@ def _launcher(args: argparse.Namespace) -> str:
     return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ else "ray"
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, folder_shown: bool = False) -> None:
     parts = [f"steps {summary.get('steps_done')}/{summary.get('total_steps')}"]
     if isinstance(summary.get("final_loss"), float):
         parts.append(f"final loss {summary['final_loss']:.4f}")
@@ -113,7 +113,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("launch_wall_time_s") is not None:
         parts.append(f"with start-up {summary['launch_wall_time_s']} s")
     print("  ".join(parts))
-    print(f"run folder: {summary.get('run_dir')}")
+    if not folder_shown:  # the Ray and processes launchers print it first, the torchrun one only here
+        print(f"run folder: {summary.get('run_dir')}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,9 +159,14 @@ def run(args: argparse.Namespace) -> int:
     folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
     print(f"run folder: {folder.root}", flush=True)
     if launcher == "processes":
+        from distsched.cluster.progress import Progress
+        from distsched.cluster.trainer import _resume_step, planned_steps
         from distsched.train.run import run_processes
 
-        summary = run_processes(cfg, folder)
+        # the same live progress as the Ray launcher, read from the run's metrics.jsonl
+        with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=not args.no_progress,
+                      start_step=_resume_step(folder) if args.resume else 0):
+            summary = run_processes(cfg, folder)
     else:
         from ray.train import TrainingFailedError
 
@@ -179,6 +185,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"distsched train: training failed: {first[0] if first else type(exc).__name__}")
             print(f"resume with: distsched train --resume {folder.root}")
             return 1
-    _print_summary(summary)
+    _print_summary(summary, folder_shown=True)
     write_dashboard(str(folder.root))
     return 0
