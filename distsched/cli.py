@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("distsched.commands.train", "train CONFIG.yaml on N workers (Ray Train, torchrun or local processes)"),
     "simulate": ("distsched.commands.simulate", "federated simulation on Ray actors (distsched simulate CONFIG.yaml)"),
     "compare": ("distsched.commands.compare", "overlay several runs (loss vs step and vs bytes) and print a table"),
+    "audit": ("distsched.commands.audit", "privacy audit in one run: a lower bound on epsilon from gradient canaries"),
 }
 
 EXIT_USAGE = 2
