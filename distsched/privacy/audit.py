@@ -24,7 +24,7 @@ step, never which examples were sampled) and scores canary ``i`` with
 * ``spikes``: the same after subtracting a running median of ``<g_t, c_i>`` over ``MEDIAN_WINDOW`` steps (robust
   to the slow drift of the data's own gradient at that coordinate; it finds noise far below the claim),
 
-each also after subtracting the noise that a **known seed** predicts (an attacker who read the seed from
+and ``spikes`` also after subtracting the noise that a **known seed** predicts (an attacker who read the seed from
 the config replays the generator): a run whose noise is predictable is not private, and this shows it.
 All ``(score, seed, k)`` choices are tested at once with a Bonferroni correction, so the reported bound
 holds with the stated confidence whatever choice wins.
@@ -53,7 +53,7 @@ from distsched._checks import check_int, check_range
 #: steps of the running median that the ``spikes`` score subtracts.
 MEDIAN_WINDOW = 25
 #: fractions of the canaries guessed (half "in" from the top scores, half "out" from the bottom).
-GUESS_FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+GUESS_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 SCORES: tuple[str, ...] = ("sum", "spikes")
 PASS, VIOLATION = "PASS", "VIOLATION"
 
@@ -347,9 +347,9 @@ def audit_training(
     released = np.asarray(canary_set.released)
     scores = dict(canary_set.scores(released))
     seeds = list(dict.fromkeys(int(s) for s in known_noise_seeds))
-    for n, s in enumerate(seeds):
-        for name, values in canary_set.scores(released - canary_set.replay_noise(dp, s)).items():
-            scores[f"{name}, seed {n}" if len(seeds) > 1 else f"{name}, known seed"] = values
+    for n, s in enumerate(seeds):  # without the noise, the spikes score is the sharper one
+        spikes = canary_set.scores(released - canary_set.replay_noise(dp, s))["spikes"]
+        scores[f"spikes, seed {n}" if len(seeds) > 1 else "spikes, known seed"] = spikes
     best, tests = best_lower_bound(scores, canary_set.included, cfg.delta, confidence)
     eps_acc = float(training.epsilon)
     return AuditReport(
