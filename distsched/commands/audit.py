@@ -44,16 +44,14 @@ def audit_config(cfg: Any, *, canaries: int = 1000, confidence: float = 0.95, **
     from distsched.privacy.config import privacy_config
     from distsched.privacy.training import resolve_mode
     from distsched.train.config import build_schedule
-    from distsched.train.data import load_data, make_shards
     from distsched.train.loop import make_optimizer, total_steps_of
-    from distsched.train.models import build_model
 
     if cfg.privacy is None:
         raise ValueError("the config has no privacy block: there is no DP claim to audit")
     privacy = privacy_config(cfg.privacy)
     torch.set_num_threads(cfg.threads)
-    bundle = load_data(cfg.data, cfg.seed)
-    shards = make_shards(bundle, cfg.data, cfg.workers, cfg.batch_size, cfg.seed)
+    bundle = cfg.data.load(cfg.seed)
+    shards = cfg.data.shards(bundle.targets, cfg.workers, cfg.batch_size, cfg.seed)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
     every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
     mode = resolve_mode(privacy.mode, cfg.workers, every_step)
@@ -62,7 +60,7 @@ def audit_config(cfg: Any, *, canaries: int = 1000, confidence: float = 0.95, **
     else:
         indices, batch = np.concatenate(shards), cfg.batch_size * cfg.workers
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, bundle.input_shape, bundle.num_classes)
+    model = cfg.model.build(bundle.input_shape, bundle.num_classes)
     schedule = build_schedule(cfg.schedule)
     optimizer = make_optimizer(cfg, model, float(schedule(0)))
     with warnings.catch_warnings():
