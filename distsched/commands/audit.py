@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gradient canaries, each included with probability 1/2 (default 1000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default 0.95)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.epilog = ("exit code 0: PASS (lower bound <= the accountant's epsilon; not a proof of privacy), "
+                     "1: VIOLATION (the accountant's epsilon is refuted at the stated confidence), 2: bad input")
 
 
 def audit_config(cfg: Any, *, canaries: int = 1000, confidence: float = 0.95, **options: Any) -> tuple[Any, str]:

@@ -119,6 +119,8 @@ class Guesses:
 
 def count_correct(scores: np.ndarray, included: np.ndarray, k: int) -> int:
     """Right guesses when the ``k`` highest scores are guessed "in" and the ``k`` lowest "out"."""
+    if not 0 <= 2 * k <= len(scores):
+        raise ValueError(f"k must be in [0, {len(scores) // 2}] (k in, k out of {len(scores)}), got {k}")
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return int(included[order[:k]].sum() + (~included[order[len(order) - k:]]).sum()) if k else 0
 
