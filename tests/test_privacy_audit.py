@@ -87,6 +87,8 @@ def test_count_correct_and_bonferroni():
     assert count_correct(scores, included, 1) == 2  # top "in" right, bottom "out" right
     assert count_correct(scores, included, 2) == 4
     assert count_correct(scores, included, 3) == 4  # 3rd highest is out, 3rd lowest is in
+    with pytest.raises(ValueError, match="k must be in"):
+        count_correct(scores, included, 4)  # a canary guessed both ways
     # perfectly separated scores reach the audit's ceiling, computed with the same number of tests
     m = 400
     included = np.arange(m) < m // 2
