@@ -250,3 +250,19 @@ def test_plan_noise_is_conservative_and_tight_over_a_grid(target, delta, q, step
     eps = _opacus_eps(p.history(), delta, "rdp")
     assert target - 1e-3 <= eps <= target
     assert sum(s.steps for s in p.history()) == steps
+
+
+def test_calibrate_functions_are_what_plan_dispatches_to():
+    """``plan`` is a thin dispatcher: each ``calibrate_*`` gives the same Plan for the same question."""
+    from distsched.privacy import calibrate_batch, calibrate_epsilon, calibrate_noise, calibrate_steps, epsilon
+
+    common = {"delta": 1e-5, "noise_schedule": "step:gamma=0.8,step_size=100", "accountant": "rdp"}
+    assert calibrate_noise(target_epsilon=3.0, sample_rate=0.02, steps=300, **common) == plan(
+        target_epsilon=3.0, sample_rate=0.02, steps=300, **common)
+    assert calibrate_steps(target_epsilon=3.0, sample_rate=0.02, noise_multiplier=1.1, **common) == plan(
+        target_epsilon=3.0, sample_rate=0.02, noise_multiplier=1.1, **common)
+    assert calibrate_batch(target_epsilon=3.0, dataset_size=5000, steps=300, noise_multiplier=1.1, **common) == plan(
+        target_epsilon=3.0, dataset_size=5000, steps=300, noise_multiplier=1.1, **common)
+    e = calibrate_epsilon(sample_rate=0.02, steps=300, noise_multiplier=1.1, **common)
+    assert e == plan(sample_rate=0.02, steps=300, noise_multiplier=1.1, **common)
+    assert e.epsilon == epsilon(e.history(), 1e-5)

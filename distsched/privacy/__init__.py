@@ -34,7 +34,16 @@ from distsched.privacy.noise import (
     StepNoise,
     noise_schedule_from_spec,
 )
-from distsched.privacy.planner import Plan, plan, scale_batch_and_noise, steps_for_epochs
+from distsched.privacy.planner import (
+    Plan,
+    calibrate_batch,
+    calibrate_epsilon,
+    calibrate_noise,
+    calibrate_steps,
+    plan,
+    scale_batch_and_noise,
+    steps_for_epochs,
+)
 from distsched.privacy.randomness import NOT_PRIVATE, secret_seed
 from distsched.privacy.training import NOT_PRIVATE_METRICS, attach_privacy, resolve_mode, run_epsilon
 
@@ -63,6 +72,10 @@ __all__ = [
     "Segment",
     "StepNoise",
     "attach_privacy",
+    "calibrate_batch",
+    "calibrate_epsilon",
+    "calibrate_noise",
+    "calibrate_steps",
     "compress",
     "epsilon",
     "epsilon_curve",

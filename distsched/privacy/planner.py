@@ -95,13 +95,122 @@ def steps_for_epochs(epochs: float, sample_rate: float) -> int:
     return max(1, int(nearest if abs(ratio - nearest) <= 1e-9 * max(1.0, ratio) else math.ceil(ratio)))
 
 
-class _Counter:
-    def __init__(self, fn: Callable[..., float]) -> None:
-        self.fn, self.calls = fn, 0
+class _Epsilon:
+    """Counted epsilon of the noise-schedule shape ``noise_schedule`` at level ``sigma`` over ``total`` steps of
+    rate ``q`` (continuous shapes hold each value ``interval`` steps, default ``floor(1 / q)``). With
+    ``too_large_is_infeasible``, a history beyond the PRV memory limit (little noise, many steps) counts as
+    ``inf``: the searches then stay on the side with more noise or fewer steps."""
 
-    def __call__(self, *args: Any) -> float:
+    def __init__(self, delta: float, accountant: str, eps_error: float, noise_schedule: str | NoiseSchedule | None,
+                 interval: int | None, too_large_is_infeasible: bool = True) -> None:
+        self.delta, self.accountant, self.eps_error = delta, accountant, eps_error
+        self.noise_schedule, self.interval = noise_schedule, interval
+        self.too_large_is_infeasible = too_large_is_infeasible
+        self.calls = 0
+
+    def shape(self, total: int, q: float, sigma: float) -> NoiseSchedule:
+        hold = self.interval if self.interval is not None else max(1, int(1.0 / q))
+        check_int("interval", hold, 1)
+        return noise_schedule_from_spec(self.noise_schedule, total_steps=total, interval=hold).with_sigma(sigma)
+
+    def __call__(self, sched: NoiseSchedule, total: int, q: float) -> float:
         self.calls += 1
-        return self.fn(*args)
+        try:
+            return epsilon(sched.segments(total, q), self.delta, self.accountant, eps_error=self.eps_error)
+        except AccountingTooLarge:
+            if not self.too_large_is_infeasible:
+                raise
+            return math.inf
+
+    def at(self, total: int, q: float, sigma: float) -> float:
+        return self(self.shape(total, q, sigma), total, q)
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+    noise_schedule: str | NoiseSchedule | None = None, accountant: str = "rdp", tol: float = 1e-3,
+    interval: int | None = None, eps_error: float = 0.01, batch_size: int | None = None,
+    dataset_size: int | None = None,
+) -> Plan:
+    """The noise level ``sigma`` with ``target - tol <= epsilon(sigma) <= target`` (epsilon decreasing in sigma):
+    bracket in ``log sigma`` from the moments-accountant guess, then Illinois regula falsi."""
+    eps = _Epsilon(delta, accountant, eps_error, noise_schedule, interval)
+    base = eps.shape(steps, sample_rate, 1.0)
+    guess = _noise_guess(target_epsilon, sample_rate, steps, delta)
+    # with huge noise, RDP's epsilon is its conversion floor (largest order, delta), whatever the steps
+    hint = ("use a larger delta or accountant 'prv' (RDP's conversion floor)" if accountant == "rdp"
+            else "take fewer steps")
+    sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), steps, sample_rate), target_epsilon, tol, guess, hint)
+    return Plan(sigma, value, delta, steps, sample_rate, accountant, "noise", base.with_sigma(sigma), target_epsilon,
+                batch_size, dataset_size, eps.calls)
+
+
+def calibrate_steps(
+    *, target_epsilon: float, delta: float, sample_rate: float, noise_multiplier: float,
+    noise_schedule: str | NoiseSchedule | None = None, accountant: str = "rdp", interval: int | None = None,
+    eps_error: float = 0.01, batch_size: int | None = None, dataset_size: int | None = None,
+) -> Plan:
+    """The largest number of steps whose epsilon is at most ``target_epsilon`` (epsilon increasing in steps)."""
+    eps = _Epsilon(delta, accountant, eps_error, noise_schedule, interval)
+    q = sample_rate
+
+    def eps_of_steps(n: int) -> float:
+        return eps.at(n, q, noise_multiplier)
+
+    first = eps_of_steps(1)
+    if first > target_epsilon:
+        raise ValueError(
+            f"target_epsilon={target_epsilon} is not reachable: one step with noise_multiplier={noise_multiplier}, "
+            f"sample_rate={q} already spends epsilon={first:.6g}; reachable: target_epsilon >= {first:.6g}"
+        )
+    n = _max_integer(eps_of_steps, target_epsilon, 1, first, MAX_STEPS)
+    value = eps_of_steps(n)
+    return Plan(noise_multiplier, value, delta, n, q, accountant, "steps", eps.shape(n, q, noise_multiplier),
+                target_epsilon, batch_size, dataset_size, eps.calls)
+
+
+def calibrate_batch(
+    *, target_epsilon: float, delta: float, dataset_size: int, noise_multiplier: float, steps: int | None = None,
+    epochs: float | None = None, noise_schedule: str | NoiseSchedule | None = None, accountant: str = "rdp",
+    interval: int | None = None, eps_error: float = 0.01,
+) -> Plan:
+    """The largest expected batch size ``B`` (``q = B / N``) whose epsilon is at most ``target_epsilon`` for
+    ``steps`` steps, or for ``epochs`` epochs (``steps = ceil(epochs N / B)``)."""
+    eps = _Epsilon(delta, accountant, eps_error, noise_schedule, interval)
+    n_data = dataset_size
+
+    def total_for(b: int) -> int:
+        return steps if steps is not None else steps_for_epochs(epochs, b / n_data)  # type: ignore[arg-type]
+
+    def eps_of_batch(b: int) -> float:
+        return eps.at(total_for(b), b / n_data, noise_multiplier)
+
+    first = eps_of_batch(1)
+    if first > target_epsilon:
+        raise ValueError(
+            f"target_epsilon={target_epsilon} is not reachable: batch_size=1 (sample_rate={1 / n_data:.3g}) with "
+            f"noise_multiplier={noise_multiplier} already spends epsilon={first:.6g}; "
+            f"reachable: target_epsilon >= {first:.6g}"
+        )
+    b = _max_integer(eps_of_batch, target_epsilon, 1, first, n_data)
+    q, total = b / n_data, total_for(b)
+    value = eps_of_batch(b)
+    return Plan(noise_multiplier, value, delta, total, q, accountant, "batch", eps.shape(total, q, noise_multiplier),
+                target_epsilon, b, n_data, eps.calls)
+
+
+def calibrate_epsilon(
+    *, delta: float, sample_rate: float, steps: int, noise_multiplier: float,
+    noise_schedule: str | NoiseSchedule | None = None, accountant: str = "rdp", interval: int | None = None,
+    eps_error: float = 0.01, batch_size: int | None = None, dataset_size: int | None = None,
+) -> Plan:
+    """Epsilon spent by ``steps`` steps of the schedule at level ``noise_multiplier`` (a history too large for
+    PRV's memory limit is refused)."""
+    eps = _Epsilon(delta, accountant, eps_error, noise_schedule, interval, too_large_is_infeasible=False)
+    sched = eps.shape(steps, sample_rate, noise_multiplier)
+    value = eps(sched, steps, sample_rate)
+    return Plan(noise_multiplier, value, delta, steps, sample_rate, accountant, "epsilon", sched, None, batch_size,
+                dataset_size, eps.calls)
 
 
 def plan(
@@ -122,15 +231,44 @@ def plan(
     eps_error: float = 0.01,
 ) -> Plan:
     """Solve for the one missing quantity (``solve`` = ``noise``, ``steps``, ``batch`` or ``epsilon``;
-    inferred when ``None``). Sample rate: ``sample_rate`` or ``batch_size / dataset_size`` (Poisson
-    sampling with expected batch size B). Length: ``steps`` or ``epochs`` (``steps = ceil(epochs / q)``).
-    ``noise_schedule`` is a spec (see :func:`noise_schedule_from_spec`) or a shape whose level is
-    solved or set by ``noise_multiplier``; ``interval`` (default: steps per epoch, ``floor(1/q)``) is how
-    long continuous shapes hold each value.
+    inferred when ``None``): validates the arguments, then calls :func:`calibrate_noise`,
+    :func:`calibrate_steps`, :func:`calibrate_batch` or :func:`calibrate_epsilon`. Sample rate: ``sample_rate``
+    or ``batch_size / dataset_size`` (Poisson sampling with expected batch size B). Length: ``steps`` or
+    ``epochs`` (``steps = ceil(epochs / q)``). ``noise_schedule`` is a spec (see
+    :func:`noise_schedule_from_spec`) or a shape whose level is solved or set by ``noise_multiplier``;
+    ``interval`` (default: steps per epoch, ``floor(1/q)``) is how long continuous shapes hold each value.
 
     Raises ``ValueError`` naming the parameter for invalid or inconsistent input, and, for a target that
     cannot be met, says what is reachable.
     """
+    solve = _check_plan_args(delta, target_epsilon, noise_multiplier, steps, epochs, sample_rate, batch_size,
+                             dataset_size, accountant, solve, tol)
+    common: dict[str, Any] = {"delta": delta, "noise_schedule": noise_schedule, "accountant": accountant,
+                              "interval": interval, "eps_error": eps_error}
+    if solve == "batch":
+        assert target_epsilon is not None and noise_multiplier is not None and dataset_size is not None
+        return calibrate_batch(target_epsilon=target_epsilon, dataset_size=dataset_size,
+                               noise_multiplier=noise_multiplier, steps=steps, epochs=epochs, **common)
+    q, batch_size = _resolve_sample_rate(sample_rate, batch_size, dataset_size)
+    common.update(batch_size=batch_size, dataset_size=dataset_size, sample_rate=q)
+    if solve == "steps":
+        assert target_epsilon is not None and noise_multiplier is not None
+        return calibrate_steps(target_epsilon=target_epsilon, noise_multiplier=noise_multiplier, **common)
+    total = steps if steps is not None else steps_for_epochs(epochs, q)  # type: ignore[arg-type]
+    if solve == "noise":
+        assert target_epsilon is not None
+        return calibrate_noise(target_epsilon=target_epsilon, steps=total, tol=tol, **common)
+    assert noise_multiplier is not None
+    return calibrate_epsilon(steps=total, noise_multiplier=noise_multiplier, **common)
+
+
+def _check_plan_args(
+    delta: float, target_epsilon: float | None, noise_multiplier: float | None, steps: int | None,
+    epochs: float | None, sample_rate: float | None, batch_size: int | None, dataset_size: int | None,
+    accountant: str, solve: str | None, tol: float,
+) -> str:
+    """Validate :func:`plan`'s arguments for the quantity solved for (inferred when ``solve`` is None);
+    returns that quantity."""
     check_delta(delta)
     check_accountant(accountant)
     check_range("tol", tol, 0.0, 1.0, low_open=True)
@@ -152,110 +290,23 @@ def plan(
         check_range("noise_multiplier", noise_multiplier, MIN_NOISE, MAX_NOISE)
     if dataset_size is not None:
         check_int("dataset_size", dataset_size, 1)
-
-    # sample rate
     if solve == "batch":
         if sample_rate is not None or batch_size is not None:
             raise ValueError("sample_rate and batch_size must be left out to solve for batch")
         if dataset_size is None:
             raise ValueError("dataset_size is required to solve for batch")
     else:
-        sample_rate, batch_size = _resolve_sample_rate(sample_rate, batch_size, dataset_size)
-
-    # length
+        _resolve_sample_rate(sample_rate, batch_size, dataset_size)
     if solve == "steps":
         if steps is not None or epochs is not None:
             raise ValueError("steps and epochs must be left out to solve for steps")
     elif (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps or epochs")
     elif steps is not None:
-        steps = check_int("steps", steps, 1)
+        check_int("steps", steps, 1)
     else:
         check_positive("epochs", epochs)  # type: ignore[arg-type]
-
-    def shape_for(total: int, q: float, sigma: float) -> NoiseSchedule:
-        hold = interval if interval is not None else max(1, int(1.0 / q))
-        check_int("interval", hold, 1)
-        return noise_schedule_from_spec(noise_schedule, total_steps=total, interval=hold).with_sigma(sigma)
-
-    def eps_or_inf(sched: NoiseSchedule, total: int, q: float) -> float:
-        """Epsilon; a history too large for PRV's memory limit (little noise, many steps) counts as infeasible."""
-        try:
-            return epsilon(sched.segments(total, q), delta, accountant, eps_error=eps_error)
-        except AccountingTooLarge:
-            if solve == "epsilon":
-                raise
-            return math.inf
-
-    eps = _Counter(eps_or_inf)
-    common = {"delta": delta, "accountant": accountant, "solved": solve, "target_epsilon": target_epsilon}
-
-    if solve == "epsilon":
-        assert sample_rate is not None
-        total = steps if steps is not None else steps_for_epochs(epochs, sample_rate)  # type: ignore[arg-type]
-        sched = shape_for(total, sample_rate, noise_multiplier)  # type: ignore[arg-type]
-        value = eps(sched, total, sample_rate)
-        return Plan(noise_multiplier, value, steps=total, sample_rate=sample_rate, noise_schedule=sched,
-                    batch_size=batch_size, dataset_size=dataset_size, evaluations=eps.calls, **common)  # type: ignore[arg-type]
-
-    assert target_epsilon is not None
-    if solve == "noise":
-        assert sample_rate is not None
-        total = steps if steps is not None else steps_for_epochs(epochs, sample_rate)  # type: ignore[arg-type]
-        base = shape_for(total, sample_rate, 1.0)
-        guess = _noise_guess(target_epsilon, sample_rate, total, delta)
-        # with huge noise, RDP's epsilon is its conversion floor (largest order, delta), whatever the steps
-        hint = ("use a larger delta or accountant 'prv' (RDP's conversion floor)" if accountant == "rdp"
-                else "take fewer steps")
-        sigma, value = _solve_noise(lambda s: eps(base.with_sigma(s), total, sample_rate), target_epsilon, tol,
-                                    guess, hint)
-        return Plan(sigma, value, steps=total, sample_rate=sample_rate, noise_schedule=base.with_sigma(sigma),
-                    batch_size=batch_size, dataset_size=dataset_size, evaluations=eps.calls, **common)
-
-    assert noise_multiplier is not None
-    if solve == "steps":
-        assert sample_rate is not None
-        q = sample_rate
-
-        def eps_of_steps(n: int) -> float:
-            return eps(shape_for(n, q, noise_multiplier), n, q)
-
-        first = eps_of_steps(1)
-        if first > target_epsilon:
-            raise ValueError(
-                f"target_epsilon={target_epsilon} is not reachable: one step with noise_multiplier={noise_multiplier}, "
-                f"sample_rate={q} already spends epsilon={first:.6g}; reachable: target_epsilon >= {first:.6g}"
-            )
-        n = _max_integer(eps_of_steps, target_epsilon, 1, first, MAX_STEPS)
-        sched = shape_for(n, q, noise_multiplier)
-        return Plan(noise_multiplier, eps_of_steps(n), steps=n, sample_rate=q, noise_schedule=sched,
-                    batch_size=batch_size, dataset_size=dataset_size, evaluations=eps.calls, **common)
-
-    # solve == "batch"
-    assert dataset_size is not None
-    n_data = dataset_size
-
-    def total_for(b: int) -> int:
-        return steps if steps is not None else steps_for_epochs(epochs, b / n_data)  # type: ignore[arg-type]
-
-    def eps_of_batch(b: int) -> float:
-        q = b / n_data
-        total = total_for(b)
-        return eps(shape_for(total, q, noise_multiplier), total, q)
-
-    first = eps_of_batch(1)
-    if first > target_epsilon:
-        raise ValueError(
-            f"target_epsilon={target_epsilon} is not reachable: batch_size=1 (sample_rate={1 / n_data:.3g}) with "
-            f"noise_multiplier={noise_multiplier} already spends epsilon={first:.6g}; "
-            f"reachable: target_epsilon >= {first:.6g}"
-        )
-    b = _max_integer(eps_of_batch, target_epsilon, 1, first, n_data)
-    q = b / n_data
-    total = total_for(b)
-    return Plan(noise_multiplier, eps_of_batch(b), steps=total, sample_rate=q,
-                noise_schedule=shape_for(total, q, noise_multiplier), batch_size=b, dataset_size=n_data,
-                evaluations=eps.calls, **common)
+    return solve
 
 
 def _infer_solve(
