@@ -142,6 +142,7 @@ def test_processes_launcher_listens_on_loopback_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_embedded_ray_train_listens_on_loopback_only(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "distsched", "train", str(_config(tmp_path)), "--num-cpus", "2",
            "--no-progress", "--out", str(tmp_path / "runs")]

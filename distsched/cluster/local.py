@@ -8,18 +8,33 @@ single-machine cluster; for the embedded default we tell it so (``RAY_ENABLE_WIN
 Ray's own switch for loopback-only clusters), so its GCS, raylet and workers listen on 127.0.0.1 and
 Ray Train's torch.distributed rendezvous uses 127.0.0.1 too. Joining a cluster (``address=...``)
 leaves Ray's address resolution alone.
+
+Joining: Ray enables token authentication for an explicit address only when ``RAY_AUTH_MODE=token``
+is set; :func:`connect` sets it whenever a token is at hand (``token_file``, ``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, Ray's own variables and default path), and checks
+first that ``HOST:PORT`` answers (one line in seconds instead of minutes of retries). The embedded
+default ignores ``RAY_ADDRESS`` (saying so in one line): only an explicit address joins a cluster.
+The token file is kept at mode 0600. A watchdog process (:mod:`distsched.cluster.watchdog`) stops
+the embedded cluster if the driver dies without shutting it down.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import stat
+import sys
+from pathlib import Path
 
 from distsched._checks import check_int
 
 LOOPBACK = "127.0.0.1"
 _LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
+#: seconds to wait for a cluster's GCS port to accept a connection
+REACH_TIMEOUT_S = 5.0
+_watchdog = None  # the watchdog process of an embedded cluster (kept referenced)
 
 
 def available_cpus() -> int:
@@ -37,17 +52,27 @@ def connect(
     dashboard: bool = False,
     object_store_bytes: int = _DEFAULT_OBJECT_STORE_BYTES,
     log_to_driver: bool = False,
+    token_file: str | os.PathLike | None = None,
 ) -> dict:
     """Join ``address`` (``"auto"``, ``"HOST:PORT"`` or ``"ray://..."``), or start an embedded cluster.
 
-    Returns the Ray context info. Calling it again while Ray is initialized is a no-op.
+    ``token_file``: the cluster's authentication token (default: Ray's ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). Returns the Ray context info. Calling it again
+    while Ray is initialized is a no-op.
     """
-    if not address:
-        _use_loopback_only()
+    global _watchdog
     import ray
 
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "reused": True}
+    if address:
+        check_reachable(address)
+        _use_token(token_file)
+    else:
+        ignored = os.environ.pop("RAY_ADDRESS", None)
+        if ignored:
+            sys.stderr.write(f"distsched: ignoring RAY_ADDRESS={ignored} (pass --address to join a cluster)\n")
+        _use_loopback_only()
     # Worker processes inherit this: one intra-op thread each unless the user says otherwise.
     env = {
         "env_vars": {
@@ -60,6 +85,7 @@ def connect(
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
     else:
         cpus = check_int("num_cpus", num_cpus if num_cpus is not None else available_cpus(), 1)
+        _private_token()
         # Token authentication stays on (Ray's default); only its start-up notice that it is on is muted.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ctx = ray.init(
@@ -73,7 +99,74 @@ def connect(
             configure_logging=True,
             logging_level="warning",
         )
+        from distsched.cluster.watchdog import start_watchdog
+
+        _watchdog = start_watchdog()
+    _tighten(_token_path())
     return {"address": ctx.address_info.get("gcs_address"), "reused": False}
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Raise ConnectionError (one line) when ``HOST:PORT`` (or ``ray://HOST:PORT``) accepts no TCP
+    connection within ``timeout_s``; ``"auto"`` is left to Ray."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({exc.strerror or exc})") from None
+
+
+def _token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def _use_token(token_file: str | os.PathLike | None) -> None:
+    """Ray's documented switches: ``RAY_AUTH_TOKEN_PATH`` and ``RAY_AUTH_MODE=token`` (when a token
+    exists and the mode is not set explicitly)."""
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"token file not found: {path}")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path.resolve())
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or _token_path().is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # Ray re-reads its config, as its own _enable_token_auth does
+
+        Config.initialize("")
+
+
+def _private_token() -> None:
+    """Create Ray's default token file (mode 0600 from the start) before Ray would write it with the
+    umask's mode, when token authentication is on and no token exists yet."""
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = _token_path()
+    if path.exists():
+        return
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+
+
+def _tighten(path: Path) -> None:
+    """Mode 0600 for a token file of ours that others may read."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            path.chmod(0o600)
+    except OSError:
+        pass
 
 
 def _use_loopback_only() -> None:

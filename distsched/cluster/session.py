@@ -4,6 +4,7 @@ the workers' folders into ``<run>/checkpoints/step_<N>/``), resume through ``ray
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +18,8 @@ class RaySession:
     """Rank and world size from Ray Train's context.
 
     ``restore_dir``: the checkpoint Ray Train hands back after a worker failure (or when the same
-    run folder is trained again); when Ray has none and ``resume`` is set, the newest complete
-    checkpoint on disk (e.g. one written by a torchrun run).
+    run folder is trained again) if it is intact (checksums); otherwise, or when Ray has none and
+    ``resume`` is set, the newest intact checkpoint on disk (e.g. one written by a torchrun run).
     """
 
     def __init__(self, checkpoints: str | os.PathLike, resume: bool = False) -> None:
@@ -36,18 +37,26 @@ class RaySession:
         found = ray.train.get_checkpoint()
         if found is not None:
             if os.path.isdir(found.path):
-                return Path(found.path)
-            self._scratch = tempfile.TemporaryDirectory(prefix="distsched-restore-")
-            return Path(found.to_directory(self._scratch.name))
-        return ckpt.latest_checkpoint(self.root) if self.resume else None
+                path = Path(found.path)
+            else:
+                self._scratch = tempfile.TemporaryDirectory(prefix="distsched-restore-")
+                path = Path(found.to_directory(self._scratch.name))
+            problem = ckpt.damage(path)
+            if problem is None:
+                return path
+            if self.rank == 0:
+                sys.stderr.write(f"distsched: warning: skipping damaged checkpoint {found.path} ({problem})\n")
+            return ckpt.latest_checkpoint(self.root, warn=self.rank == 0)
+        return ckpt.latest_checkpoint(self.root, warn=self.rank == 0) if self.resume else None
 
     def save(self, step: int, write: WriteFn, metrics: Mapping[str, Any]) -> None:
         import ray.train
 
         with tempfile.TemporaryDirectory(prefix="distsched-ckpt-") as tmp:
             write(Path(tmp))
+            sums = ckpt.gather_digests(tmp, self.rank, self.world_size)  # collective
             if self.rank == 0:
-                ckpt.write_meta(tmp, {"step": step, "world_size": self.world_size, **dict(metrics)})
+                ckpt.write_meta(tmp, {"step": step, "world_size": self.world_size, "sha256": sums, **dict(metrics)})
             ray.train.report(
                 dict(metrics),
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from distsched.train.loop import FaultInjection
 #: Ray Train's controller polls its workers this often (s); a report waits for that poll, so
 #: Ray's default (2 s) would make every checkpoint cost up to 2 s.
 POLL_INTERVAL_S = "0.2"
+#: Ray Train's index of the checkpoints it reported, in ``<run>/checkpoints``
+SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
@@ -32,16 +35,78 @@ def _ray_worker(config: dict[str, Any]) -> None:
     cfg = config_from_mapping(config["config"])
     root = RunFolder.open(config["run_dir"])
     session = RaySession(root.checkpoints, resume=config["resume"])
+    logs = root.root / "logs"
+    marker = logs / f"failed-{config['launch']}"
+    if marker.exists():  # a worker of this launch raised: a retry would raise the same; do not train again
+        raise WorkerFailed(marker.read_text(encoding="utf-8"))
     fault = FaultInjection(**config["fault"]) if config.get("fault") else None
-    train_worker(cfg, root.root, session, fault=fault)
+    try:
+        train_worker(cfg, root.root, session, fault=fault)
+    except Exception as exc:
+        import traceback
+
+        logs.mkdir(exist_ok=True)
+        log = logs / f"worker_{session.rank}.log"
+        log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        marker.write_text(f"worker {session.rank}: {type(exc).__name__}: {first} (full log: {log})", encoding="utf-8")
+        raise
+
+
+class WorkerFailed(RuntimeError):
+    """A training worker raised (the message: which worker, the exception in one line, its log)."""
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up: ``message`` is one line; ``retryable`` says whether resuming may help (a
+    worker process died) or not (a worker raised, and would raise again)."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _translate(exc: Exception, folder: RunFolder, launch: str) -> TrainingFailed:
+    marker = folder.root / "logs" / f"failed-{launch}"
+    if marker.exists():
+        return TrainingFailed(marker.read_text(encoding="utf-8").strip(), retryable=False)
+    text = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = text[-1].strip() if text else type(exc).__name__
+    return TrainingFailed(f"{last} (Ray's logs: {_session_logs()})", retryable=True)
+
+
+def _session_logs() -> str:
+    try:
+        import ray
+
+        return f"{ray._private.worker._global_node.get_session_dir_path()}/logs"
+    except Exception:  # noqa: BLE001 - only a hint
+        return "/tmp/ray/session_latest/logs"
 
 
 def _resume_step(folder: RunFolder) -> int:
     """Step of the newest complete checkpoint on disk (0 if none): progress shows what comes after."""
-    from distsched.train.checkpoint import complete_checkpoints
+    from distsched.train.checkpoint import latest_checkpoint, read_meta
 
-    found = complete_checkpoints(folder.checkpoints)
-    return found[-1][0] if found else 0
+    found = latest_checkpoint(folder.checkpoints, warn=False)
+    return int(read_meta(found)["step"]) if found else 0
+
+
+def _set_aside_damaged_snapshot(folder: RunFolder) -> None:
+    """Ray Train resumes from its ``checkpoint_manager_snapshot.json``; an unreadable one would fail
+    every restart. It is renamed ``*.damaged`` (one-line warning) and the run resumes from the newest
+    intact checkpoint on disk instead."""
+    import json
+
+    path = folder.checkpoints / SNAPSHOT
+    if not path.exists():
+        return
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        path.replace(path.with_name(path.name + ".damaged"))
+        sys.stderr.write(f"distsched: warning: Ray's checkpoint index {path} is damaged; resuming from the "
+                         "newest intact checkpoint on disk\n")
 
 
 def planned_steps(cfg: TrainConfig) -> int:
@@ -63,6 +128,7 @@ def train_on_ray(
     resume: bool = False,
     progress: bool = True,
     fault: FaultInjection | None = None,
+    token_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` on ``cfg.workers`` Ray Train workers; returns the run's ``summary.json``.
 
@@ -73,7 +139,7 @@ def train_on_ray(
     import json
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from distsched.cluster.local import connect
@@ -81,9 +147,12 @@ def train_on_ray(
     from distsched.cluster.rendezvous import BoundTorchConfig
 
     check_int("max_failures", max_failures, -1)
+    launch = f"{os.getpid()}-{time.time_ns()}"
     total_steps = planned_steps(cfg)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
-    connect(address, num_cpus=num_cpus, dashboard=dashboard)
+    connect(address, num_cpus=num_cpus, dashboard=dashboard, token_file=token_file)
+    if resume:
+        _set_aside_damaged_snapshot(folder)
 
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= cfg.workers
@@ -98,6 +167,7 @@ def train_on_ray(
             "run_dir": str(folder.root),
             "resume": resume,
             "fault": dataclasses.asdict(fault) if fault else None,
+            "launch": launch,
         },
         torch_config=BoundTorchConfig(),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
@@ -116,6 +186,8 @@ def train_on_ray(
             trainer.fit()
     except SystemExit as exc:  # Ray Train's Ctrl-C handler aborts the run, then calls sys.exit
         raise KeyboardInterrupt("training aborted") from exc
+    except TrainingFailedError as exc:
+        raise _translate(exc, folder, launch) from None
     if not folder.summary_path.exists() or folder.summary_path.stat().st_mtime_ns == before:
         raise KeyboardInterrupt("training aborted before the end")  # an aborted run writes no summary
     summary = json.loads(folder.summary_path.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 LAUNCHERS = ("auto", "ray", "torchrun", "processes")
 
@@ -19,10 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="join this Ray cluster (HOST:PORT or 'auto') instead of starting one")
     parser.add_argument("--workers", type=int, help="number of workers (overrides the config's 'workers')")
     parser.add_argument("--out", default="runs", help="parent of the new run folder (default ./runs)")
-    parser.add_argument("--run-dir", help="use exactly this run folder (created if missing)")
+    parser.add_argument("--run-dir", help="use exactly this run folder (created if missing; refused if it holds a run)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume (or re-finish) the run in RUN_DIR")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
                         help="auto: torchrun inside a torchrun process, else ray")
+    parser.add_argument("--token-file", help="the cluster's Ray auth token (default: RAY_AUTH_TOKEN, "
+                        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray cluster (default: all usable)")
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1)")
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts Ray Train may do")
@@ -156,7 +159,11 @@ def run(args: argparse.Namespace) -> int:
         from distsched.train.run import preflight
 
         preflight(cfg)  # a config the workers cannot run fails now, before a folder or a cluster exists
-    folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
+    if launcher == "ray" and args.address:
+        from distsched.cluster.local import check_reachable
+
+        check_reachable(args.address)  # nothing answers: one line now, before a run folder exists
+    folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True)
     print(f"run folder: {folder.root}", flush=True)
     if launcher == "processes":
         from distsched.cluster.progress import Progress
@@ -168,22 +175,20 @@ def run(args: argparse.Namespace) -> int:
                       start_step=_resume_step(folder) if args.resume else 0):
             summary = run_processes(cfg, folder)
     else:
-        from ray.train import TrainingFailedError
-
-        from distsched.cluster.trainer import train_on_ray
+        from distsched.cluster.trainer import TrainingFailed, train_on_ray
 
         try:
             summary = train_on_ray(
                 cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                 max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
+                token_file=args.token_file,
             )
         except KeyboardInterrupt:
             print(f"\nstopped; resume with: distsched train --resume {folder.root}", flush=True)
             raise
-        except TrainingFailedError as exc:
-            first = str(exc).strip().splitlines()
-            print(f"distsched train: training failed: {first[0] if first else type(exc).__name__}")
-            print(f"resume with: distsched train --resume {folder.root}")
+        except TrainingFailed as exc:
+            hint = f"; resume with: distsched train --resume {folder.root}" if exc.retryable else ""
+            sys.stderr.write(f"distsched train: training failed: {exc}{hint}\n")
             return 1
     _print_summary(summary, folder_shown=True)
     write_dashboard(str(folder.root))

@@ -368,6 +368,8 @@ class Simulation:
             pool.shutdown()
         t_end = time.perf_counter()
         summary = self._summary(stop_reason, t_start, t_ready, t_end, actor_rss)
+        torch.nn.utils.vector_to_parameters(self.params, self.model.parameters())
+        folder.write_model(self.model.state_dict())
         folder.write_summary(summary)
         if plots:
             self._plots(folder)

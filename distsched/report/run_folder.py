@@ -1,5 +1,6 @@
 """The run folder every long job writes:
-``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``plots/*.png``, ``summary.json``."""
+``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``plots/*.png``, ``summary.json`` and, once
+finished, ``model.pt`` (the final model's plain ``state_dict``)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ class RunFolder:
     @property
     def summary_path(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.pt"
+
+    def write_model(self, state_dict: Mapping[str, Any]) -> Path:
+        """The final model as a plain ``state_dict`` (``model.pt``, written atomically): load it with
+        ``torch.load(path, weights_only=True)`` and ``model.load_state_dict``."""
+        from distsched.report.durable import save_tensors
+
+        save_tensors(self.model_path, {k: v.detach().cpu() for k, v in state_dict.items()})
+        return self.model_path
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")

@@ -351,5 +351,6 @@ def train_worker(
     if writer is not None:
         writer.close()
         write_plots(folder)
+        folder.write_model(model.state_dict())
         folder.write_summary(summary)
     return summary

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distsched.report import RunFolder
+from distsched.train.checkpoint import latest_checkpoint
 from distsched.train.config import TrainConfig, config_from_mapping, config_to_mapping
 from distsched.train.loop import FaultInjection, train_worker
 from distsched.train.session import LocalSession
@@ -34,12 +35,13 @@ def prepare_run(
     out: str | os.PathLike | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    exclusive: bool = False,
 ) -> tuple[RunFolder, TrainConfig]:
     """The run folder and its config.
 
     ``resume``: an existing run folder, its ``config.yaml`` is read back (``cfg`` may set only the
-    same number of workers). Otherwise ``run_dir`` (an exact folder, refused if it already holds a
-    run) or a new
+    same number of workers). Otherwise ``run_dir`` (an exact folder; with ``exclusive``, as the CLI
+    does, refused when it already holds a run) or a new
     ``<out>/<name>-<timestamp>`` folder, with ``cfg`` written to ``config.yaml``.
     """
     if resume is not None:
@@ -47,11 +49,13 @@ def prepare_run(
         saved = config_from_mapping(folder.read_config())
         if cfg is not None and cfg.workers != saved.workers:
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
+        latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
         return RunFolder.open(folder.root), saved
     if cfg is None:
         raise ValueError("a config is required unless resuming (--resume RUN_DIR)")
     if run_dir is not None:
-        folder = RunFolder.fresh(Path(run_dir).resolve())
+        root = Path(run_dir).resolve()
+        folder = RunFolder.fresh(root) if exclusive else RunFolder.open(root)
     else:
         folder = RunFolder.create(Path(out if out is not None else DEFAULT_OUT).resolve(), cfg.name)
     folder.write_config(config_to_mapping(cfg))
@@ -59,8 +63,9 @@ def prepare_run(
 
 
 def preflight(cfg: TrainConfig) -> int:
-    """Build what every worker will build (data set, shards, model) once, on the CPU, so that a config
-    the workers cannot run fails here; returns the run's total steps."""
+    """Build what every worker will build (data set, shards, model) once, on the CPU, and run one
+    batch forward and backward through the model, so that a config the workers cannot run fails
+    here; returns the run's total steps."""
     import torch
 
     from distsched.train.loop import total_steps_of
@@ -68,11 +73,31 @@ def preflight(cfg: TrainConfig) -> int:
     bundle = cfg.data.load(cfg.seed)
     shards = cfg.data.shards(bundle.targets, cfg.workers, cfg.batch_size, cfg.seed)
     with torch.random.fork_rng():
-        cfg.model.build(bundle.input_shape, bundle.num_classes)
+        model = cfg.model.build(bundle.input_shape, bundle.num_classes)
+        _one_batch(model, bundle.train, shards[0][: cfg.batch_size], bundle.num_classes)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
     if total > MAX_STEPS:
         raise ValueError(f"a run may plan at most {MAX_STEPS:_} steps, this config plans {total:_} (steps/epochs)")
     return total
+
+
+def _one_batch(model: Any, data: Any, indices: Any, num_classes: int) -> None:
+    """One forward and backward pass on one batch: a model that does not fit the data fails here
+    with one line (ValueError), not in every worker after the cluster started."""
+    import torch.nn.functional as F
+    from torch.utils.data import default_collate
+
+    x, y = default_collate([data[int(i)] for i in indices])
+    try:
+        out = model(x)
+        if out.ndim != 2 or out.shape[1] != num_classes:
+            raise ValueError(f"the model's output has shape {tuple(out.shape)}, expected (batch, {num_classes})")
+        F.cross_entropy(out, y).backward()
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model: one batch of the data does not run through it: {first}") from None
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def read_summary(folder: RunFolder) -> dict[str, Any]:
@@ -108,7 +133,7 @@ def run_torchrun(
             restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
             if restarted and resume is None and run_dir is not None and RunFolder(run_dir).config_path.exists():
                 resume = run_dir  # torchrun restarted the workers: the folder holds this very run
-            folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume)
+            folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume, exclusive=True)
             box = [(str(folder.root), config_to_mapping(cfg))]
         dist.broadcast_object_list(box, src=0)
         root, mapping = box[0]

@@ -37,8 +37,8 @@ class Session(Protocol):
 class LocalSession:
     """torchrun / plain processes: checkpoints go to ``<run>/checkpoints/step_<N>/``.
 
-    Saving: every rank writes its file, a barrier, then rank 0 writes ``meta.json`` (which marks
-    the checkpoint complete) and prunes old ones.
+    Saving: every rank writes its file, the ranks all-gather the files' checksums, then rank 0 writes
+    ``meta.json`` with them (which marks the checkpoint complete) and prunes old ones.
     """
 
     def __init__(self, checkpoints: str | os.PathLike, rank: int, world_size: int, local_rank: int = 0,
@@ -61,9 +61,9 @@ class LocalSession:
         folder = self.root / ckpt.checkpoint_name(step)
         folder.mkdir(parents=True, exist_ok=True)
         write(folder)
-        self._barrier()
+        sums = ckpt.gather_digests(folder, self.rank, self.world_size)  # collective: all files are written
         if self.rank == 0:
-            ckpt.write_meta(folder, {"step": step, "world_size": self.world_size, **dict(metrics)})
+            ckpt.write_meta(folder, {"step": step, "world_size": self.world_size, "sha256": sums, **dict(metrics)})
             ckpt.prune(self.root, self.keep)
         self._barrier()
 
