@@ -11,7 +11,8 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from distsched.commands.train import add_run_options
 
-    parser.add_argument("config", help="YAML config (see examples/fed_digits.yaml)")
+    parser.add_argument("config", nargs="?", help="YAML config (see examples/fed_digits.yaml); with --resume, "
+                        "optional (the run's own config.yaml; only rounds and num_actors may differ)")
     parser.add_argument("--address", help="join this Ray cluster (default: embedded cluster on 127.0.0.1)")
     parser.add_argument("--out", help="parent folder of the run folder (default: the config's output_dir)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its latest checkpoint")
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from distsched.config import load_yaml
     from distsched.federated import simulate
 
+    if args.config is None and args.resume is None:
+        raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
     sets = overridden(args.config, args.sets, args.resume) or {}
     overrides: dict[str, Any] = {}
     if args.rounds is not None:

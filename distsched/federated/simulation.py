@@ -15,6 +15,7 @@ actor trained a chunk; so an actor death (chunk re-run elsewhere) and a resume c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import time
@@ -274,6 +275,8 @@ class Simulation:
             if ckpt is None:
                 raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
             self.load_state_dict(load_checkpoint(ckpt))
+            if self.round >= cfg.rounds and folder.summary_path.is_file():  # finished: keep its results
+                return json.loads(folder.summary_path.read_text(encoding="utf-8"))
         else:
             folder = RunFolder.create(out_dir or cfg.output_dir, cfg.name)
             folder.write_config(to_mapping(cfg))
@@ -376,8 +379,11 @@ class Simulation:
         return summary
 
     def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
+        from distsched.report import read_metrics
+
         hist = self.history
-        evals = [h for h in hist if h.test_acc is not None]
+        whole = read_metrics(self.folder.metrics_path)  # every round of the run, before a resume too
+        evals = [r for r in whole if r.get("test_acc") is not None]
         # steady state: rounds after the first of this process, wall clock between round ends
         steady = hist[1:]
         steady_time = hist[-1].elapsed_s - hist[0].elapsed_s if steady else 0.0
@@ -385,18 +391,18 @@ class Simulation:
         return {
             "rounds": self.round,
             "stop_reason": stop_reason,
-            "final_test_acc": evals[-1].test_acc if evals else None,
-            "final_test_loss": evals[-1].test_loss if evals else None,
+            "final_test_acc": evals[-1]["test_acc"] if evals else None,
+            "final_test_loss": evals[-1].get("test_loss") if evals else None,
             # the accountant holds the whole run's history, resumed rounds included
             "epsilon": self.accountant.epsilon(self.cfg.dp.delta) if self.accountant is not None else None,
             "delta": self.cfg.dp.delta if self.cfg.dp else None,
             "noise_multiplier": self.dp.noise_multiplier if self.dp else None,
             "private": (not self.dp.reproducible) if self.dp else None,
-            "client_updates": int(sum(h.trained for h in hist)),
+            "client_updates": int(sum(r.get("trained", 0) for r in whole)),
             "end_to_end_s": t_end - t_start,
             "startup_s": t_ready - t_start,
             "steady_updates_per_s": (sum(h.trained for h in steady) / steady_time) if steady_time > 0 else None,
-            "actor_failures": int(sum(h.actor_failures for h in hist)),
+            "actor_failures": int(sum(r.get("actor_failures", 0) for r in whole)),
             "num_actors": self.num_actors,
             "num_clients": self.num_clients,
             "partition": self.stats.as_dict(),
@@ -472,7 +478,7 @@ class _Progress:
 
 
 def simulate(
-    config: FedConfig | Mapping[str, Any] | str | os.PathLike,
+    config: FedConfig | Mapping[str, Any] | str | os.PathLike | None,
     *,
     out_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -482,11 +488,20 @@ def simulate(
 ) -> dict[str, Any]:
     """Run a federated simulation from a config (object, mapping or YAML path); returns the summary.
 
-    ``overrides`` replace top-level config keys (e.g. ``rounds=5``, ``num_actors=1``).
+    ``overrides`` replace top-level config keys (e.g. ``rounds=5``, ``num_actors=1``). With ``resume``
+    the run's own ``config.yaml`` is used (``config`` may be None); a config that differs from it
+    outside :data:`distsched.federated.resume.SAFE_KEYS` is refused.
     """
     if isinstance(config, (str, Path, os.PathLike)):
         config = load_yaml(config)
     if isinstance(config, FedConfig):
         config = to_mapping(config)
-    cfg = fed_config({**dict(config), **overrides})
+    if resume is not None:
+        from distsched.federated.resume import resume_config
+        from distsched.report import RunFolder
+
+        cfg = resume_config(resume, config, overrides)
+        RunFolder(resume).write_config(to_mapping(cfg))  # config.yaml says what the run does
+    else:
+        cfg = fed_config({**dict(config), **overrides})
     return Simulation(cfg).run(out_dir=out_dir, resume=resume, address=address, progress=progress)
