@@ -65,9 +65,13 @@ def connect(
 
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "reused": True}
+    node_ip = None
     if address:
         check_reachable(address)
         _use_token(token_file)
+        if _is_loopback(address):  # a cluster on this machine's loopback: this node is 127.0.0.1 too
+            _use_loopback_only()
+            node_ip = LOOPBACK
     else:
         ignored = os.environ.pop("RAY_ADDRESS", None)
         if ignored:
@@ -82,7 +86,7 @@ def connect(
         }
     }
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver)
+        ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver, _node_ip_address=node_ip)
     else:
         cpus = check_int("num_cpus", num_cpus if num_cpus is not None else available_cpus(), 1)
         _private_token()
@@ -117,6 +121,11 @@ def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise ConnectionError(f"no Ray cluster answers at {address} ({exc.strerror or exc})") from None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _token_path() -> Path:
