@@ -26,7 +26,6 @@ from distsched.train.checkpoint import (
     load_rank_state,
     restore_rng,
 )
-from distsched.train.models import build_model
 
 STEPS = 12
 CFG = {
@@ -84,7 +83,7 @@ def test_checkpoints_load_weights_only_and_carry_checksums(finished: RunFolder) 
 def test_model_pt_is_the_final_model(finished: RunFolder) -> None:
     final = load_rank_state(finished.checkpoints / checkpoint_name(STEPS), 0)["model"]
     exported = torch.load(finished.model_path, weights_only=True)
-    model = build_model(config_from_mapping(CFG).model, (64,), 10)
+    model = config_from_mapping(CFG).model.build((64,), 10)
     model.load_state_dict(exported)  # a plain state_dict of the configured model
     assert exported.keys() == final.keys()
     for k in final:
