@@ -123,6 +123,7 @@ def _flat_grad(opt: DPOptimizer) -> np.ndarray:
     return torch.cat([p.grad.reshape(-1) for p in opt.params]).double().numpy() * 8  # undo Opacus' 1/8
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")  # Opacus on a bare Linear layer: harmless
 def test_canaries_join_the_clipped_sum_with_norm_c():
     plain, _ = _dp_step(0.0)
     with_canaries, canaries = _dp_step(0.0, canaries=12)
@@ -136,6 +137,7 @@ def test_canaries_join_the_clipped_sum_with_norm_c():
     np.testing.assert_allclose(canaries.released[0], _flat_grad(with_canaries)[canaries.coords], atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")
 @pytest.mark.parametrize("secure", [False, True])
 def test_replayed_noise_is_the_noise_opacus_drew(secure):
     noisy, canaries = _dp_step(1.3, canaries=20, seed=11, secure=secure)

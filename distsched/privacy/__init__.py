@@ -13,6 +13,7 @@ from distsched.privacy.accounting import (
     epsilon_curve,
     opacus_accountant,
 )
+from distsched.privacy.audit import AuditReport, GradientCanaries, audit_training, epsilon_lower_bound
 from distsched.privacy.config import PrivacyConfig, privacy_config
 from distsched.privacy.coupling import (
     NoiseAwareLR,
@@ -54,11 +55,13 @@ __all__ = [
     "NOT_PRIVATE",
     "NOT_PRIVATE_METRICS",
     "Accountant",
+    "AuditReport",
     "AccountingTooLarge",
     "BudgetExhausted",
     "BudgetGuard",
     "ConstantNoise",
     "ExponentialNoise",
+    "GradientCanaries",
     "LinearNoise",
     "NoiseAwareLR",
     "NoiseSchedule",
@@ -72,6 +75,7 @@ __all__ = [
     "Segment",
     "StepNoise",
     "attach_privacy",
+    "audit_training",
     "calibrate_batch",
     "calibrate_epsilon",
     "calibrate_noise",
@@ -79,6 +83,7 @@ __all__ = [
     "compress",
     "epsilon",
     "epsilon_curve",
+    "epsilon_lower_bound",
     "expected_sq_distance_after_step",
     "make_private",
     "noise_schedule_from_spec",

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -315,6 +314,7 @@ def audit_training(
     mechanism with it). Epsilon is compared with the accountant's for the steps taken, at ``config.delta``.
     """
     from distsched.privacy.config import privacy_config
+    from distsched.privacy.randomness import secret_seed
     from distsched.privacy.training import attach_privacy
 
     cfg = privacy_config(config)
@@ -324,7 +324,7 @@ def audit_training(
     if tamper is not None:
         tamper(training)
     dp = training.optimizer
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little") if canary_seed is None else canary_seed)
+    rng = np.random.default_rng(secret_seed() if canary_seed is None else canary_seed)
     canary_set = GradientCanaries(dp.params, canaries, dp.max_grad_norm, training.sample_rate, rng)
     canary_set.install(dp)
     device = next(training.model.parameters()).device
