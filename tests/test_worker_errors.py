@@ -45,3 +45,15 @@ def test_worker_exception_is_one_line_with_its_log(tmp_path: Path) -> None:
     died = _translate(RuntimeError("Training failed due to worker errors:\nActorDiedError: the actor died"),
                       folder, "other-launch")
     assert died.retryable and str(died).startswith("ActorDiedError: the actor died")
+
+
+def test_lost_peer_is_retried_own_errors_are_not() -> None:
+    import torch.distributed as dist
+
+    from distsched.cluster.trainer import _lost_peer
+
+    assert _lost_peer(dist.DistBackendError("NCCL communicator was aborted"))
+    assert _lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:25828: "
+                                   "Connection reset by peer"))
+    assert not _lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 10x10)"))
+    assert not _lost_peer(ValueError("controller: the checkpoint has no controller state"))

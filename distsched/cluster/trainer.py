@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -48,13 +49,31 @@ def _ray_worker(config: dict[str, Any]) -> None:
         logs.mkdir(exist_ok=True)
         log = logs / f"worker_{session.rank}.log"
         log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        marker.write_text(f"worker {session.rank}: {type(exc).__name__}: {first} (full log: {log})", encoding="utf-8")
+        if not _lost_peer(exc):  # a lost peer is what Ray's restarts are for; anything else would repeat
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            marker.write_text(f"worker {session.rank}: {type(exc).__name__}: {first} (full log: {log})",
+                              encoding="utf-8")
         raise
 
 
+#: messages of collective failures caused by another worker's death (gloo, NCCL, the TCPStore)
+_PEER_LOST = re.compile(r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed? ?out|socket", re.I)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a communication failure (another worker died), not an error of this one."""
+    import torch.distributed as dist
+
+    return isinstance(exc, (dist.DistError, ConnectionError, TimeoutError)) or (
+        isinstance(exc, RuntimeError) and bool(_PEER_LOST.search(str(exc)))
+    )
+
+
 class WorkerFailed(RuntimeError):
-    """A training worker raised (the message: which worker, the exception in one line, its log)."""
+    """A training worker raised (the message: which worker, the exception in one line, its log).
+
+    Raised by every worker of a restarted group once a worker of the same launch raised an error of
+    its own (not a lost peer): the same code on the same checkpoint would raise it again."""
 
 
 class TrainingFailed(RuntimeError):
