@@ -73,7 +73,7 @@ def test_mlp_takes_a_feature_count_or_a_shape():
         ({"data": {"name": "factory", "params": {"factory": "m:f"}}}, "data.name 'factory' was replaced"),
         ({"model": {"factory": "m:f"}}, "model.factory/model.params were replaced"),
         ({"data": {"name": "m:f", "params": {"n": 1}}}, "a factory takes data.kwargs"),
-        ({"model": {"name": "resnet"}}, "model.name must be one of 'mlp', 'cnn' or an import path"),
+        ({"model": {"name": "resnet"}}, "model.name must be one of 'mlp', 'cnn', 'gpt' or an import path"),
     ],
 )
 def test_old_simulate_factory_forms_are_refused(block, message):

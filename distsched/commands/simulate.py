@@ -28,6 +28,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     parts = [f"rounds {summary.get('rounds')} ({summary.get('stop_reason')})"]
     if isinstance(summary.get("final_test_acc"), float):
         parts.append(f"final test accuracy {summary['final_test_acc']:.4f}")
+    if isinstance(summary.get("final_test_bpb"), float):
+        parts.append(f"validation bits/byte {summary['final_test_bpb']:.4f}")
     if summary.get("epsilon") is not None:
         parts.append(f"epsilon {summary['epsilon']:.4f}")
     parts.append(f"client updates {summary.get('client_updates')}")
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         "partition",
         "run_dir",
     )
+    if summary.get("final_test_bpb") is not None:  # next-byte prediction: validation bits per byte
+        keep = (*keep[:3], "final_test_bpb", *keep[3:])
     if args.json:
         print(json.dumps({k: summary.get(k) for k in keep}, indent=2))
     else:

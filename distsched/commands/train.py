@@ -103,6 +103,8 @@ def _print_summary(summary: dict, folder_shown: bool = False) -> None:
         parts.append(f"final loss {summary['final_loss']:.4f}")
     if isinstance(summary.get("test_accuracy"), float):
         parts.append(f"test accuracy {summary['test_accuracy']:.4f}")
+    if isinstance(summary.get("test_bpb"), float):  # next-byte prediction
+        parts.append(f"validation bits/byte {summary['test_bpb']:.4f}")
     parts += [
         f"sync rounds {summary.get('sync_rounds')}",
         f"bytes/worker {summary.get('bytes_sent')}",

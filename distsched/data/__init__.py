@@ -5,6 +5,10 @@ One factory contract for both commands: a data set or a model is named by ``name
 returns a map-style dataset of ``(features, label)``, a pair ``(train, test)`` of them, or
 ``(x_train, y_train, x_test, y_test)`` arrays; a model factory is called as
 ``function(input_shape=(...), num_classes=K, **kwargs)`` and returns a ``torch.nn.Module``.
+
+Built in: ``digits``, ``synthetic`` and ``stdlib_text`` (next-byte prediction on the interpreter's standard
+library, task ``"lm"``: targets ``(B, T)``); ``mlp``, ``cnn`` and ``gpt``. One loss for both tasks:
+:func:`token_cross_entropy`.
 """
 
 from distsched.data.batches import ShardBatches
@@ -20,8 +24,11 @@ from distsched.data.datasets import (
     leaf_synthetic,
     load_arrays,
     load_bundle,
+    stdlib_text,
+    stdlib_text_arrays,
 )
-from distsched.data.evaluate import evaluate, evaluate_tensors
+from distsched.data.evaluate import bits_per_token, evaluate, evaluate_tensors, token_cross_entropy
+from distsched.data.gpt import GPT, gpt
 from distsched.data.models import BUILTIN_MODELS, build_model, cnn, flat_params, mlp
 from distsched.data.partitions import (
     SCHEMES,
@@ -41,12 +48,14 @@ from distsched.data.partitions import (
 
 __all__ = [
     "BUILTIN_MODELS",
+    "GPT",
     "SCHEMES",
     "ArrayData",
     "DataBundle",
     "PartitionStats",
     "ShardBatches",
     "arrays_from_factory",
+    "bits_per_token",
     "blobs",
     "build_model",
     "bundle_from_factory",
@@ -58,6 +67,7 @@ __all__ = [
     "evaluate",
     "evaluate_tensors",
     "flat_params",
+    "gpt",
     "iid",
     "iid_shards",
     "label_counts",
@@ -72,4 +82,7 @@ __all__ = [
     "plot_partition",
     "power_law",
     "shards",
+    "stdlib_text",
+    "stdlib_text_arrays",
+    "token_cross_entropy",
 ]

@@ -36,6 +36,10 @@ class DataBundle:
     targets: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
+    #: ``"classify"`` (one label per example) or ``"lm"`` (a target per position: ``y`` has the shape of ``x``)
+    task: str = "classify"
+    #: what a run records about its data (``corpus.json``: file list, content hash), or None
+    manifest: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,22 @@ class ArrayData:
     y_test: np.ndarray
     num_classes: int
     natural_partition: tuple[np.ndarray, ...] | None = None
+    #: ``"classify"`` or ``"lm"`` (``y`` holds a target per position, ``(n, T)``)
+    task: str = "classify"
+    #: a group per train sample (the client it came from) used instead of ``y_train`` to partition and
+    #: describe a partition when ``y_train`` is not one label per sample; None = ``y_train``
+    groups: np.ndarray | None = None
+    #: what a run records about its data (``corpus.json``), or None
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def partition_labels(self) -> np.ndarray:
+        """One label per train sample: ``groups`` when given, else ``y_train``."""
+        return self.groups if self.groups is not None else self.y_train
+
+    @property
+    def partition_classes(self) -> int:
+        return int(self.groups.max()) + 1 if self.groups is not None else self.num_classes
 
     @property
     def num_features(self) -> int:
@@ -181,6 +201,36 @@ def leaf_synthetic(
     )
 
 
+# ------------------------------------------------------------------------------------- stdlib text
+def stdlib_text(
+    context: int = 128, val_fraction: float = 0.05, val_windows: int | None = 256,
+    cache_dir: str | None = None,
+) -> DataBundle:
+    """Next-byte prediction on the interpreter's standard library (:mod:`distsched.data.text`): train
+    windows memory-mapped from the cache, the validation windows as the test split; ``targets`` is the
+    client (top-level module) of every train window."""
+    from distsched.data.text import VOCAB, corpus_record, stdlib_windows
+
+    s = stdlib_windows(context, val_fraction, val_windows, cache_dir)
+    return DataBundle(s.train, s.validation, s.train.targets, VOCAB, (context,), task="lm",
+                      manifest=corpus_record(s.corpus))
+
+
+def stdlib_text_arrays(
+    context: int = 128, val_fraction: float = 0.05, val_windows: int | None = 256,
+    cache_dir: str | None = None, seed: int = 0,
+) -> ArrayData:
+    """:func:`stdlib_text` as ``(n, context)`` uint8 arrays for the simulator, with one natural client per
+    top-level module or package. The split is by file and does not depend on ``seed``."""
+    from distsched.data.text import TASK, VOCAB, corpus_record, stdlib_windows
+
+    s = stdlib_windows(context, val_fraction, val_windows, cache_dir)
+    x_tr, y_tr = s.train.arrays()
+    x_te, y_te = s.validation.arrays()
+    return ArrayData("stdlib_text", x_tr, y_tr, x_te, y_te, VOCAB, natural_partition=s.natural_partition(),
+                     task=TASK, groups=s.train.targets, manifest=corpus_record(s.corpus))
+
+
 # ---------------------------------------------------------------------------------------- factories
 def _call_factory(path: str, kwargs: Mapping[str, Any] | None) -> Any:
     return import_object(path, "data.name")(**dict(kwargs or {}))
@@ -247,21 +297,26 @@ def load_bundle(
     name: str, seed: int, *, test_fraction: float = 0.2, blobs_params: Mapping[str, Any] | None = None,
     kwargs: Mapping[str, Any] | None = None,
 ) -> DataBundle:
-    """``digits``, ``synthetic`` (:func:`blobs` with ``blobs_params``) or a factory path with ``kwargs``
+    """``digits``, ``synthetic`` (:func:`blobs` with ``blobs_params``), ``stdlib_text`` (with ``kwargs``)
+    or a factory path with ``kwargs``
     (same on every worker for the same seed)."""
     if name == "digits":
         return digits(test_fraction, seed)
     if name == "synthetic":
         return blobs(**dict(blobs_params or {}), test_fraction=test_fraction, seed=seed)
+    if name == "stdlib_text":
+        check_kwargs(stdlib_text, dict(kwargs or {}), "data.kwargs")
+        return stdlib_text(**dict(kwargs or {}))
     return bundle_from_factory(name, kwargs)
 
 
 def load_arrays(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> ArrayData:
-    """``digits`` (:func:`digits_flat`), ``synthetic`` (:func:`leaf_synthetic`) with ``params``, or a
+    """``digits`` (:func:`digits_flat`), ``synthetic`` (:func:`leaf_synthetic`), ``stdlib_text``
+    (:func:`stdlib_text_arrays`) with ``params``, or a
     factory path called with ``params`` as its kwargs."""
     params = dict(params or {})
-    if name in ("digits", "synthetic"):
-        build = digits_flat if name == "digits" else leaf_synthetic
+    if name in ("digits", "synthetic", "stdlib_text"):
+        build = {"digits": digits_flat, "synthetic": leaf_synthetic, "stdlib_text": stdlib_text_arrays}[name]
         check_kwargs(build, {**params, "seed": seed}, "data.params")
         return build(seed=seed, **params)
     return arrays_from_factory(name, params)

@@ -1,5 +1,5 @@
-"""Model builders shared by ``train`` and ``simulate``: a small MLP, a small CNN for 8x8 images, or a
-user factory given by import path.
+"""Model builders shared by ``train`` and ``simulate``: a small MLP, a small CNN for 8x8 images, a small
+decoder-only transformer (:mod:`distsched.data.gpt`), or a user factory given by import path.
 
 The factory contract (one for both commands): ``name: "package.module:function"`` with ``kwargs``;
 ``function(input_shape=(...), num_classes=K, **kwargs)`` returns a ``torch.nn.Module``. Call under a
@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from distsched._checks import check_int
-from distsched.config import import_object
+from distsched.config import check_kwargs, import_object
 
-BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_MODELS = ("mlp", "cnn", "gpt")
 
 
 def mlp(input_shape: Sequence[int] | int, num_classes: int, hidden: Sequence[int] = (64,)) -> nn.Module:
@@ -65,11 +65,17 @@ def build_model(
     hidden: Sequence[int] = (64,),
     kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """``mlp``, ``cnn`` (``hidden`` = its two channel counts, else ``(16, 32)``) or the user's factory."""
+    """``mlp``, ``cnn`` (``hidden`` = its two channel counts, else ``(16, 32)``), ``gpt``
+    (:func:`distsched.data.gpt.gpt` with ``kwargs``: layers, heads, dim, context) or the user's factory."""
     if name == "mlp":
         return mlp(input_shape, num_classes, hidden)
     if name == "cnn":
         return cnn(input_shape, num_classes, hidden if len(hidden) == 2 else (16, 32))
+    if name == "gpt":
+        from distsched.data.gpt import gpt
+
+        check_kwargs(gpt, dict(kwargs or {}), "model.kwargs")
+        return gpt(input_shape, num_classes, **dict(kwargs or {}))
     factory = import_object(name, "model.name")
     model = factory(input_shape=tuple(input_shape), num_classes=num_classes, **dict(kwargs or {}))
     if not isinstance(model, nn.Module):

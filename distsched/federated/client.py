@@ -12,10 +12,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from distsched._checks import check_choice, check_int, check_non_negative
-from distsched.data import evaluate_tensors
+from distsched.data import evaluate_tensors, token_cross_entropy
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -91,7 +90,7 @@ def train_client(
     anchors = [p.detach().clone() for p in plist] if prox_mu > 0.0 else None
     total = 0.0
     for idx in batch_order(len(y), steps, batch_size, generator):
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = token_cross_entropy(model(x[idx]), y[idx])
         grads = torch.autograd.grad(loss, plist)
         with torch.no_grad():
             for i, (p, g) in enumerate(zip(plist, grads)):

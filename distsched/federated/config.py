@@ -14,17 +14,19 @@ from typing import Any
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 from distsched.config import check_name, from_mapping
 
-BUILTIN_DATA = ("digits", "synthetic")
-BUILTIN_MODELS = ("mlp", "cnn")
+BUILTIN_DATA = ("digits", "synthetic", "stdlib_text")
+BUILTIN_MODELS = ("mlp", "cnn", "gpt")
 
 
 @dataclasses.dataclass
 class DataConfig:
     name: str = "digits"
-    """``digits`` (:func:`distsched.data.digits_flat`), ``synthetic`` (:func:`distsched.data.leaf_synthetic`)
+    """``digits`` (:func:`distsched.data.digits_flat`), ``synthetic`` (:func:`distsched.data.leaf_synthetic`),
+    ``stdlib_text`` (:func:`distsched.data.stdlib_text_arrays`, natural clients: one per top-level module)
     or a factory ``package.module:function`` (the contract in :mod:`distsched.data`)."""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Passed to a built-in data set (``test_size``; ``alpha``, ``beta``, ``num_clients``...)."""
+    """Passed to a built-in data set (``test_size``; ``alpha``, ``beta``, ``num_clients``...; ``context``,
+    ``val_windows``...)."""
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Passed to a factory."""
 
@@ -69,12 +71,13 @@ class PartitionConfig:
 @dataclasses.dataclass
 class ModelConfig:
     name: str = "mlp"
-    """``mlp``, ``cnn`` or a factory ``package.module:function`` called as
+    """``mlp``, ``cnn``, ``gpt`` (``kwargs``: layers, heads, dim, context) or a factory
+    ``package.module:function`` called as
     ``fn(input_shape=..., num_classes=..., **kwargs)`` (the contract in :mod:`distsched.data`)."""
     hidden: list[int] = dataclasses.field(default_factory=lambda: [128])
     """Hidden widths of the MLP (64-128-10 on digits); the CNN's two channel counts."""
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Passed to a factory."""
+    """Passed to ``gpt`` or to a factory."""
 
     def __post_init__(self) -> None:
         check_name("model.name", self.name, BUILTIN_MODELS)

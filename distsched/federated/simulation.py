@@ -30,6 +30,7 @@ from distsched.config import load_yaml, to_mapping
 from distsched.data import (
     ArrayData,
     PartitionStats,
+    bits_per_token,
     build_model,
     flat_params,
     make_partition,
@@ -65,6 +66,7 @@ class RoundRecord:
     actor_failures: int
     test_acc: float | None = None
     test_loss: float | None = None
+    test_bpb: float | None = None
     epsilon: float | None = None
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
@@ -85,7 +87,7 @@ class Simulation:
         p = cfg.partition
         self.parts = make_partition(
             p.scheme,
-            self.data.y_train,
+            self.data.partition_labels,
             p.num_clients,
             cfg.seed,
             alpha=p.alpha,
@@ -95,7 +97,8 @@ class Simulation:
             natural=self.data.natural_partition,
         )
         self.num_clients = len(self.parts)
-        self.stats: PartitionStats = partition_stats(self.parts, self.data.y_train, self.data.num_classes)
+        labels, classes = self.data.partition_labels, self.data.partition_classes
+        self.stats: PartitionStats = partition_stats(self.parts, labels, classes)
         self.sizes = np.fromiter((len(x) for x in self.parts), dtype=np.int64, count=self.num_clients)
         s = cfg.sampling
         self.sampler = ClientSampler(
@@ -280,12 +283,16 @@ class Simulation:
         else:
             folder = RunFolder.create(out_dir or cfg.output_dir, cfg.name)
             folder.write_config(to_mapping(cfg))
+        if self.data.manifest is not None:  # which corpus this run read (file list, content hash)
+            (folder.root / "corpus.json").write_text(json.dumps(self.data.manifest, indent=1), encoding="utf-8")
         self.folder = folder
         metrics = MetricsWriter(folder.metrics_path)
         if resume is not None:
             metrics.truncate_after("round", self.round)
         if plots:
-            plot_partition(folder.plots / "partition.png", self.parts, self.data.y_train, self.data.num_classes)
+            labels, classes = (self.data.y_train, self.data.num_classes) if self.data.groups is None else (
+                np.zeros(len(self.data.partition_labels), dtype=np.int64), 1)  # natural groups: sizes only
+            plot_partition(folder.plots / "partition.png", self.parts, labels, classes)
 
         t_start = time.perf_counter()
         connect(address)
@@ -356,6 +363,8 @@ class Simulation:
                 )
                 if self.round % cfg.eval_every == 0 or self.round == last or budget_ends:
                     rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
+                    if self.data.task == "lm":  # next-byte prediction: validation loss in bits per byte
+                        rec.test_bpb = bits_per_token(rec.test_loss)
                 rec.elapsed_s = time.perf_counter() - t_start
                 self.history.append(rec)
                 metrics.write({k: v for k, v in dataclasses.asdict(rec).items() if v is not None})
@@ -393,6 +402,8 @@ class Simulation:
             "stop_reason": stop_reason,
             "final_test_acc": evals[-1]["test_acc"] if evals else None,
             "final_test_loss": evals[-1].get("test_loss") if evals else None,
+            "final_test_bpb": evals[-1].get("test_bpb") if evals else None,
+            "corpus_sha256": self.data.manifest.get("sha256") if self.data.manifest else None,
             # the accountant holds the whole run's history, resumed rounds included
             "epsilon": self.accountant.epsilon(self.cfg.dp.delta) if self.accountant is not None else None,
             "delta": self.cfg.dp.delta if self.cfg.dp else None,

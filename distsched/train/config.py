@@ -36,8 +36,8 @@ from typing import Any
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 from distsched.config import check_name, from_mapping, load_yaml, to_mapping
 
-BUILTIN_MODELS = ("mlp", "cnn")  # distsched.data.models.BUILTIN_MODELS (kept here: no torch import at load)
-BUILTIN_DATA = ("digits", "synthetic")
+BUILTIN_MODELS = ("mlp", "cnn", "gpt")  # distsched.data.models.BUILTIN_MODELS (kept here: no torch import at load)
+BUILTIN_DATA = ("digits", "synthetic", "stdlib_text")
 PARTITIONS = ("iid", "label_skew")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: ``sync`` keys that configure the engine, not the rule.
@@ -47,13 +47,14 @@ ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer"
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The network. ``name``: ``mlp``, ``cnn`` or ``package.module:factory`` (called as
+    """The network. ``name``: ``mlp``, ``cnn``, ``gpt`` (kwargs ``layers``, ``heads``, ``dim``, ``context``:
+    :func:`distsched.data.gpt.gpt`) or ``package.module:factory`` (called as
     ``factory(input_shape=..., num_classes=..., **kwargs)``)."""
 
     name: str = "mlp"
     #: hidden layer widths of the MLP; channels of the CNN's two conv layers.
     hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
-    #: extra keyword arguments for an import-path factory.
+    #: keyword arguments of ``gpt`` or of an import-path factory.
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,7 +73,9 @@ class DataConfig:
     """The data set and how it is split over the workers.
 
     ``name``: ``digits`` (scikit-learn's 8x8 digits, 1797 images, 10 classes), ``synthetic``
-    (Gaussian blobs) or ``package.module:factory`` returning a Dataset or ``(train, test)``.
+    (Gaussian blobs), ``stdlib_text`` (next-byte prediction on the interpreter's standard library;
+    kwargs ``context``, ``val_fraction``, ``val_windows``, ``cache_dir``: :func:`distsched.data.stdlib_text`)
+    or ``package.module:factory`` returning a Dataset or ``(train, test)``.
     ``partition``: ``iid`` (equal random shards) or ``label_skew`` (per class, the shares of the
     workers are drawn from ``Dirichlet(alpha)``; Hsu et al. 2019, "Measuring the effects of
     non-identical data distribution"). Smaller ``alpha`` = more skew.
@@ -88,7 +91,7 @@ class DataConfig:
     features: int = 16
     classes: int = 4
     noise: float = 1.0
-    #: extra keyword arguments for an import-path factory.
+    #: keyword arguments of ``stdlib_text`` or of an import-path factory.
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

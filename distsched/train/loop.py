@@ -23,6 +23,7 @@ checkpoint's step, so no step is counted twice and the resumed run equals the un
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -34,11 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distsched.data import DataBundle, ShardBatches, evaluate
+from distsched.data import DataBundle, ShardBatches, evaluate, token_cross_entropy
 from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
@@ -111,7 +111,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, d
     x, y = batch
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    loss = token_cross_entropy(model(x), y)  # a label per example, or a target per position (task "lm")
     loss.backward()
     optimizer.step()
     return float(loss.detach())
@@ -240,6 +240,8 @@ def train_worker(
         torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
     _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
 
+    if rank == 0 and bundle.manifest is not None:  # which corpus this run read (file list, content hash)
+        (folder.root / "corpus.json").write_text(json.dumps(bundle.manifest, indent=1), encoding="utf-8")
     writer = MetricsWriter(folder.metrics_path) if rank == 0 else None
     if writer is not None:
         writer.truncate_after("step", start)
@@ -344,6 +346,8 @@ def train_worker(
                            steps_done=end)
         if bundle.test is not None:
             summary.update(evaluate(model, bundle.test, device))
+        if bundle.manifest is not None:
+            summary["corpus_sha256"] = bundle.manifest.get("sha256")
     if not finished:
         save(end, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
     else:
