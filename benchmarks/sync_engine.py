@@ -1,6 +1,7 @@
 """Sync engine benchmark: bytes per worker, peak bytes per step and final validation loss of DiLoCo
-with streaming fragments (F in {1, 4}) and compressed exchange (fp32, bf16, int8 + error feedback),
-against plain DiLoCo (F = 1, fp32) at equal steps. Issue 14, items 1-3.
+with streaming fragments (F in {1, 4}) and compressed exchange (fp32, bf16, int8 + error feedback;
+and the codec chosen from the LR), against plain DiLoCo (F = 1, fp32) at equal steps. Issue 14,
+items 1-3.
 
 Set-up: 2 gloo workers on loopback; sklearn digits, 297 test samples (stratified, random_state=0),
 the other 1500 for training, an i.i.d. half per worker (``--split label``: digits 0-4 / 5-9); MLP
@@ -33,7 +34,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from distsched import schedules as S
-from distsched.sync import FixedH, LocalSGD, OuterSGD, free_port, init_process_group
+from distsched.sync import FixedH, LocalSGD, LRCompression, OuterSGD, free_port, init_process_group
 
 WORLD = 2
 BATCH_PER_WORKER = 32
@@ -47,6 +48,7 @@ VARIANTS = [  # (name, fragments, compression, delay)
     ("F=4 bf16+EF", 4, "bf16", 0),
     ("F=4 int8+EF", 4, "int8", 0),
     ("F=4 int8+EF, delay 2", 4, "int8", 2),
+    ("F=4 LR: bf16 -> int8, +EF", 4, "lr", 0),
 ]
 
 
@@ -79,8 +81,10 @@ def run_variant(rank: int, data: dict, args, fragments: int, compression: str, d
     model = mlp(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = S.cosine(lr=args.lr, total_steps=args.steps)
-    eng = LocalSGD(model, FixedH(args.h), total_steps=args.steps, fragments=fragments, compression=compression,
-                   delay=delay, outer_optimizer=OuterSGD(lr=0.7, momentum=0.9))
+    if compression == "lr":  # bf16 while lr >= lr_peak / 2, int8 below
+        compression = LRCompression(lr_peak=args.lr)
+    eng = LocalSGD(model, FixedH(args.h), sched, total_steps=args.steps, fragments=fragments,
+                   compression=compression, delay=delay, outer_optimizer=OuterSGD(lr=0.7, momentum=0.9))
     gen = torch.Generator().manual_seed(1000 * seed + rank)
     n = len(data["y"])
     step_bytes = []
