@@ -87,7 +87,9 @@ def test_cli_run_folder_and_progress(reference):
     assert summary["workers"] == 2 and summary["sync_rounds"] > 0
     assert summary["bytes_sent"] == _final_states(folder)[0]["engine"]["bytes_sent"] > 0
     assert 0.5 < summary["test_accuracy"] <= 1.0
-    assert sorted(p.name for p in folder.plots.iterdir()) == ["loss.png", "lr.png", "period.png", "rounds.png"]
+    assert sorted(p.name for p in folder.plots.iterdir()) == [
+        "dashboard.png", "loss.png", "lr.png", "period.png", "rounds.png"]  # the CLI adds the dashboard
+    assert f"dashboard: {folder.plots / 'dashboard.png'}" in proc.stdout
     # the final sync leaves every worker with the same model
     a, b = _final_states(folder)
     for name in a["model"]:

@@ -52,7 +52,7 @@ CFG = {
     "checkpoint": {"every": STEPS, "keep": 1},
 }
 FED = ROOT / "examples" / "fed_digits.yaml"
-FED_ARGS = ["--rounds", "2", "--num-actors", "2", "--no-progress"]
+FED_ARGS = ["--rounds", "2", "--num-actors", "2", "--no-progress", "--json"]  # the summary as JSON
 
 
 #: Ray gives a starting node 30 s (hard-coded in ray/_private/node.py), which a busy 2-core machine can miss

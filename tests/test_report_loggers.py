@@ -61,6 +61,8 @@ def test_mlflow_logger_when_named(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv(ENV, "mlflow")
     run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: fed\nclient: {lr: 0.05, batch_size: 10}\nrounds: 3\n")
     writer = MetricsWriter(run / "metrics.jsonl")
     for t in (1, 2, 3):
         writer.write({"round": t, "test_acc": 0.1 * t, "train_loss": 3.0 - t})
@@ -70,6 +72,8 @@ def test_mlflow_logger_when_named(tmp_path, monkeypatch):
     history = client.get_metric_history(run_id, "test_acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
     assert client.get_run(run_id).info.run_name == "run"
+    assert client.get_run(run_id).data.params == {"name": "fed", "client.lr": "0.05", "client.batch_size": "10",
+                                                  "rounds": "3"}
     again = MetricsWriter(run / "metrics.jsonl")  # a resume logs into the same MLflow run
     again.write({"round": 4, "test_acc": 0.4})
     again.close()
@@ -90,5 +94,10 @@ def test_a_train_run_folder_opens_in_tensorboard(tmp_path):
     train_worker(cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1, keep=1))
     records = [r for r in read_metrics(folder.metrics_path) if "step" in r]
     ev = _events(folder.root / "tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder.root / "tensorboard"))
+    acc.Reload()
+    assert "config/text_summary" in acc.Tags()["tensors"]  # the run's config.yaml in the Text tab
     for key in ("lr", "loss", "H", "bytes"):
         assert ev[key] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in records], key

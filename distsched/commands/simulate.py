@@ -86,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary_line(summary))
         print(f"run folder: {summary.get('run_dir')}")
-    write_dashboard(summary.get("run_dir"))
+    write_dashboard(summary.get("run_dir"), quiet=args.json)  # --json: stdout is the JSON alone
     return 0

@@ -82,13 +82,15 @@ def check_ray_dashboard() -> None:
                          f"(missing: {', '.join(missing)})")
 
 
-def write_dashboard(run_dir: str | os.PathLike | None) -> None:
-    """``plots/dashboard.png`` of a finished run, and where it is."""
+def write_dashboard(run_dir: str | os.PathLike | None, quiet: bool = False) -> None:
+    """``plots/dashboard.png`` of a finished run, and (unless ``quiet``) where it is."""
     if not run_dir or not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         return
     from distsched.report.dashboard import dashboard
 
-    print(f"dashboard: {dashboard(run_dir)}")
+    path = dashboard(run_dir)
+    if not quiet:
+        print(f"dashboard: {path}")
 
 
 def _launcher(args: argparse.Namespace) -> str:
@@ -179,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from distsched.cluster.trainer import TrainingFailed, train_on_ray
 
+        where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
+        print(f"{where} and {cfg.workers} worker(s)...", flush=True)  # the wait before step 1 has a message
         try:
             summary = train_on_ray(
                 cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,

@@ -33,6 +33,26 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
+def flat_config(run_dir: str | os.PathLike) -> dict[str, str]:
+    """The run's ``config.yaml`` flattened to ``{"schedule.lr": "0.1", ...}`` (empty without one)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = str(value)
+
+    walk("", yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return out
+
+
 def scalars(record: Mapping[str, Any]) -> tuple[int | None, dict[str, float]]:
     """``(step, {key: value})``: the record's step (``step`` or ``round``) and its finite numbers."""
     step = next((int(record[k]) for k in STEP_KEYS if isinstance(record.get(k), (int, float))), None)
@@ -52,6 +72,9 @@ class TensorBoardLogger:
         self.log_dir = Path(log_dir)
         self._writer_cls = SummaryWriter
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        config = self.log_dir.parent / "config.yaml"
+        if config.exists():  # the run's config in TensorBoard's Text tab
+            self._writer.add_text("config", "```\n" + config.read_text(encoding="utf-8") + "\n```", global_step=0)
 
     def log(self, record: Mapping[str, Any]) -> None:
         step, values = scalars(record)
@@ -91,6 +114,10 @@ class MLflowLogger:
         run_id = id_file.read_text().strip() if id_file.exists() else None
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else root.name)
         id_file.write_text(self.run.info.run_id)
+        if run_id is None:  # the config as the run's parameters (MLflow caps a value at 6000 characters)
+            params = {k: v[:6000] for k, v in flat_config(root).items()}
+            for i in range(0, len(params), 100):
+                mlflow.log_params(dict(list(params.items())[i : i + 100]))
 
     def log(self, record: Mapping[str, Any]) -> None:
         step, values = scalars(record)
