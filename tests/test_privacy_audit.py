@@ -224,3 +224,23 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no privacy block" in err
     assert main(["audit", "examples/digits_dp.yaml", "--canaries", "1"]) == 2
     assert "canaries" in capsys.readouterr().err
+
+
+def test_local_mode_is_audited_on_the_worker_with_the_largest_rate(tmp_path):
+    # DP local SGD (sync every 4 steps): worker k spends eps(sigma, B / N_k, T); the audit runs the smallest
+    # shard at its own rate and compares with the accountant's epsilon for exactly that history
+    from distsched.commands.audit import audit_config
+    from distsched.privacy import epsilon
+    from distsched.train.config import load_config
+
+    path = _digits_dp(tmp_path, mode="auto")
+    cfg = load_yaml(path)
+    cfg.update(steps=30, sync={"rule": "fixed", "h": 4}, schedule={**cfg["schedule"], "total_steps": 30})
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(cfg))
+    report, mode = audit_config(load_config(tmp_path / "local.yaml"), canaries=200, canary_seed=1)
+    smallest = 719 // 2  # iid shards of the 719 training digits: 360 and 359
+    assert mode == "local" and report.sample_rate == pytest.approx(64 / smallest)
+    assert report.epsilon_accountant == pytest.approx(
+        epsilon([(report.noise_multiplier, report.sample_rate, 30)], 1e-5), rel=1e-9)
+    assert report.epsilon_accountant == pytest.approx(4.0, abs=0.01)  # planned for the largest q_k
+    assert report.verdict == PASS and report.canaries == 200 and report.steps == 30
