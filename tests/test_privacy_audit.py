@@ -224,6 +224,8 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no privacy block" in err
     assert main(["audit", "examples/digits_dp.yaml", "--canaries", "1"]) == 2
     assert "canaries" in capsys.readouterr().err
+    assert main(["audit", "examples/fed_digits_dp.yaml"]) == 2
+    assert "federated simulation config" in capsys.readouterr().err
 
 
 def test_local_mode_is_audited_on_the_worker_with_the_largest_rate(tmp_path):

@@ -79,12 +79,17 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from distsched._checks import check_int, check_range
+    from distsched.config import load_yaml
     from distsched.privacy.audit import PASS
-    from distsched.train.config import load_config
+    from distsched.train.config import config_from_mapping
 
     canaries = check_int("canaries", args.canaries, 2)
     confidence = check_range("confidence", args.confidence, 0.0, 1.0, low_open=True, high_open=True)
-    report, mode = audit_config(load_config(args.config), canaries=canaries, confidence=confidence)
+    data = load_yaml(args.config)
+    if isinstance(data, dict) and "rounds" in data:
+        raise ValueError(f"{args.config} is a federated simulation config: the audit covers DP-SGD training "
+                         "configs (distsched train), not DP-FedAvg")
+    report, mode = audit_config(config_from_mapping(data), canaries=canaries, confidence=confidence)
     result = {"config": str(args.config), "privacy_mode": mode, **report.to_dict()}
     if args.json:
         print(json.dumps(result))
