@@ -1,0 +1,365 @@
+"""Time to quality over a constrained link: DDP vs schedule-aware local SGD on the byte-level LM.
+
+Set-up (issue 13.3): 2 hosts of the test-bed (``launch/testbed.sh up 2 --rate R``: two network
+namespaces on one bridge, every link shaped with tbf), one worker per host (1 thread), joined by
+``torchrun`` across the two namespaces (c10d rendezvous on host 0, gloo on each host's eth0) as the
+test-bed tests do. The workload: next-byte prediction on the interpreter's standard library
+(``stdlib_text``, context 64), a GPT sized so that one full all_reduce costs more than one training
+step at 100 Mbit/s (both times are measured first and reported). Every variant: AdamW inside
+(betas 0.9/0.95, weight decay 0.1), warmup + cosine (peak ``LR``, floor ``LR/10``), the same seed, the
+same data order and the same token budget (``steps x 2 workers x batch x context``).
+
+Variants, with settings fixed by this rule before any training (``H = 16`` local steps for every
+local method; QSR from the same base: ``h_base = 16``, ``alpha = suggest_alpha(LR, 16)`` so that
+``H = 16`` at the peak LR and grows as ``(alpha / lr)^2`` when it decays, capped at 128):
+
+* ``ddp``: torch DistributedDataParallel, gradient all_reduce every step (overlapped with backward);
+* ``fixed_h``: parameter averaging every H steps; ``qsr``: QSR's H;
+* ``post_local``: H = 1 (parameter averaging) until the LR first decays, then H (Lin et al. 2020);
+* ``diloco``: H inner steps, then Nesterov SGD (lr 0.7, momentum 0.9) on the averaged
+  pseudo-gradient (Douillard et al. 2023); ``diloco_qsr``: the same with QSR's H;
+* ``diloco_stream_int8``: DiLoCo with 4 streaming fragments, int8 exchange (error feedback) and the
+  exchange overlapped with 2 local steps (distsched.sync's engine), when ``--stream`` is given.
+
+The clock: each worker's training time, excluding evaluation (paused while rank 0 evaluates the
+synchronized model on 128 validation windows, after a sync at most every ``--eval-every`` steps, and
+at the end). Reported: wall-clock to reach DDP's final validation loss (first evaluation at or below
+it; "not reached" otherwise, with the best loss), final validation bits per byte, sync rounds, bytes
+sent per worker, and the all_reduce bandwidth achieved on the full model against the shaped rate.
+
+    sudo .venv/bin/python benchmarks/wallclock.py                     # both rates, 1 seed (needs root)
+    sudo .venv/bin/python benchmarks/wallclock.py --rates 100mbit --seeds 0 1 2 --variants ddp diloco_qsr
+    sudo .venv/bin/python benchmarks/wallclock.py --tiny --rates 1gbit  # a smoke run (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTBED = ROOT / "launch" / "testbed.sh"
+VARIANTS = ("ddp", "fixed_h", "qsr", "post_local", "diloco", "diloco_qsr", "diloco_stream_int8")
+H = 16
+H_MAX = 128
+OUTER = {"lr": 0.7, "momentum": 0.9, "nesterov": True}
+FULL = {"layers": 4, "heads": 4, "dim": 192, "context": 64, "batch": 4, "steps": 320, "lr": 2e-3,
+        "warmup": 32, "eval_every": 32, "val_windows": 128}
+TINY = {"layers": 1, "heads": 2, "dim": 32, "context": 16, "batch": 4, "steps": 24, "lr": 2e-3,
+        "warmup": 4, "eval_every": 8, "val_windows": 16}
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _rule(name: str, size: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from distsched.sync import QSR, FixedH, OuterSGD, PostLocal, suggest_alpha
+
+    qsr = QSR(h_base=H, alpha=suggest_alpha(size["lr"], H), h_max=H_MAX, warmup_steps=size["warmup"])
+    rules = {"fixed_h": FixedH(H), "qsr": qsr, "post_local": PostLocal(h=H), "diloco": FixedH(H),
+             "diloco_qsr": qsr, "diloco_stream_int8": FixedH(H)}
+    options: dict[str, Any] = {}
+    if name.startswith("diloco"):
+        options["outer_optimizer"] = OuterSGD(**OUTER)
+    if name == "diloco_stream_int8":
+        options.update(fragments=4, compression="int8", delay=2)
+    return rules[name], options
+
+
+def _schedule(size: dict[str, Any]) -> Any:
+    from distsched import schedules as S
+
+    return S.from_spec({"name": "cosine", "lr": size["lr"], "total_steps": size["steps"],
+                        "warmup_steps": size["warmup"], "min_lr": size["lr"] / 10})
+
+
+def _probe(model: Any, x: Any, y: Any, rank: int) -> dict[str, float]:
+    """Median time of one training step (forward, backward, AdamW; no communication) and of one
+    all_reduce of every parameter as one flat float32 buffer; the bandwidth that implies."""
+    import torch
+    import torch.distributed as dist
+
+    from distsched.data import token_cross_entropy
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    steps, reduces = [], []
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    for _ in range(5):
+        dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        token_cross_entropy(model(x), y).backward()
+        opt.step()
+        steps.append(time.perf_counter() - t0)
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(flat)
+        reduces.append(time.perf_counter() - t0)
+    step_s, reduce_s = sorted(steps)[2], sorted(reduces)[2]
+    world = dist.get_world_size()
+    sent = flat.numel() * 4 * 2 * (world - 1) / world  # ring all_reduce: bytes each worker sends
+    return {"step_s": step_s, "allreduce_s": reduce_s, "allreduce_bytes": sent,
+            "allreduce_mbit_per_s": sent * 8 / reduce_s / 1e6, "params": flat.numel()}
+
+
+def run_variant(name: str, seed: int, size: dict[str, Any], data: Any, shard: Any) -> dict[str, Any]:
+    """One training run on this worker; rank 0 returns its record (evaluations with their clock)."""
+    import torch
+    import torch.distributed as dist
+
+    from distsched.data import ShardBatches, evaluate, gpt, token_cross_entropy
+    from distsched.sync import LocalSGD
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(seed)
+    model = gpt((size["context"],), 256, layers=size["layers"], heads=size["heads"], dim=size["dim"])
+    schedule = _schedule(size)
+    engine = None
+    if name == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        net: Any = DistributedDataParallel(model)
+    else:
+        net = model
+    opt = torch.optim.AdamW(model.parameters(), lr=schedule(0), betas=(0.9, 0.95), weight_decay=0.1)
+    if name != "ddp":
+        rule, options = _rule(name, size)
+        engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=opt, total_steps=size["steps"], **options)
+    batches = iter(ShardBatches(shard, size["batch"], seed, rank))
+    numel = sum(p.numel() for p in model.parameters())
+    evals: list[dict[str, float]] = []
+    clock, last_eval, rounds_seen = 0.0, 0, 0
+
+    def evaluate_now(step: int) -> None:
+        if rank == 0:
+            out = evaluate(model, data.validation, torch.device("cpu"), batch_size=64)
+            evals.append({"step": step, "time_s": clock, "loss": out["test_loss"], "bpb": out["test_bpb"]})
+        dist.barrier()
+
+    for t in range(size["steps"]):
+        x, y = data.train.arrays(next(batches))
+        x, y = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = schedule(t)
+        opt.zero_grad(set_to_none=True)
+        loss = token_cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        synced = True
+        if engine is not None:
+            engine.step(t, float(loss.detach()))
+            synced = engine.rounds > rounds_seen and not engine.delay
+            rounds_seen = engine.rounds
+        clock += time.perf_counter() - t0
+        done = t + 1
+        if done < size["steps"] and synced and done - last_eval >= size["eval_every"]:
+            last_eval = done
+            evaluate_now(done)
+    if engine is not None:
+        t0 = time.perf_counter()
+        engine.finalize()  # a delayed exchange still in flight lands now
+        clock += time.perf_counter() - t0
+    evaluate_now(size["steps"])
+    if engine is not None:
+        rounds, sent = engine.rounds, engine.bytes_sent
+    else:
+        rounds, sent = size["steps"], size["steps"] * numel * 4 * 2 * (world - 1) // world
+    return {"variant": name, "seed": seed, "evals": evals, "rounds": rounds, "bytes_per_worker": int(sent),
+            "train_time_s": clock, "final_bpb": evals[-1]["bpb"] if evals else None,
+            "final_loss": evals[-1]["loss"] if evals else None}
+
+
+def worker_main(plan_path: str, out_path: str) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from distsched.data.partitions import iid_shards
+    from distsched.data.text import stdlib_windows
+    from distsched.sync import init_process_group
+
+    torch.set_num_threads(1)
+    plan = json.loads(Path(plan_path).read_text())
+    size = plan["size"]
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    init_process_group(rank, world, "env://", timeout_s=900)
+    try:
+        data = stdlib_windows(size["context"], val_windows=size["val_windows"], cache_dir=plan["cache_dir"])
+        torch.manual_seed(0)
+        from distsched.data import gpt
+
+        model = gpt((size["context"],), 256, layers=size["layers"], heads=size["heads"], dim=size["dim"])
+        x, y = data.train.arrays(np.arange(size["batch"]))
+        probe = _probe(model, torch.from_numpy(x).long(), torch.from_numpy(y).long(), rank)
+        out = open(out_path, "a", encoding="utf-8") if rank == 0 else None
+        if out is not None:
+            out.write(json.dumps({"probe": probe, "rate": plan["rate"]}) + "\n")
+            out.flush()
+        for seed in plan["seeds"]:
+            shard = iid_shards(len(data.train), world, seed)[rank]
+            for name in plan["variants"]:
+                rec = run_variant(name, seed, size, data, shard)
+                if out is not None:
+                    out.write(json.dumps({**rec, "rate": plan["rate"]}) + "\n")
+                    out.flush()
+                    print(f"[{plan['rate']}] {name} seed {seed}: {rec['train_time_s']:.1f} s, "
+                          f"bpb {rec['final_bpb']:.3f}, rounds {rec['rounds']}", flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _testbed(prefix: str, *args: str) -> None:
+    env = {**os.environ, "TESTBED_PREFIX": prefix}
+    proc = subprocess.run([str(TESTBED), *args], capture_output=True, text=True, env=env, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"testbed.sh {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def _launch(prefix: str, plan_path: Path, out_path: Path, port: int, timeout_s: float) -> None:
+    """torchrun on host 0 and host 1 (one process each), c10d rendezvous on host 0."""
+    procs = []
+    for i in range(2):
+        argv = ["ip", "netns", "exec", f"{prefix}h{i}", sys.executable, "-m", "torch.distributed.run",
+                "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=198.18.0.1:{port}",
+                f"--rdzv-id=wallclock{port}", f"--local-addr=198.18.0.{i + 1}", f"--rdzv-conf=is_host={int(i == 0)}",
+                str(Path(__file__).resolve()), "--worker", str(plan_path), str(out_path)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "eth0",
+               "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        procs.append(subprocess.Popen(argv, env=env, stdout=None if i == 0 else subprocess.DEVNULL,
+                                      stderr=subprocess.STDOUT if i == 0 else subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    bad = [p for p in procs if p.returncode != 0]
+    if bad:
+        err = bad[0].stderr.read()[-2000:] if bad[0].stderr else ""
+        raise RuntimeError(f"a worker failed ({bad[0].returncode}): {err}")
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split(" ")[:3])
+
+
+def time_to_target(evals: list[dict[str, float]], target: float) -> float | None:
+    """Clock of the first evaluation whose loss is <= ``target`` (None if none is)."""
+    for e in evals:
+        if e["loss"] <= target + 1e-12:
+            return e["time_s"]
+    return None
+
+
+def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) -> str:
+    """The markdown table: per rate and variant, mean over seeds (each seed's DDP sets its target)."""
+    lines = []
+    for rate, probe in probes.items():
+        shaped = float(rate.replace("mbit", "e6").replace("gbit", "e9"))
+        lines.append(f"\n**{rate}**: {probe['params'] / 1e6:.2f}M parameters; one training step "
+                     f"{probe['step_s'] * 1e3:.0f} ms, one full all_reduce {probe['allreduce_s'] * 1e3:.0f} ms "
+                     f"({probe['allreduce_s'] / probe['step_s']:.1f} steps); all_reduce bandwidth achieved "
+                     f"{probe['allreduce_mbit_per_s']:.0f} Mbit/s of {shaped / 1e6:.0f} shaped "
+                     f"({probe['allreduce_mbit_per_s'] * 1e6 / shaped:.0%})\n")
+        lines.append("| variant | seeds | time to DDP's final loss (s) | speed-up vs DDP | train time (s) | "
+                     "final val bits/byte | best val bits/byte | rounds | MB sent / worker |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        rows = [r for r in records if r["rate"] == rate]
+        ddp = {r["seed"]: r for r in rows if r["variant"] == "ddp"}
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == name]
+            hits, speed = [], []
+            for r in mine:
+                ref = ddp.get(r["seed"])
+                if ref is None:
+                    continue
+                hit = time_to_target(r["evals"], ref["final_loss"])
+                hits.append(hit)
+                if hit is not None:
+                    speed.append(ref["train_time_s"] / hit)
+            reached = [h for h in hits if h is not None]
+            hit_txt = (f"{sum(reached) / len(reached):.1f}" if len(reached) == len(hits) and hits else
+                       f"reached in {len(reached)}/{len(hits)} seeds" if hits else "n/a")
+            sp_txt = (f"{sum(speed) / len(speed):.2f}x" + (f" ({min(speed):.2f}-{max(speed):.2f})" if len(speed) > 1
+                      else "")) if speed else "-"
+            mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("train_time_s", "final_bpb", "rounds",
+                                                                       "bytes_per_worker")}
+            best = sum(min(e["bpb"] for e in r["evals"]) for r in mine) / len(mine)
+            lines.append(f"| {name} | {len(mine)} | {hit_txt} | {sp_txt} | {mean['train_time_s']:.1f} | "
+                         f"{mean['final_bpb']:.3f} | {best:.3f} | {mean['rounds']:.0f} | "
+                         f"{mean['bytes_per_worker'] / 1e6:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", nargs="+", default=["100mbit", "1gbit"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:-1]), choices=VARIANTS)
+    parser.add_argument("--stream", action="store_true", help="add diloco_stream_int8")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "wallclock.json"))
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per rate, seconds")
+    parser.add_argument("--worker", nargs=2, metavar=("PLAN", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(*args.worker)
+        return 0
+    if os.geteuid() != 0:
+        print("wallclock.py: needs root to make the test-bed's network namespaces (launch/testbed.sh)",
+              file=sys.stderr)
+        return 2
+    variants = [*args.variants, *(["diloco_stream_int8"] if args.stream else [])]
+    if "ddp" not in variants:
+        variants.insert(0, "ddp")
+    size = TINY if args.tiny else FULL
+    prefix = f"wc{os.getpid() % 100000}"
+    work = Path(tempfile.mkdtemp(prefix="wallclock-"))
+    from distsched.data.text import stdlib_windows
+
+    stdlib_windows(size["context"], cache_dir=work / "cache")  # build the corpus cache once, here
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = _load()
+    records, probes = [], {}
+    try:
+        for k, rate in enumerate(args.rates):
+            _testbed(prefix, "up", "2", "--rate", rate)
+            plan = {"size": size, "seeds": args.seeds, "variants": variants, "rate": rate,
+                    "cache_dir": str(work / "cache")}
+            plan_path, out_path = work / f"plan_{rate}.json", work / f"out_{rate}.jsonl"
+            plan_path.write_text(json.dumps(plan))
+            _launch(prefix, plan_path, out_path, 29600 + k, args.timeout)
+            for line in out_path.read_text().splitlines():
+                rec = json.loads(line)
+                if "probe" in rec:
+                    probes[rate] = rec["probe"]
+                else:
+                    records.append(rec)
+    finally:
+        _testbed(prefix, "down")
+    load_after = _load()
+    text = table(records, probes)
+    header = (f"wallclock.py {'(tiny) ' if args.tiny else ''}{started}; size {size}; seeds {args.seeds}; "
+              f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    print(header)
+    print(text)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"header": header, "size": size, "probes": probes, "records": records,
+                               "table": text}, indent=1))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
