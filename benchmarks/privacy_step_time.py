@@ -9,6 +9,14 @@ machine's load hits both alike, after a warm-up; the figure is the median over b
 time. The bookkeeping is also timed alone. Target: overhead <= 5%.
 
     .venv/bin/python benchmarks/privacy_step_time.py          # writes benchmarks/results/privacy_step_time.json
+
+``--modes``: the clipping modes (``privacy.clipping``: hooks, functorch, ew, ghost, and what auto picks)
+against plain Opacus hooks and non-private training, on the digits MLP and on a small embedding LM
+(vocabulary 2048, context 16, Embedding 64 -> Linear 256 -> Linear 2048, batch 64: the transformer LM of the
+realistic-workload issue does not exist yet). Each contender runs in its own process (one torch thread);
+step time is the median over blocks, peak memory the rise of the process's peak RSS during training.
+
+    .venv/bin/python benchmarks/privacy_step_time.py --modes  # writes benchmarks/results/privacy_clipping_modes.json
 """
 
 from __future__ import annotations
@@ -45,15 +53,102 @@ def _step(model, opt, x, y) -> None:
     opt.step()
 
 
+def _lm() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(2048, 64), nn.Flatten(), nn.Linear(16 * 64, 256), nn.ReLU(), nn.Linear(256, 2048))
+
+
+def _workload(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    if name == "mlp":
+        x, y = _data()
+        return _model(), x[:batch], y[:batch]
+    g = torch.Generator().manual_seed(0)
+    return _lm(), torch.randint(0, 2048, (batch, 16), generator=g), torch.randint(0, 2048, (batch,), generator=g)
+
+
+def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) -> dict:
+    """Step time (median over ``repeats`` blocks of ``steps``) and peak-RSS rise of one contender."""
+    import resource
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distsched.privacy import private_training
+
+    model, x, y = _workload(model_name, batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    mode = contender
+    if contender == "opacus-hooks":
+        model, opt, _ = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=opt, data_loader=DataLoader(TensorDataset(x, y), batch_size=batch),
+            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False)
+    elif contender != "non-private":
+        pt = private_training(model, opt, sample_rate=0.01, expected_batch_size=batch, max_grad_norm=1.0,
+                              delta=1e-5, noise=1.0, noise_seed=0, clipping=contender)
+        model, opt, loss_fn, mode = pt.model, pt.optimizer, pt.loss_fn(loss_fn), pt.clipping
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def block() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+        return (time.perf_counter() - t0) / steps
+
+    block()
+    times = [block() for _ in range(repeats)]
+    rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {"model": model_name, "contender": contender, "mode": mode, "ms_per_step": statistics.median(times) * 1e3,
+            "peak_rss_rise_mib": rise, "batch": batch}
+
+
+def modes_main(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    rows = []
+    for model_name in ("mlp", "lm"):
+        for contender in ("non-private", "opacus-hooks", "hooks", "functorch", "ew", "ghost", "auto"):
+            cmd = [sys.executable, __file__, "--one", model_name, contender, "--steps", str(args.steps),
+                   "--repeats", str(args.repeats), "--batch", str(args.batch)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'model':<5} {'contender':<13} {'mode':<10} {'ms/step':>9} {'vs Opacus':>10} {'vs non-private':>15} "
+          f"{'peak RSS rise MiB':>18}")
+    for r in rows:
+        ref = next(o for o in rows if o["model"] == r["model"] and o["contender"] == "opacus-hooks")
+        base = next(o for o in rows if o["model"] == r["model"] and o["contender"] == "non-private")
+        r["vs_opacus_hooks"] = r["ms_per_step"] / ref["ms_per_step"]
+        r["vs_non_private"] = r["ms_per_step"] / base["ms_per_step"]
+        print(f"{r['model']:<5} {r['contender']:<13} {r['mode']:<10} {r['ms_per_step']:>9.3f} "
+              f"{r['vs_opacus_hooks']:>9.2f}x {r['vs_non_private']:>14.2f}x {r['peak_rss_rise_mib']:>18.1f}")
+    out = Path(args.out).with_name("privacy_clipping_modes.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "steps": args.steps, "repeats": args.repeats, "batch": args.batch}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=25, help="steps per timed block")
     ap.add_argument("--repeats", type=int, default=151, help="blocks per contender, interleaved")
     ap.add_argument("--coupling", action="store_true", help="also attach the noise-aware LR controller")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "privacy_step_time.json"))
+    ap.add_argument("--modes", action="store_true", help="compare the clipping modes (see the module docstring)")
+    ap.add_argument("--batch", type=int, default=64, help="--modes: batch size")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    if args.one:
+        print(json.dumps(_one(args.one[0], args.one[1], args.steps, args.repeats, args.batch)))
+        return
+    if args.modes:
+        modes_main(args)
+        return
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -21,7 +21,14 @@ from distsched.privacy.coupling import (
     optimal_step_quadratic,
     update_noise_std,
 )
-from distsched.privacy.engine import MODES, PoissonBatches, PrivateTraining, poisson_loader, private_training
+from distsched.privacy.engine import (
+    MODES,
+    PerExampleLoss,
+    PoissonBatches,
+    PrivateTraining,
+    poisson_loader,
+    private_training,
+)
 from distsched.privacy.entry import make_private
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import (
@@ -66,6 +73,7 @@ __all__ = [
     "NoiseAwareLR",
     "NoiseSchedule",
     "NoiseScheduler",
+    "PerExampleLoss",
     "PiecewiseNoise",
     "Plan",
     "PoissonBatches",

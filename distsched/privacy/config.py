@@ -9,6 +9,7 @@
       lr_coupling: false         # multiply the LR by the noise-aware factor (privacy.NoiseAwareLR)
       mode: auto                 # auto | group | local  (auto: group when the sync rule averages every step)
       reproducible: false        # true: noise and batches from the config's seed -- NOT private (tests only)
+      clipping: auto             # auto | hooks | functorch | ew | ghost  (Opacus' grad_sample_mode)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from distsched._checks import check_choice, check_int, check_positive, check_range
 from distsched.config import from_mapping
 from distsched.privacy.accounting import check_accountant, check_delta
+from distsched.privacy.clipping import CLIPPING
 from distsched.privacy.noise import ConstantNoise, noise_schedule_from_spec
 
 TRAIN_MODES: tuple[str, ...] = ("auto", "group", "local")
@@ -58,6 +60,8 @@ class PrivacyConfig:
     #: derive the noise and the Poisson batches from the config's ``seed`` (bit-identical reruns and resumes)
     #: instead of a secret per-process seed: the run is then NOT private, and its summary says so.
     reproducible: bool = False
+    #: per-example clipping mode (:mod:`distsched.privacy.clipping`): auto, hooks, functorch, ew or ghost.
+    clipping: str = "auto"
 
     def __post_init__(self) -> None:
         if self.target_epsilon is None and self.noise_multiplier is None:
@@ -81,6 +85,7 @@ class PrivacyConfig:
         check_range("min_lr_factor", self.min_lr_factor, 0.0, 1.0)
         check_choice("mode", self.mode, TRAIN_MODES)
         check_range("eps_error", self.eps_error, 0.0, 1.0, low_open=True)
+        check_choice("clipping", self.clipping, CLIPPING)
         if not isinstance(self.reproducible, bool):
             raise ValueError(f"reproducible must be true or false, got {self.reproducible!r}")
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.data_loader import wrap_collate_with_empty
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -37,6 +38,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from distsched._checks import check_choice, check_int, check_positive
 from distsched.privacy.accounting import Accountant, check_delta, check_sample_rate
+from distsched.privacy.clipping import resolve_clipping, supports
 from distsched.privacy.coupling import NoiseAwareLR
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
@@ -138,6 +140,20 @@ class PrivateTraining:
     #: the noise comes from a seed the caller chose (not private against whoever knows it); ``False``:
     #: from a secret per-process seed, never saved (see :mod:`distsched.privacy.randomness`).
     reproducible: bool = False
+    #: the per-example clipping mode in use (``hooks``, ``functorch``, ``ew`` or ``ghost``).
+    clipping: str = "hooks"
+
+    def loss_fn(self, criterion: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The loss to call in the training step: ``criterion`` itself, or in ``ghost`` mode Opacus'
+        ``DPLossFastGradientClipping`` around it (its ``backward()`` runs the two passes of ghost clipping).
+        ``criterion`` must average over the batch (``reduction="mean"``)."""
+        if self.clipping != "ghost":
+            return criterion
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        if not hasattr(criterion, "reduction"):
+            raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss())")
+        return DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
 
     @property
     def noise_multiplier(self) -> float:
@@ -240,6 +256,21 @@ class PrivateTraining:
                              f"a resume cannot loosen it to {self.accountant.eps_error:g}")
 
 
+class PerExampleLoss(nn.Module):
+    """A loss ``fn(output, target, reduction=...)`` as a module with a ``reduction`` attribute, as ghost
+    clipping needs: ``reduction="none"`` gives one loss per example (the mean over its positions when the
+    targets are per position), ``"mean"`` the mean over every target."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], reduction: str = "mean") -> None:
+        super().__init__()
+        self.fn, self.reduction = fn, reduction
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "none":
+            return self.fn(output, target, reduction="none").reshape(target.shape[0], -1).mean(dim=1)
+        return self.fn(output, target, reduction=self.reduction)
+
+
 def check_model(model: nn.Module) -> None:
     """Refuse, in one line naming the fix, a model Opacus cannot compute per-example gradients for
     (BatchNorm mixes the examples of a batch)."""
@@ -270,6 +301,7 @@ def private_training(
     min_lr_factor: float = 0.0,
     eps_error: float = 0.01,
     noise_seed: int | None = None,
+    clipping: str = "hooks",
 ) -> PrivateTraining:
     """Wrap ``model`` and ``optimizer`` for DP-SGD (the training loop's building block; for one's own loop
     see :func:`distsched.privacy.make_private`).
@@ -289,6 +321,9 @@ def private_training(
             ``secure_mode`` noise, and is never saved. An int: reproducible noise from that seed, saved in
             :meth:`PrivateTraining.state_dict` so that a resume is bit-identical; not private against
             anyone who knows the seed.
+        clipping: ``hooks``, ``functorch``, ``ew``, ``ghost`` or ``auto`` (:mod:`distsched.privacy.clipping`;
+            ``ghost`` not in ``group`` mode, where ``auto`` skips it). In ``ghost`` mode the loss goes through
+            :meth:`PrivateTraining.loss_fn`.
     """
     check_choice("mode", mode, MODES)
     q = check_sample_rate(sample_rate)
@@ -306,14 +341,31 @@ def private_training(
     generator = noise_generator(device, seed)  # Opacus draws the noise on the params' device
     opts = {"noise_multiplier": schedule(0), "max_grad_norm": max_grad_norm,
             "expected_batch_size": expected_batch_size, "generator": generator, "secure_mode": not reproducible}
+    if clipping == "auto" and mode == "group":  # no ghost clipping across workers
+        clip = "hooks" if supports(model, "hooks") else "functorch"
+    else:
+        clip = resolve_clipping(model, clipping)
+    if clip == "ghost" and mode == "group":
+        raise ValueError("clipping 'ghost' is not available in group mode; use hooks, functorch or auto")
+    inner: nn.Module = model
     if mode == "group":
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 
-        gsm = GradSampleModule(DPDDP(model))  # DPDDP broadcasts rank 0's parameters
-        dp_opt: DPOptimizer = DistributedDPOptimizer(optimizer, **opts)
+        inner = DPDDP(model)  # DPDDP broadcasts rank 0's parameters
+    gsm: nn.Module
+    if clip == "ghost":
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
+        gsm = GradSampleModuleFastGradientClipping(inner, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        dp_opt: DPOptimizer = DPOptimizerFastGradientClipping(optimizer, **opts)
     else:
-        gsm = GradSampleModule(model)
-        dp_opt = DPOptimizer(optimizer, **opts)
+        if clip == "ew":
+            from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+            gsm = GradSampleModuleExpandedWeights(inner)
+        else:
+            gsm = GradSampleModule(inner, force_functorch=clip == "functorch")
+        dp_opt = DistributedDPOptimizer(optimizer, **opts) if mode == "group" else DPOptimizer(optimizer, **opts)
     acc = Accountant(accountant, eps_error=eps_error)
     dp_opt.attach_step_hook(acc.optimizer_hook(q))
     guard = BudgetGuard(target_epsilon, delta, acc) if target_epsilon is not None else None
@@ -324,7 +376,7 @@ def private_training(
     training = PrivateTraining(
         model=gsm, optimizer=dp_opt, accountant=acc, noise=NoiseScheduler(dp_opt, schedule), sample_rate=q,
         delta=delta, mode=mode, guard=guard, lr_controller=controller, generator=generator,
-        reproducible=reproducible,
+        reproducible=reproducible, clipping=clip,
     )
     _guard_step(training)
     return training

@@ -23,7 +23,7 @@ checks exactly that before the noise is drawn.
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,9 @@ def make_private(
     max_physical_batch_size: int | None = None,
     lr_coupling: bool = False,
     noise_seed: int | None = None,
-) -> tuple[nn.Module, DPOptimizer, DataLoader]:
+    clipping: str = "hooks",
+    criterion: Callable[..., torch.Tensor] | None = None,
+) -> tuple[Any, ...]:
     """Model, optimizer and Poisson loader for DP-SGD in a plain loop (see the module docstring).
 
     Args:
@@ -89,6 +91,10 @@ def make_private(
             logical batch.
         noise_seed: ``None`` (default): secret noise and sampling (``os.urandom``), never saved. An int:
             reproducible noise and batches, NOT private against anyone who knows it.
+        clipping: ``hooks`` (default), ``functorch``, ``ew``, ``ghost`` or ``auto``
+            (:mod:`distsched.privacy.clipping`). ``ghost`` (and ``auto``, which may pick it) needs ``criterion``.
+        criterion: the loss (``reduction="mean"``); given, the call returns ``(model, optimizer, criterion,
+            loader)`` as Opacus does, with the criterion to call in the loop (ghost clipping's wrapper).
 
     ``optimizer.privacy`` is the :class:`~distsched.privacy.PrivateTraining` (``.epsilon``, ``.accountant``,
     ``.state_dict()`` for checkpoints). One process (``single`` mode); for worker groups use the training
@@ -114,8 +120,11 @@ def make_private(
     training = private_training(
         model, optimizer, sample_rate=q, expected_batch_size=q * n, max_grad_norm=max_grad_norm, delta=delta,
         noise=shape.with_sigma(noise_multiplier), accountant=accountant, target_epsilon=target_epsilon,
-        lr_coupling=lr_coupling, noise_seed=noise_seed,
+        lr_coupling=lr_coupling, noise_seed=noise_seed, clipping=clipping,
     )
+    if criterion is None and training.clipping == "ghost":
+        raise ValueError(f"clipping {clipping!r} uses ghost clipping: pass criterion=<your loss> and call the "
+                         "criterion make_private returns")
     poisson = PoissonBatches(np.arange(n), q, seed=secret_seed() if noise_seed is None else noise_seed)
     batches: Sampler[list[int]] = EpochBatches(poisson)
     if max_physical_batch_size is not None:
@@ -125,6 +134,8 @@ def make_private(
                         collate_fn=wrap_collate_with_empty(collate_fn=data_loader.collate_fn))
     _hook_step(training, poisson)
     training.optimizer.privacy = training  # type: ignore[attr-defined]
+    if criterion is not None:
+        return training.model, training.optimizer, training.loss_fn(criterion), loader
     return training.model, training.optimizer, loader
 
 

@@ -91,7 +91,7 @@ def attach_privacy(
         delta=cfg.delta, noise=shape.with_sigma(level), accountant=cfg.accountant,
         target_epsilon=cfg.target_epsilon, mode=mode, lr_coupling=cfg.lr_coupling,
         coupling_beta=cfg.coupling_beta, min_lr_factor=cfg.min_lr_factor, eps_error=cfg.eps_error,
-        noise_seed=seed * 1_000_003 + rank if cfg.reproducible else None,
+        noise_seed=seed * 1_000_003 + rank if cfg.reproducible else None, clipping=cfg.clipping,
     )
     loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed if cfg.reproducible else secret_seed(), rank=rank)
     return training, loader

@@ -106,12 +106,14 @@ def build_training(
     return Training(optimizer, loader, sampler)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, device: torch.device) -> float:
-    """SEAM (privacy): one optimizer step on one batch; returns the batch's mean loss."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, device: torch.device,
+               loss_fn: Any = token_cross_entropy) -> float:
+    """SEAM (privacy): one optimizer step on one batch; returns the batch's mean loss. ``loss_fn``: the mean
+    cross-entropy over every target, or DP's wrapper of it (ghost clipping)."""
     x, y = batch
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    loss = token_cross_entropy(model(x), y)  # a label per example, or a target per position (task "lm")
+    loss = loss_fn(model(x), y)  # a label per example, or a target per position (task "lm")
     loss.backward()
     optimizer.step()
     return float(loss.detach())
@@ -196,7 +198,7 @@ def train_worker(
     tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
     priv = None  # DP-SGD (privacy block): Opacus optimizer, Poisson batches, accountant, budget guard
     if cfg.privacy is not None:
-        from distsched.privacy import NOT_PRIVATE_METRICS, attach_privacy, run_epsilon
+        from distsched.privacy import NOT_PRIVATE_METRICS, PerExampleLoss, attach_privacy, run_epsilon
 
         every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
         priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, bundle.train, shards, rank,
@@ -263,6 +265,7 @@ def train_worker(
     t0 = time.perf_counter()
     last: dict[str, Any] = {}
     batches = iter(tr.loader)
+    loss_fn = priv.loss_fn(PerExampleLoss(token_cross_entropy)) if priv is not None else token_cross_entropy
     model.train()
     end, stopped_by_budget = total, False
     for t in range(start, total):
@@ -276,7 +279,7 @@ def train_worker(
         factor_t = float(controller.multiplier(t)) if controller is not None else None
         sigma_t = priv.noise_multiplier if priv is not None else None
         last_step = (lr_t, h_t, sigma_t)
-        loss = train_step(model, optimizer, next(batches), device)
+        loss = train_step(model, optimizer, next(batches), device, loss_fn)
         if priv is not None:
             priv.after_step()
         window = (window[0] + loss, window[1] + 1)
