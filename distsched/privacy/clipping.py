@@ -8,8 +8,8 @@
   private learners"; Bu et al. 2023): per-example norms from activations and output gradients without
   materializing the per-example gradients, then a second backward pass of the reweighted loss. The loss must
   go through :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
-* ``auto``: the first of :data:`AUTO_ORDER` that supports every trainable layer of the model (the order is
-  the measured one, ``benchmarks/privacy_step_time.py --modes``).
+* ``auto``: the first of :data:`AUTO_ORDER` that supports every trainable layer of the model (step time and
+  memory of each mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from distsched._checks import check_choice
 
 CLIPPING: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
-#: ``auto``'s preference, fastest first as measured on the benchmark's models (BENCHMARKS.md).
+#: ``auto``'s preference: ghost (no per-example gradient is materialized), else hooks.
 AUTO_ORDER: tuple[str, ...] = ("ghost", "hooks")
 #: layers torch's ExpandedWeights computes per-example gradients for.
 _EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm,
