@@ -48,6 +48,22 @@ def _diloco_cfg(tmp_path) -> dict:
     return cfg
 
 
+def _one_label_per_window(input_shape, num_classes):
+    """A classifier of whole windows: not a language model."""
+    return torch.nn.Sequential(torch.nn.Embedding(256, 4), torch.nn.Flatten(),
+                               torch.nn.Linear(input_shape[0] * 4, num_classes))
+
+
+def test_preflight_runs_one_lm_batch(tmp_path):
+    from distsched.train.run import preflight
+
+    cfg = _diloco_cfg(tmp_path)
+    assert preflight(config_from_mapping(cfg)) == 12
+    bad = {**cfg, "model": {"name": f"{__name__}:_one_label_per_window"}}
+    with pytest.raises(ValueError, match=r"expected \(batch, 16, 256\)"):
+        preflight(config_from_mapping(bad))
+
+
 def test_lm_diloco_one_worker(tmp_path):
     cfg = {**_diloco_cfg(tmp_path), "workers": 1}
     folder, tc = prepare_run(config_from_mapping(cfg), run_dir=tmp_path / "run")

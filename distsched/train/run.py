@@ -84,15 +84,18 @@ def preflight(cfg: TrainConfig) -> int:
 def _one_batch(model: Any, data: Any, indices: Any, num_classes: int) -> None:
     """One forward and backward pass on one batch: a model that does not fit the data fails here
     with one line (ValueError), not in every worker after the cluster started."""
-    import torch.nn.functional as F
     from torch.utils.data import default_collate
+
+    from distsched.data import token_cross_entropy
 
     x, y = default_collate([data[int(i)] for i in indices])
     try:
         out = model(x)
-        if out.ndim != 2 or out.shape[1] != num_classes:
-            raise ValueError(f"the model's output has shape {tuple(out.shape)}, expected (batch, {num_classes})")
-        F.cross_entropy(out, y).backward()
+        want = (*y.shape, num_classes)  # (batch, K) for labels; (batch, T, V) for a target per position
+        if tuple(out.shape) != want:
+            shown = "(batch, " + ", ".join(str(d) for d in want[1:]) + ")"
+            raise ValueError(f"the model's output has shape {tuple(out.shape)}, expected {shown}")
+        token_cross_entropy(out, y).backward()
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"model: one batch of the data does not run through it: {first}") from None
