@@ -32,6 +32,7 @@ from distsched.data.gpt import GPT, gpt
 from distsched.data.models import BUILTIN_MODELS, build_model, cnn, flat_params, mlp
 from distsched.data.partitions import (
     SCHEMES,
+    Partition,
     PartitionStats,
     dirichlet,
     iid,
@@ -52,6 +53,7 @@ __all__ = [
     "SCHEMES",
     "ArrayData",
     "DataBundle",
+    "Partition",
     "PartitionStats",
     "ShardBatches",
     "arrays_from_factory",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from distsched._checks import check_int, check_non_negative
 from distsched.config import check_kwargs, import_object
+from distsched.data.partitions import Partition
 
 
 # ------------------------------------------------------------------------------------------- shapes
@@ -53,7 +54,7 @@ class ArrayData:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    natural_partition: tuple[np.ndarray, ...] | None = None
+    natural_partition: Sequence[np.ndarray] | None = None
     #: ``"classify"`` or ``"lm"`` (``y`` holds a target per position, ``(n, T)``)
     task: str = "classify"
     #: a group per train sample (the client it came from) used instead of ``y_train`` to partition and
@@ -162,7 +163,11 @@ def leaf_synthetic(
     ``x ~ N(v_k, diag(j^-1.2))``, ``y = argmax(softmax(W_k x + b_k))``.
     ``alpha`` controls how much the local models differ, ``beta`` how much the local data differ.
     Sizes are log-normal (mean about ``mean_samples``, at least 2); ``test_fraction`` of each client's
-    samples form the central test set. The client split is kept as ``natural_partition``."""
+    samples form the central test set. The client split is kept as ``natural_partition`` (a CSR
+    :class:`~distsched.data.Partition`: the train samples are stored client after client).
+
+    Generated in blocks of clients (about :data:`_SYNTHETIC_BLOCK` samples each), vectorized: time and
+    memory are linear in the number of samples, a million clients take seconds."""
     check_non_negative("alpha", alpha)
     check_non_negative("beta", beta)
     check_int("num_clients", num_clients, 1)
@@ -173,32 +178,49 @@ def leaf_synthetic(
     rng = np.random.default_rng(seed)
     sigma = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
     sizes = np.maximum(2, rng.lognormal(np.log(mean_samples) - 0.5, 1.0, num_clients).astype(np.int64))
-    xs, ys, owner = [], [], []
-    for k in range(num_clients):
-        u = rng.normal(0.0, np.sqrt(alpha)) if alpha > 0 else 0.0
-        w = rng.normal(u, 1.0, (num_classes, dim))
-        b = rng.normal(u, 1.0, num_classes)
-        big_b = rng.normal(0.0, np.sqrt(beta)) if beta > 0 else 0.0
-        v = rng.normal(big_b, 1.0, dim)
-        x = v + sigma * rng.standard_normal((sizes[k], dim))
-        xs.append(x)
-        ys.append(np.argmax(x @ w.T + b, axis=1))
-        owner.append(np.full(sizes[k], k))
-    x_all = np.concatenate(xs).astype(np.float32)
-    y_all = np.concatenate(ys).astype(np.int64)
-    owner_all = np.concatenate(owner)
-    is_test = rng.random(len(y_all)) < test_fraction
-    train_idx = np.flatnonzero(~is_test)
-    parts = tuple(np.flatnonzero(owner_all[train_idx] == k) for k in range(num_clients))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(starts[-1])
+    is_test = rng.random(total) < test_fraction
+    # train samples per client, and where each client's train samples start in the train arrays
+    train_counts = np.add.reduceat((~is_test).astype(np.int64), starts[:-1])
+    train_starts = np.concatenate([[0], np.cumsum(train_counts)])
+    test_starts = starts - train_starts
+    n_train = int(train_starts[-1])
+    x_train = np.empty((n_train, dim), dtype=np.float32)
+    y_train = np.empty(n_train, dtype=np.int64)
+    x_test = np.empty((total - n_train, dim), dtype=np.float32)
+    y_test = np.empty(total - n_train, dtype=np.int64)
+    # client blocks of about _SYNTHETIC_BLOCK samples (at least one client each)
+    cuts = np.unique(np.searchsorted(starts, np.arange(0, total, _SYNTHETIC_BLOCK), side="right") - 1)
+    edges = np.concatenate([cuts, [num_clients]])
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        nb = b - a
+        u = rng.normal(0.0, np.sqrt(alpha), nb) if alpha > 0 else np.zeros(nb)
+        w = rng.normal(u[:, None, None], 1.0, (nb, num_classes, dim))
+        bias = rng.normal(u[:, None], 1.0, (nb, num_classes))
+        big_b = rng.normal(0.0, np.sqrt(beta), nb) if beta > 0 else np.zeros(nb)
+        v = rng.normal(big_b[:, None], 1.0, (nb, dim))
+        owner = np.repeat(np.arange(nb), sizes[a:b])
+        x = v[owner] + sigma * rng.standard_normal((len(owner), dim))
+        y = np.argmax(np.einsum("nd,ncd->nc", x, w[owner]) + bias[owner], axis=1)
+        t = is_test[starts[a] : starts[b]]
+        x_train[train_starts[a] : train_starts[b]] = x[~t]
+        y_train[train_starts[a] : train_starts[b]] = y[~t]
+        x_test[test_starts[a] : test_starts[b]] = x[t]
+        y_test[test_starts[a] : test_starts[b]] = y[t]
     return ArrayData(
         f"synthetic({alpha},{beta})",
-        x_all[train_idx],
-        y_all[train_idx],
-        x_all[is_test],
-        y_all[is_test],
+        x_train,
+        y_train,
+        x_test,
+        y_test,
         num_classes,
-        natural_partition=parts,
+        natural_partition=Partition(np.arange(n_train, dtype=np.int64), train_starts),
     )
+
+
+#: samples generated per vectorized block by :func:`leaf_synthetic` (bounds its working memory)
+_SYNTHETIC_BLOCK = 8192
 
 
 # ------------------------------------------------------------------------------------- stdlib text

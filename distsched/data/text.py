@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distsched._checks import check_int, check_range
+from distsched.data.partitions import Partition
 
 VOCAB = 256
 TASK = "lm"
@@ -229,10 +230,10 @@ class TextSplits:
     corpus: Corpus
     clients: tuple[str, ...]
 
-    def natural_partition(self) -> tuple[np.ndarray, ...]:
-        """Train window indices of every client that holds at least one window."""
-        g = self.train.targets
-        return tuple(p for p in (np.flatnonzero(g == k) for k in range(len(self.clients))) if len(p))
+    def natural_partition(self) -> Partition:
+        """Train window indices of every client that holds at least one window (one ``argsort``)."""
+        present, owner = np.unique(np.asarray(self.train.targets), return_inverse=True)
+        return Partition.from_owner(owner.reshape(-1), len(present))
 
 
 def stdlib_windows(

@@ -43,6 +43,10 @@ class ClientSampler:
       (``fraction``), the sampling that DP accounting assumes (Abadi et al. 2016; McMahan et al. 2018);
     * ``availability``: each client is reachable in a round with this probability (fixed cohorts only);
     * ``dropout``: a sampled client fails to report with this probability.
+
+    Cost per round: ``O(cohort)`` for fixed and Poisson cohorts (NumPy's ``choice`` without
+    replacement uses Floyd's algorithm when the cohort is under 1/50 of the clients), dropout is drawn
+    for the cohort only; ``availability < 1`` draws one uniform per registered client (``8 N`` bytes).
     """
 
     num_clients: int

@@ -99,7 +99,7 @@ class Simulation:
         self.num_clients = len(self.parts)
         labels, classes = self.data.partition_labels, self.data.partition_classes
         self.stats: PartitionStats = partition_stats(self.parts, labels, classes)
-        self.sizes = np.fromiter((len(x) for x in self.parts), dtype=np.int64, count=self.num_clients)
+        self.sizes = self.parts.sizes  # a Partition (CSR): no per-client Python work
         s = cfg.sampling
         self.sampler = ClientSampler(
             self.num_clients, s.cohort_size, s.fraction, s.poisson, s.availability, s.dropout,

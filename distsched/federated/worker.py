@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distsched.data import build_model
+from distsched.data import Partition, build_model
 from distsched.federated.client import LocalWork, client_seed, train_client
 
 
@@ -129,7 +129,10 @@ def _has_gpu() -> bool:
 
 
 def to_csr(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Client index lists as ``(order, offsets)``, ``offsets[k]..offsets[k+1]`` bounding client ``k``."""
+    """Client index lists as ``(order, offsets)``, ``offsets[k]..offsets[k+1]`` bounding client ``k``
+    (a :class:`distsched.data.Partition` is already that: no copy)."""
+    if isinstance(parts, Partition):
+        return parts.order, parts.offsets
     sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     order = np.concatenate(list(parts)).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
