@@ -166,8 +166,9 @@ def leaf_synthetic(
     samples form the central test set. The client split is kept as ``natural_partition`` (a CSR
     :class:`~distsched.data.Partition`: the train samples are stored client after client).
 
-    Generated in blocks of clients (about :data:`_SYNTHETIC_BLOCK` samples each), vectorized: time and
-    memory are linear in the number of samples, a million clients take seconds."""
+    Generated in blocks of clients (about :data:`_SYNTHETIC_BLOCK` samples each), vectorized, in float32:
+    time and memory are linear in the number of samples (``K * classes * dim`` normal draws for the
+    local models plus ``n * dim`` for the samples)."""
     check_non_negative("alpha", alpha)
     check_non_negative("beta", beta)
     check_int("num_clients", num_clients, 1)
@@ -176,7 +177,7 @@ def leaf_synthetic(
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
-    sigma = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
+    sigma32 = np.sqrt(np.arange(1, dim + 1, dtype=np.float64) ** -1.2).astype(np.float32)
     sizes = np.maximum(2, rng.lognormal(np.log(mean_samples) - 0.5, 1.0, num_clients).astype(np.int64))
     starts = np.concatenate([[0], np.cumsum(sizes)])
     total = int(starts[-1])
@@ -195,13 +196,13 @@ def leaf_synthetic(
     edges = np.concatenate([cuts, [num_clients]])
     for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
         nb = b - a
-        u = rng.normal(0.0, np.sqrt(alpha), nb) if alpha > 0 else np.zeros(nb)
-        w = rng.normal(u[:, None, None], 1.0, (nb, num_classes, dim))
-        bias = rng.normal(u[:, None], 1.0, (nb, num_classes))
-        big_b = rng.normal(0.0, np.sqrt(beta), nb) if beta > 0 else np.zeros(nb)
-        v = rng.normal(big_b[:, None], 1.0, (nb, dim))
+        u = (rng.normal(0.0, np.sqrt(alpha), nb) if alpha > 0 else np.zeros(nb)).astype(np.float32)
+        w = u[:, None, None] + rng.standard_normal((nb, num_classes, dim), dtype=np.float32)
+        bias = u[:, None] + rng.standard_normal((nb, num_classes), dtype=np.float32)
+        big_b = (rng.normal(0.0, np.sqrt(beta), nb) if beta > 0 else np.zeros(nb)).astype(np.float32)
+        v = big_b[:, None] + rng.standard_normal((nb, dim), dtype=np.float32)
         owner = np.repeat(np.arange(nb), sizes[a:b])
-        x = v[owner] + sigma * rng.standard_normal((len(owner), dim))
+        x = v[owner] + sigma32 * rng.standard_normal((len(owner), dim), dtype=np.float32)
         y = np.argmax(np.einsum("nd,ncd->nc", x, w[owner]) + bias[owner], axis=1)
         t = is_test[starts[a] : starts[b]]
         x_train[train_starts[a] : train_starts[b]] = x[~t]
