@@ -93,6 +93,165 @@ def _interp(x: np.ndarray, y: np.ndarray, at: float) -> float:
     return float(np.interp(at, x, y))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Curve:
+    """The training curve as every verdict reads it: raw ``v`` and smoothed ``s`` over steps ``x``."""
+
+    x: np.ndarray
+    v: np.ndarray
+    s: np.ndarray
+    span: float
+    i_min: int
+    noise: float
+
+    @classmethod
+    def of(cls, tr: Series) -> _Curve:
+        x, v = tr
+        s = _smooth(v)
+        i_min = int(np.argmin(s))
+        k = max(2, len(v) // 10)
+        around = slice(max(0, i_min - k), min(len(v), i_min + k + 1))
+        noise = float(np.std(v[around] - s[around]))  # noise near the minimum, before any blow-up
+        return cls(x, v, s, max(float(x[-1] - x[0]), 1e-12), i_min, noise)
+
+    @property
+    def start(self) -> float:
+        return float(self.s[0])
+
+    @property
+    def end(self) -> float:
+        return float(self.s[-1])
+
+    def at(self, step: float) -> str:
+        return f"step {step:g} ({100 * (step - self.x[0]) / self.span:.0f}% of the run)"
+
+    def level(self, a: float, b: float) -> tuple[float, int]:
+        """Mean of the raw loss over the window ``[a, b]`` (fractions of the run) and its point count."""
+        x = self.x
+        sel = (x >= x[0] + a * self.span) & (x <= x[0] + b * self.span)
+        if not sel.any():
+            return _interp(x, self.s, x[0] + 0.5 * (a + b) * self.span), 1
+        return float(np.mean(self.v[sel])), int(sel.sum())
+
+
+def _not_finite(tr: Series, va: Series | None) -> Diagnosis | None:
+    """Divergence: a non-finite loss (|value| >= 1e300 counts: MetricsWriter stores inf as 1e308)."""
+    for name, ser in (("training", tr), ("validation", va)):
+        if ser is None:
+            continue
+        bad = ~(np.isfinite(ser[1]) & (np.abs(ser[1]) < _HUGE))
+        if bad.any():
+            i = int(np.argmax(bad))
+            return _verdict("divergence", [f"{name} loss is not finite ({ser[1][i]:g}) from step {ser[0][i]:g} on"])
+    return None
+
+
+def _diverged(c: _Curve) -> Diagnosis | None:
+    """Divergence: the loss rose from its minimum by more than half the progress and 3 noise std."""
+    low = float(c.s[c.i_min])
+    gain = c.start - low
+    scale = max(gain, 0.05 * abs(c.start), 1e-12)
+    if c.end - low > 0.5 * scale and c.end - low > 3 * c.noise:
+        return _verdict("divergence", [
+            f"training loss fell to {low:.4g} at {c.at(c.x[c.i_min])} and rose to {c.end:.4g} by the end "
+            f"(+{c.end - low:.3g}, more than half of the {gain:.3g} gained)",
+        ])
+    return None
+
+
+def _overfitting(c: _Curve, va: Series | None) -> Diagnosis | None:
+    """Overfitting: validation rose from its minimum (before 85% of the run) while training kept falling."""
+    if va is None or len(va[1]) < 5:
+        return None
+    vx, vv = va
+    vs = _smooth(vv)
+    j = int(np.argmin(vs))
+    vlow, vend, vstart = float(vs[j]), float(vs[-1]), float(vs[0])
+    rise = vend - vlow
+    train_at_j = _interp(c.x, c.s, vx[j])
+    if (
+        vx[j] - vx[0] < 0.85 * max(vx[-1] - vx[0], 1e-12)
+        and rise > max(0.1 * (vstart - vlow), 0.02 * abs(vlow))
+        and c.end < train_at_j
+    ):
+        return _verdict("overfitting", [
+            f"validation loss reached its minimum {vlow:.4g} at {c.at(vx[j])} and rose to {vend:.4g} "
+            f"(+{100 * rise / max(abs(vlow), 1e-12):.1f}%)",
+            f"training loss kept falling meanwhile, from {train_at_j:.4g} to {c.end:.4g}",
+            f"best validation step for early stopping: {vx[j]:g}",
+        ])
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tail:
+    """The end of the run: final level, tolerance, and whether the last ``flat_fraction`` is flat."""
+
+    final: float
+    tol: float
+    flat: bool
+    evidence_flat: str
+    evidence_falling: str
+
+
+def _tail(c: _Curve, flat_fraction: float, rel_tol: float) -> _Tail:
+    final, n_final = c.level(0.9, 1.0)
+    tol = max(rel_tol * abs(final), 3.0 * c.noise * math.sqrt(2.0 / max(n_final, 1)), 1e-12)
+    ff = flat_fraction
+    tail_start, _ = c.level(1.0 - ff, 1.0 - ff + 0.1)
+    tail_drop = tail_start - final
+    evidence_flat = (f"over the last {100 * ff:.0f}% of the run the training loss fell only from {tail_start:.4g} "
+                     f"to {final:.4g} (less than the tolerance {tol:.3g})")
+    if n_final < 5:
+        evidence_flat += f"; only {n_final} points per 10% of the run: low confidence"
+    evidence_falling = (f"training loss fell from {float(c.v[0]):.4g} to {final:.4g}, "
+                        f"by {tail_drop:.3g} in the last {100 * ff:.0f}% of the run")
+    return _Tail(final, tol, tail_drop < tol, evidence_flat, evidence_falling)
+
+
+def _premature_decay(c: _Curve, t: _Tail, lrs: Series) -> Diagnosis | None:
+    """Underfitting: the LR fell below 10% of its peak in 5-60% of the run while the loss was still
+    falling, and over the last 30% the loss falls less than a tenth as fast (not converged near 0)."""
+    lx, lv = lrs
+    peak_i = int(np.argmax(lv))
+    peak = float(lv[peak_i])
+    decayed = np.nonzero((lv <= 0.1 * peak) & (np.arange(len(lv)) > peak_i))[0]
+    if not (peak > 0 and len(decayed)):
+        return None
+    dx = float(lx[decayed[0]])
+    df = (dx - c.x[0]) / c.span
+    if not 0.05 <= df <= 0.6:
+        return None
+    rate_before = 2.0 * (c.level(df - 0.1, df - 0.05)[0] - c.level(df - 0.05, df)[0])  # per 10% of the run
+    rate_end = 0.5 * (c.level(0.7, 0.8)[0] - t.final)
+    near_zero = abs(t.final) < 1e-3 * abs(c.start)  # fitted the data: converged, not stuck
+    if rate_before > t.tol and rate_end < 0.1 * rate_before and not near_zero:
+        return _verdict("underfitting", [
+            f"LR fell to 10% of its peak {peak:.3g} at {c.at(dx)}",
+            f"the training loss was still falling just before: -{rate_before:.3g} per 10% of the run",
+            f"over the last 30% it falls only {max(rate_end, 0.0):.3g} per 10% of the run, "
+            f"stuck near {t.final:.4g}",
+        ])
+    return None
+
+
+def _plateau_or_healthy(c: _Curve, t: _Tail, lrs: Series | None, flat_fraction: float) -> Diagnosis:
+    """Plateau: a flat tail at an LR not below 10% of its peak (or no LR); the same after decay is a
+    converged, healthy run; a falling tail is healthy."""
+    if lrs is not None and len(lrs[1]) >= 2:
+        lx, lv = lrs
+        peak = float(lv[int(np.argmax(lv))])
+        lr_tail = _interp(lx, lv, c.x[0] + (1.0 - flat_fraction) * c.span)
+        if t.flat and lr_tail > 0.1 * peak:
+            return _verdict("plateau", [t.evidence_flat, f"at an LR of {lr_tail:.3g} (peak {peak:.3g}), not decayed"])
+        if t.flat:
+            return _verdict("healthy", [t.evidence_flat, f"after the LR decayed to {lr_tail:.3g}: converged"])
+        return _verdict("healthy", [t.evidence_falling])
+    if t.flat:
+        return _verdict("plateau", [t.evidence_flat, "no LR in the metrics: premature decay cannot be told apart"])
+    return _verdict("healthy", [t.evidence_falling])
+
+
 def diagnose(
     train_loss: Sequence[float],
     val_loss: Sequence[float] | None = None,
@@ -129,102 +288,19 @@ def diagnose(
         raise ValueError(f"train_loss must have at least 5 points, got {0 if tr is None else len(tr[1])}")
     va = _series(val_steps, val_loss)
     lrs = _series(lr_steps, lr)
-    x, v = tr
-    span = max(float(x[-1] - x[0]), 1e-12)
-
-    def at(frac_step: float) -> str:
-        return f"step {frac_step:g} ({100 * (frac_step - x[0]) / span:.0f}% of the run)"
-
-    # divergence (|value| >= 1e300 counts as infinite: MetricsWriter stores inf as 1e308)
-    for name, ser in (("training", tr), ("validation", va)):
-        if ser is None:
-            continue
-        bad = ~(np.isfinite(ser[1]) & (np.abs(ser[1]) < _HUGE))
-        if bad.any():
-            i = int(np.argmax(bad))
-            return _verdict("divergence", [f"{name} loss is not finite ({ser[1][i]:g}) from step {ser[0][i]:g} on"])
-    s = _smooth(v)
-    start, end = float(s[0]), float(s[-1])
-    i_min = int(np.argmin(s))
-    low = float(s[i_min])
-    gain = start - low
-    scale = max(gain, 0.05 * abs(start), 1e-12)
-    k = max(2, len(v) // 10)
-    around = slice(max(0, i_min - k), min(len(v), i_min + k + 1))
-    noise = float(np.std(v[around] - s[around]))  # noise near the minimum, before any blow-up
-    if end - low > 0.5 * scale and end - low > 3 * noise:
-        return _verdict("divergence", [
-            f"training loss fell to {low:.4g} at {at(x[i_min])} and rose to {end:.4g} by the end "
-            f"(+{end - low:.3g}, more than half of the {gain:.3g} gained)",
-        ])
-
-    # overfitting
-    if va is not None and len(va[1]) >= 5:
-        vx, vv = va
-        vs = _smooth(vv)
-        j = int(np.argmin(vs))
-        vlow, vend, vstart = float(vs[j]), float(vs[-1]), float(vs[0])
-        rise = vend - vlow
-        train_at_j = _interp(x, s, vx[j])
-        if (
-            vx[j] - vx[0] < 0.85 * max(vx[-1] - vx[0], 1e-12)
-            and rise > max(0.1 * (vstart - vlow), 0.02 * abs(vlow))
-            and end < train_at_j
-        ):
-            return _verdict("overfitting", [
-                f"validation loss reached its minimum {vlow:.4g} at {at(vx[j])} and rose to {vend:.4g} "
-                f"(+{100 * rise / max(abs(vlow), 1e-12):.1f}%)",
-                f"training loss kept falling meanwhile, from {train_at_j:.4g} to {end:.4g}",
-                f"best validation step for early stopping: {vx[j]:g}",
-            ])
-
-    def level(a: float, b: float) -> tuple[float, int]:
-        sel = (x >= x[0] + a * span) & (x <= x[0] + b * span)
-        if not sel.any():
-            return _interp(x, s, x[0] + 0.5 * (a + b) * span), 1
-        return float(np.mean(v[sel])), int(sel.sum())
-
-    final, n_final = level(0.9, 1.0)
-    tol = max(rel_tol * abs(final), 3.0 * noise * math.sqrt(2.0 / max(n_final, 1)), 1e-12)
-    ff = flat_fraction
-    tail_start, _ = level(1.0 - ff, 1.0 - ff + 0.1)
-    tail_drop = tail_start - final
-    flat = tail_drop < tol
-    evidence_flat = (f"over the last {100 * ff:.0f}% of the run the training loss fell only from {tail_start:.4g} "
-                     f"to {final:.4g} (less than the tolerance {tol:.3g})")
-    if n_final < 5:
-        evidence_flat += f"; only {n_final} points per 10% of the run: low confidence"
-    evidence_falling = (f"training loss fell from {float(v[0]):.4g} to {final:.4g}, "
-                        f"by {tail_drop:.3g} in the last {100 * ff:.0f}% of the run")
-
+    found = _not_finite(tr, va)
+    if found is not None:
+        return found
+    c = _Curve.of(tr)
+    found = _diverged(c) or _overfitting(c, va)
+    if found is not None:
+        return found
+    t = _tail(c, flat_fraction, rel_tol)
     if lrs is not None and len(lrs[1]) >= 2:
-        lx, lv = lrs
-        peak_i = int(np.argmax(lv))
-        peak = float(lv[peak_i])
-        decayed = np.nonzero((lv <= 0.1 * peak) & (np.arange(len(lv)) > peak_i))[0]
-        if peak > 0 and len(decayed):
-            dx = float(lx[decayed[0]])
-            df = (dx - x[0]) / span
-            if 0.05 <= df <= 0.6:
-                rate_before = 2.0 * (level(df - 0.1, df - 0.05)[0] - level(df - 0.05, df)[0])  # per 10% of the run
-                rate_end = 0.5 * (level(0.7, 0.8)[0] - final)
-                near_zero = abs(final) < 1e-3 * abs(start)  # fitted the data: converged, not stuck
-                if rate_before > tol and rate_end < 0.1 * rate_before and not near_zero:
-                    return _verdict("underfitting", [
-                        f"LR fell to 10% of its peak {peak:.3g} at {at(dx)}",
-                        f"the training loss was still falling just before: -{rate_before:.3g} per 10% of the run",
-                        f"over the last 30% it falls only {max(rate_end, 0.0):.3g} per 10% of the run, "
-                        f"stuck near {final:.4g}",
-                    ])
-        lr_tail = _interp(lx, lv, x[0] + (1.0 - ff) * span)
-        if flat and lr_tail > 0.1 * peak:
-            return _verdict("plateau", [evidence_flat, f"at an LR of {lr_tail:.3g} (peak {peak:.3g}), not decayed"])
-        if flat:
-            return _verdict("healthy", [evidence_flat, f"after the LR decayed to {lr_tail:.3g}: converged"])
-        return _verdict("healthy", [evidence_falling])
-    if flat:
-        return _verdict("plateau", [evidence_flat, "no LR in the metrics: premature decay cannot be told apart"])
-    return _verdict("healthy", [evidence_falling])
+        found = _premature_decay(c, t, lrs)
+        if found is not None:
+            return found
+    return _plateau_or_healthy(c, t, lrs, flat_fraction)
 
 
 def _verdict(name: str, evidence: list[str]) -> Diagnosis:
