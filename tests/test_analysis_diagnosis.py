@@ -107,7 +107,8 @@ def test_records_with_mixed_keys_and_eval_rows():
 
 
 def test_remedies_table_and_errors():
-    assert set(REMEDIES_BY_VERDICT) == {"divergence", "overfitting", "underfitting", "plateau", "healthy"}
+    assert set(REMEDIES_BY_VERDICT) == {"divergence", "overfitting", "underfitting", "plateau", "not_converged",
+                                        "healthy"}
     with pytest.raises(ValueError, match="train_loss"):
         diagnose([1.0, 0.5])
     with pytest.raises(ValueError, match="flat_fraction"):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from distsched import cli
+from distsched.analysis import VERDICTS
 from distsched.report import read_metrics
 from distsched.train import LocalSession, config_from_mapping, load_config, prepare_run, run_processes, train_worker
 from distsched.train.checkpoint import complete_checkpoints, latest_checkpoint, load_rank_state
@@ -275,7 +276,7 @@ def test_diagnose_reads_the_example_run_folder(example_run, capsys):
     assert cli.main(["diagnose", str(folder.root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["path"] == str(folder.metrics_path)
-    assert out["verdict"] in {"divergence", "overfitting", "underfitting", "plateau", "healthy"}
+    assert out["verdict"] in VERDICTS
     assert any("lr='lr'" in e and "train='loss'" in e for e in out["evidence"]), out["evidence"]
 
 

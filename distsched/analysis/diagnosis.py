@@ -1,5 +1,5 @@
 """Diagnosis of loss curves: divergence, overfitting by slow decay, underfitting by premature decay,
-plateau, or healthy, with the evidence and the remedies.
+plateau, not converged (still falling at the end), or healthy, with the evidence and the remedies.
 
 Remedies as usually given for LR schedules (Smith 2018, "A disciplined approach to neural network
 hyper-parameters"; Loshchilov & Hutter 2017, "SGDR"): premature decay -> less aggressive decay, a
@@ -17,7 +17,7 @@ import numpy as np
 
 from distsched._checks import check_range
 
-VERDICTS = ("divergence", "overfitting", "underfitting", "plateau", "healthy")
+VERDICTS = ("divergence", "overfitting", "underfitting", "plateau", "not_converged", "healthy")
 
 REMEDIES_BY_VERDICT: dict[str, tuple[str, ...]] = {
     "divergence": (
@@ -37,6 +37,10 @@ REMEDIES_BY_VERDICT: dict[str, tuple[str, ...]] = {
     "plateau": (
         "reduce the LR on the plateau (ReduceOnPlateau) to get below the noise floor",
         "warm restarts (WarmRestartOnPlateau) to escape a flat region",
+    ),
+    "not_converged": (
+        "train longer (more steps, epochs or rounds) with the schedule stretched to the new length",
+        "a higher peak LR if the loss falls steadily but slowly",
     ),
     "healthy": (),
 }
@@ -235,6 +239,24 @@ def _premature_decay(c: _Curve, t: _Tail, lrs: Series) -> Diagnosis | None:
     return None
 
 
+def _not_converged(c: _Curve, t: _Tail) -> Diagnosis | None:
+    """Not converged: the loss still falls at the end at more than 5% of the progress made
+    (``start - final``) per 10% of the run, measured between the windows 70-80% and 90-100% of the run,
+    and by more than 3 standard errors of a window mean: the run stopped while still learning. A run
+    that levels off (most of its progress made early, or a schedule decayed to ~0) is not flagged."""
+    before, n = c.level(0.7, 0.8)
+    drop = before - t.final
+    progress = c.start - t.final
+    rate = 0.5 * drop  # per 10% of the run
+    if progress > 0 and rate > 0.05 * progress and drop > 3.0 * c.noise * math.sqrt(2.0 / max(n, 1)):
+        return _verdict("not_converged", [
+            f"the training loss still falls at the end: from {before:.4g} (70-80% of the run) to "
+            f"{t.final:.4g} (last 10%), {100 * rate / progress:.0f}% of the progress made per 10% of the run",
+            t.evidence_falling,
+        ])
+    return None
+
+
 def _plateau_or_healthy(c: _Curve, t: _Tail, lrs: Series | None, flat_fraction: float) -> Diagnosis:
     """Plateau: a flat tail at an LR not below 10% of its peak (or no LR); the same after decay is a
     converged, healthy run; a falling tail is healthy."""
@@ -279,6 +301,8 @@ def diagnose(
     * plateau: over the last ``flat_fraction`` of the run the level fell by less than ``tol``, at an
       LR not below 10% of its peak (or with no LR in the metrics); with a decayed LR the same is a
       converged, healthy run;
+    * not converged: the level still falls at the end (from 70-80% to 90-100% of the run) by more than
+      5% of the progress made (``start - final``) per 10% of the run, beyond the noise: train longer;
     * healthy otherwise.
     """
     check_range("flat_fraction", flat_fraction, 0.0, 1.0, low_open=True)
@@ -298,6 +322,10 @@ def diagnose(
     t = _tail(c, flat_fraction, rel_tol)
     if lrs is not None and len(lrs[1]) >= 2:
         found = _premature_decay(c, t, lrs)
+        if found is not None:
+            return found
+    if not t.flat:
+        found = _not_converged(c, t)
         if found is not None:
             return found
     return _plateau_or_healthy(c, t, lrs, flat_fraction)
