@@ -93,3 +93,22 @@ def test_training_config_takes_a_clipping_mode():
         config_from_mapping({**base, "privacy": {"noise_multiplier": 1.0, "clipping": mode}})
     with pytest.raises(ValueError, match="privacy.clipping"):
         config_from_mapping({**base, "privacy": {"noise_multiplier": 1.0, "clipping": "fast"}})
+
+
+def test_ghost_refuses_a_step_after_a_plain_backward():
+    """Ghost clipping clips only through its loss wrapper: a plain ``loss.backward()`` would leave the
+    gradients unclipped, so the step is refused before any noise is added or anything charged."""
+    model = _mlp()
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=0.5), sample_rate=0.1,
+                          expected_batch_size=64, max_grad_norm=0.1, delta=1e-5, noise=1.0, clipping="ghost")
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    before = torch.cat([p.detach().flatten() for p in pt.model.parameters()])
+    nn.functional.cross_entropy(pt.model(x), y).backward()
+    with pytest.raises(ValueError, match="a plain loss.backward\\(\\) does not clip"):
+        pt.optimizer.step()
+    assert pt.accountant.steps == 0
+    assert torch.equal(before, torch.cat([p.detach().flatten() for p in pt.model.parameters()]))
+    pt.optimizer.zero_grad()
+    pt.loss_fn(nn.CrossEntropyLoss())(pt.model(x), y).backward()
+    pt.optimizer.step()
+    assert pt.accountant.steps == 1

@@ -318,6 +318,8 @@ def audit_training(
     from distsched.privacy.training import attach_privacy
 
     cfg = privacy_config(config)
+    if cfg.clipping in ("auto", "ghost"):  # the canaries go into Opacus' per-example clipped sum: hooks
+        cfg = dataclasses.replace(cfg, clipping="hooks")
     check_range("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
     training, loader = attach_privacy(cfg, model, optimizer, dataset, [np.asarray(indices)], 0,
                                       batch_size=batch_size, total_steps=total_steps, seed=seed)

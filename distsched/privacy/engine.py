@@ -153,7 +153,20 @@ class PrivateTraining:
 
         if not hasattr(criterion, "reduction"):
             raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss())")
-        return DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
+        inner = DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
+
+        def ghost_loss(*args: Any, **kwargs: Any) -> Any:
+            loss = inner(*args, **kwargs)
+            two_passes = loss.backward
+
+            def backward() -> None:
+                two_passes()
+                self._ghost_backward = True  # the clipped pass ran: the coming step may add noise
+
+            loss.backward = backward
+            return loss
+
+        return ghost_loss
 
     @property
     def noise_multiplier(self) -> float:
@@ -197,7 +210,14 @@ class PrivateTraining:
     def check_step(self) -> None:
         """Raise :class:`BudgetExhausted` (before any noise is drawn or anything recorded) when the coming
         real (not skipped) ``optimizer.step()`` would exceed the budget; installed on ``optimizer.step``."""
-        if self.guard is None or self.optimizer._check_skip_next_step(pop_next=False):
+        if self.optimizer._check_skip_next_step(pop_next=False):
+            return
+        if self.clipping == "ghost":  # a plain loss.backward() would leave the gradients unclipped
+            if not getattr(self, "_ghost_backward", False):
+                raise ValueError("clipping 'ghost': compute the loss with training.loss_fn(criterion) (make_private: "
+                                 "the criterion it returns); a plain loss.backward() does not clip")
+            self._ghost_backward = False
+        if self.guard is None:
             return
         sigma, q = self.charge_of_next_step()
         if not self.guard.allows((sigma, q)):
