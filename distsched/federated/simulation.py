@@ -113,6 +113,8 @@ class Simulation:
         self.client_lr = schedule_of(c.lr, "client.lr")
         self.server_lr = schedule_of(cfg.strategy.server_lr, "strategy.server_lr")
         self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        #: the strategy aggregates per-client updates itself (robust strategies: median, trimmed mean, Krum)
+        self.per_client = bool(getattr(self.strategy, "per_client", False))
         self.model_spec = {
             "name": cfg.model.name,
             "input_shape": self.data.input_shape,
@@ -155,6 +157,9 @@ class Simulation:
             self.accountant = Accountant(d.accountant)
             if d.target_epsilon is not None:
                 self.guard = BudgetGuard(d.target_epsilon, d.delta, self.accountant)
+        if self.per_client and self.dp is not None:
+            raise ValueError(f"strategy.name {cfg.strategy.name!r} aggregates per-client updates: "
+                             "dp (noise on the clipped sum) applies to sum-based strategies only")
         self.round = 0
         self.history: list[RoundRecord] = []
 
@@ -218,6 +223,7 @@ class Simulation:
                 prox_mu=float(opts.get("prox_mu", 0.0)),
                 clip_norm=self.dp.clip_norm if self.dp else None,
                 weighting="uniform" if self.dp else "samples",
+                per_client=self.per_client,
             )
             for ids, w in zip(np.array_split(clients, n_chunks), np.array_split(scale, n_chunks))
             if len(ids)
@@ -237,6 +243,9 @@ class Simulation:
             trained += len(res.clients)
             loss_sum += float(res.losses.sum())
         info: dict[str, Any] = {"trained": trained, "train_loss": loss_sum / trained if trained else float("nan")}
+        if self.per_client:  # a robust strategy aggregates the per-client updates itself
+            rows = [res.updates for res in results if len(res.clients)]
+            return (self.strategy.aggregate(np.concatenate(rows)) if rows else None), info
         if self.dp is not None:
             info["clip_norm"] = self.dp.clip_norm
             info["unclipped_fraction"] = unclipped / trained if trained else float("nan")

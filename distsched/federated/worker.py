@@ -37,6 +37,9 @@ class ChunkResult:
     steps: np.ndarray
     unclipped: int
     max_rss_kib: int
+    #: ``(n, d)`` float64 (clipped) update of every client of the chunk, in chunk order, when the task
+    #: asked for them (``ChunkTask.per_client``: robust strategies); else None
+    updates: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ChunkTask:
     prox_mu: float = 0.0
     clip_norm: float | None = None
     weighting: str = "samples"
+    #: also return every client's (clipped) update, not only the weighted sum (robust strategies)
+    per_client: bool = False
 
 
 class ClientWorker:
@@ -86,6 +91,7 @@ class ClientWorker:
         n = len(task.clients)
         losses, norms, steps_out = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
         gen = torch.Generator()
+        rows = np.zeros((n, g_params.numel()), dtype=np.float64) if task.per_client else None
         for i, (client, scale) in enumerate(zip(task.clients.tolist(), task.weight_scale.tolist())):
             idx = torch.as_tensor(self.order[self.offsets[client] : self.offsets[client + 1]])
             gen.manual_seed(client_seed(self.seed, task.round, client))
@@ -108,10 +114,12 @@ class ClientWorker:
                 delta64 = delta64 * min(1.0, task.clip_norm / max(norm, 1e-300))
             weight = (len(idx) if task.weighting == "samples" else 1.0) * scale
             acc += weight * delta64
+            if rows is not None:
+                rows[i] = delta64
             weight_sum += weight
             losses[i], norms[i], steps_out[i] = loss, norm, steps
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return ChunkResult(acc, weight_sum, task.clients, losses, norms, steps_out, unclipped, rss)
+        return ChunkResult(acc, weight_sum, task.clients, losses, norms, steps_out, unclipped, rss, rows)
 
     def ping(self) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

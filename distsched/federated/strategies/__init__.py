@@ -10,12 +10,16 @@ from distsched.federated.strategies.fedadagrad import FedAdagrad
 from distsched.federated.strategies.fedadam import FedAdam
 from distsched.federated.strategies.fedavg import FedAvg
 from distsched.federated.strategies.fedavgm import FedAvgM
+from distsched.federated.strategies.fedmedian import FedMedian
 from distsched.federated.strategies.fedprox import FedProx
 from distsched.federated.strategies.fedyogi import FedYogi
+from distsched.federated.strategies.krum import Krum
+from distsched.federated.strategies.robust import RobustStrategy
+from distsched.federated.strategies.trimmed_mean import TrimmedMean
 
 #: name -> strategy class (a new strategy is one file plus one line here).
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum)
 }
 
 
@@ -34,8 +38,12 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedMedian",
     "FedProx",
     "FedYogi",
+    "Krum",
+    "RobustStrategy",
     "Strategy",
+    "TrimmedMean",
     "build_strategy",
 ]
