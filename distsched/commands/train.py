@@ -152,13 +152,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     cfg = load_config(args.config, overrides) if args.config else None
-    if args.resume and cfg is None and args.workers is not None:
-        from distsched.report import RunFolder
-        from distsched.train.config import config_from_mapping
-
-        saved = config_from_mapping(RunFolder(args.resume).read_config())
-        if saved.workers != args.workers:
-            raise ValueError(f"--workers must be {saved.workers} to resume {args.resume}, got {args.workers}")
     if cfg is not None and args.resume is None:
         from distsched.train.run import preflight
 
@@ -167,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         from distsched.cluster.local import check_reachable
 
         check_reachable(args.address)  # nothing answers: one line now, before a run folder exists
-    folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True)
+    folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True,
+                              workers=args.workers if args.resume else None)  # a new size: resize on resume
     print(f"run folder: {folder.root}", flush=True)
     if launcher == "processes":
         from distsched.cluster.progress import Progress

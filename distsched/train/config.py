@@ -178,6 +178,9 @@ class TrainConfig:
     #: a feedback controller on the schedule, ``{name: pid | plateau | warm_restart | curriculum, ...}``,
     #: fed the workers' mean loss at every metrics record (:mod:`distsched.train.controller`); None = off.
     controller: dict[str, Any] | None = None
+    #: the LR at another world size W (a resume at a new ``workers``): ``none`` | ``linear`` (x W/W0) |
+    #: ``sqrt`` (x sqrt(W/W0)), W0 the run's first size (:func:`distsched.train.resize.world_lr_factor`).
+    world_lr: str = "none"
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -187,6 +190,9 @@ class TrainConfig:
         check_int("batch_size", self.batch_size, 1)
         check_int("log_every", self.log_every, 1)
         check_int("threads", self.threads, 1)
+        from distsched.train.resize import world_lr_factor
+
+        world_lr_factor(self.world_lr, 1, 1)
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"give exactly one of steps and epochs, got steps={self.steps!r}, epochs={self.epochs!r}")
         if self.steps is not None:

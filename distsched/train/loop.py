@@ -43,6 +43,7 @@ from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
 from distsched.train.controller import build_controller, update_controller
+from distsched.train.resize import world_lr_factor
 from distsched.train.session import Session
 
 
@@ -214,10 +215,22 @@ def train_worker(
     # before a restart, so it travels in the checkpoint with the loss window it belongs to.
     last_step: tuple[float | None, int | None, float | None] = (None, None, None)
     restore = session.restore_dir()
+    base_world, resized_from = world, None
     if restore is not None:
-        state = ckpt.load_rank_state(restore, rank)
-        if int(state["world_size"]) != world:
-            raise ValueError(f"workers must be {state['world_size']} to resume {restore}, got {world}")
+        state = ckpt.load_rank_state(restore, rank) if (Path(restore) / ckpt.rank_file(rank)).exists() else None
+        if state is None or int(state["world_size"]) != world:  # resize on resume: average on load
+            from distsched.train.resize import resize_rank_state
+
+            old_world = int(ckpt.read_meta(restore).get("world_size", 1))
+            if priv is not None and priv.mode == "local":
+                raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its "
+                                 f"own {old_world} workers, got {world}")
+            old_shards = cfg.data.shards(bundle.targets, old_world, cfg.batch_size, cfg.seed)
+            states = [ckpt.load_rank_state(restore, r) for r in range(old_world)]
+            state = resize_rank_state(states, world, rank, len(old_shards[0]) // cfg.batch_size,
+                                      len(shards[rank]) // cfg.batch_size)
+            resized_from = old_world
+        base_world = int(state.get("base_world", state["world_size"]))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if controller is not None and state.get("controller") is None:
@@ -234,13 +247,18 @@ def train_worker(
                 raise ValueError(f"privacy: the checkpoint {restore} has no privacy state (a run without DP)")
             priv.load_state_dict(state["privacy"])  # the budget already spent: a resumed run cannot reset it
         tr.sampler.load_state_dict(state["sampler"])
-        ckpt.restore_rng(state["rng"])
+        if state["rng"] is not None:
+            ckpt.restore_rng(state["rng"])
+        else:  # resized: fresh per-rank randomness, determined by (seed, rank, step)
+            torch.manual_seed(cfg.seed + 1 + rank + 1_000_003 * int(state["step"]))
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         window, finished = tuple(state["window"]), bool(state["finished"])
         last_step = tuple(state.get("last_step", last_step))
     else:
         torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
-    _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
+    world_factor = world_lr_factor(cfg.world_lr, world, base_world)  # 1.0 unless resized with a rule
+    _set_lr(optimizer, scheduler.get_last_lr(),
+            world_factor * engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
 
     if rank == 0 and bundle.manifest is not None:  # which corpus this run read (file list, content hash)
         (folder.root / "corpus.json").write_text(json.dumps(bundle.manifest, indent=1), encoding="utf-8")
@@ -250,7 +268,7 @@ def train_worker(
 
     def snapshot(step: int, elapsed: float, done: bool) -> dict[str, Any]:
         return {
-            "step": step, "world_size": world, "finished": done, "elapsed_s": elapsed, "window": window,
+            "step": step, "world_size": world, "base_world": base_world, "finished": done, "elapsed_s": elapsed, "window": window,
             "last_step": last_step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
@@ -292,7 +310,8 @@ def train_worker(
                 update_controller(controller, mean_loss, t)
         engine.step(t, loss)  # a new round's H is read from the controlled schedule
         scheduler.step()
-        _set_lr(optimizer, scheduler.get_last_lr(), engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
+        _set_lr(optimizer, scheduler.get_last_lr(),
+                world_factor * engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
         if mean_loss is not None:
             last = {
                 "step": done, "epoch": tr.sampler.epoch + tr.sampler.batch / tr.sampler.batches_per_epoch,
@@ -340,6 +359,7 @@ def train_worker(
             "final_loss": final.get("loss"), "sync_rounds": engine.rounds, "bytes_sent": engine.bytes_sent,
             "bytes_sent_all_workers": engine.bytes_sent * world, "wall_time_s": round(elapsed, 3),
             "resumed_from_step": start if restore is not None else None, "device": str(device),
+            "resized_from_workers": resized_from,
             "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
             "run_dir": str(folder.root),
         }

@@ -13,6 +13,8 @@ The Ray Train entry is :func:`distsched.cluster.train_on_ray`; all three run
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -36,11 +38,13 @@ def prepare_run(
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     exclusive: bool = False,
+    workers: int | None = None,
 ) -> tuple[RunFolder, TrainConfig]:
     """The run folder and its config.
 
     ``resume``: an existing run folder, its ``config.yaml`` is read back (``cfg`` may set only the
-    same number of workers). Otherwise ``run_dir`` (an exact folder; with ``exclusive``, as the CLI
+    same number of workers). ``workers`` with ``resume``: resize on resume (:mod:`distsched.train.resize`),
+    ``config.yaml`` then records the new size. Otherwise ``run_dir`` (an exact folder; with ``exclusive``, as the CLI
     does, refused when it already holds a run) or a new
     ``<out>/<name>-<timestamp>`` folder, with ``cfg`` written to ``config.yaml``.
     """
@@ -50,6 +54,9 @@ def prepare_run(
         if cfg is not None and cfg.workers != saved.workers:
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
         latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
+        if workers is not None and workers != saved.workers:  # resize on resume
+            saved = dataclasses.replace(saved, workers=workers)
+            folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
     if cfg is None:
         raise ValueError("a config is required unless resuming (--resume RUN_DIR)")
