@@ -84,6 +84,7 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in ln]
 
 
+@pytest.mark.slow  # two CLI runs with spawned workers; the fast cover: the in-process test below
 def test_resume_at_one_worker_averages_and_rescales_the_lr(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     cfg = dict(BASE, sync={"rule": "fixed", "h": 3}, world_lr="linear")  # step 4 is mid-round: models differ
@@ -109,6 +110,7 @@ def test_resume_at_one_worker_averages_and_rescales_the_lr(tmp_path: Path) -> No
     assert torch.allclose(started[k], (old[0]["model"][k] + old[1]["model"][k]) / 2)
 
 
+@pytest.mark.slow  # two CLI runs with spawned workers; the accounting's fast cover: tests of the accountant
 def test_dp_group_resize_charges_a_new_segment(tmp_path: Path) -> None:
     from opacus.accountants import RDPAccountant
 
@@ -127,9 +129,63 @@ def test_dp_group_resize_charges_a_new_segment(tmp_path: Path) -> None:
     assert q1 != q2
     final = load_rank_state(run / "checkpoints" / checkpoint_name(STEPS), 0)
     hist = final["privacy"]["accountant"]["history"]
-    assert [(round(s, 9), round(q, 12), n) for s, q, n in hist] == [(sigma, round(q2, 12), 4), (sigma, round(q1, 12), 4)]
+    got = [(round(s, 9), round(q, 12), n) for s, q, n in hist]
+    assert got == [(sigma, round(q2, 12), 4), (sigma, round(q1, 12), 4)]
     ref = RDPAccountant()  # the real Opacus accountant, fed the two segments by hand
     ref.history = [(sigma, q2, 4), (sigma, q1, 4)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epsilon"] == pytest.approx(ref.get_epsilon(delta), rel=1e-9)
     assert summary["resized_from_workers"] == 2
+
+
+def _forge(run: Path, states: list[dict]) -> None:
+    """Replace the run's step-4 checkpoint by ``states`` (one per rank), with a valid meta."""
+    from distsched.train.checkpoint import digests, save_rank_state, write_meta
+
+    ck = run / "checkpoints" / checkpoint_name(4)
+    shutil.rmtree(ck)
+    ck.mkdir()
+    for r, s in enumerate(states):
+        save_rank_state(ck, r, s)
+    write_meta(ck, {"step": 4, "world_size": len(states), "sha256": digests(ck, range(len(states)))})
+
+
+def test_loop_restores_a_two_rank_checkpoint_at_one_rank_as_its_average(tmp_path: Path) -> None:
+    """Fast, in one process: a 2-rank checkpoint (rank 1's model shifted) resumed at 1 worker ends where
+    a 1-worker checkpoint holding the hand-averaged model and the re-derived data position ends."""
+    from distsched.train import LocalSession, prepare_run, train_worker
+
+    torch.set_num_threads(1)
+    cfg1 = config_from_mapping(dict(BASE, workers=1, sync={"rule": "fixed", "h": 1}))
+
+    def fresh(name: str) -> Path:
+        folder, cfg = prepare_run(cfg1, run_dir=tmp_path / name)
+        train_worker(cfg, folder.root, LocalSession(folder.checkpoints, 0, 1, keep=5))
+        shutil.rmtree(folder.checkpoints / checkpoint_name(STEPS))
+        (folder.root / "summary.json").unlink()
+        return folder.root
+
+    def resume(root: Path) -> dict:
+        folder, cfg = prepare_run(resume=root)
+        return train_worker(cfg, folder.root, LocalSession(folder.checkpoints, 0, 1, keep=5, resume=True))
+
+    a, b = fresh("a"), fresh("b")
+    s0 = load_rank_state(a / "checkpoints" / checkpoint_name(4), 0)
+    s1 = dict(s0, model={k: v + 0.05 if v.is_floating_point() else v for k, v in s0["model"].items()})
+    _forge(a, [dict(s0, world_size=2), dict(s1, world_size=2)])
+    bundle = cfg1.data.load(cfg1.seed)
+    old_bpe = len(cfg1.data.shards(bundle.targets, 2, 16, cfg1.seed)[0]) // 16
+    new_bpe = len(cfg1.data.shards(bundle.targets, 1, 16, cfg1.seed)[0]) // 16
+    e, bt = int(s0["sampler"]["epoch"]), int(s0["sampler"]["batch"])
+    pos = e * new_bpe + round(bt * new_bpe / old_bpe)  # the epoch fraction kept, by hand
+    avg = {k: (s0["model"][k] + s1["model"][k]) / 2 if s0["model"][k].is_floating_point() else s0["model"][k]
+           for k in s0["model"]}
+    _forge(b, [dict(s0, model=avg, sampler={"epoch": pos // new_bpe, "batch": pos % new_bpe})])
+
+    got, ref = resume(a), resume(b)
+    assert got["resized_from_workers"] == 2 and ref["resized_from_workers"] is None
+    mg = load_rank_state(a / "checkpoints" / checkpoint_name(STEPS), 0)["model"]
+    mr = load_rank_state(b / "checkpoints" / checkpoint_name(STEPS), 0)["model"]
+    for k in mr:
+        assert torch.allclose(mg[k], mr[k], atol=1e-6), k
+    assert got["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-6)

@@ -268,7 +268,8 @@ def train_worker(
 
     def snapshot(step: int, elapsed: float, done: bool) -> dict[str, Any]:
         return {
-            "step": step, "world_size": world, "base_world": base_world, "finished": done, "elapsed_s": elapsed, "window": window,
+            "step": step, "world_size": world, "base_world": base_world, "finished": done, "elapsed_s": elapsed,
+            "window": window,
             "last_step": last_step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),

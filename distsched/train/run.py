@@ -14,7 +14,6 @@ The Ray Train entry is :func:`distsched.cluster.train_on_ray`; all three run
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 from pathlib import Path
@@ -55,6 +54,7 @@ def prepare_run(
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
         latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
         if workers is not None and workers != saved.workers:  # resize on resume
+            _check_resizable(saved, workers)
             saved = dataclasses.replace(saved, workers=workers)
             folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
@@ -67,6 +67,20 @@ def prepare_run(
         folder = RunFolder.create(Path(out if out is not None else DEFAULT_OUT).resolve(), cfg.name)
     folder.write_config(config_to_mapping(cfg))
     return folder, cfg
+
+
+def _check_resizable(saved: TrainConfig, workers: int) -> None:
+    """Refuse, before anything is written, a resize the loop cannot do: DP in ``local`` mode (one
+    accountant per shard)."""
+    if saved.privacy is None:
+        return
+    from distsched.privacy.config import privacy_config
+    from distsched.privacy.training import resolve_mode
+
+    every_step = saved.sync.get("rule") == "fixed" and saved.sync.get("h") == 1
+    if resolve_mode(privacy_config(saved.privacy).mode, saved.workers, every_step) == "local":
+        raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its own "
+                         f"{saved.workers} workers, got {workers}")
 
 
 def preflight(cfg: TrainConfig) -> int:
