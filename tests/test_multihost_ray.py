@@ -90,6 +90,7 @@ def cluster():
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_raylet_start_wait_time_s": "120",  # a node's start-up on a busy machine (Ray's default: 30 s)
            # Ray's token authentication on, with this cluster's own token (not ~/.ray/auth_token)
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     cfg_path = tmp / "cfg.yaml"

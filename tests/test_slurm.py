@@ -215,7 +215,7 @@ def test_slurm_ray_two_nodes_equals_single_host(slurm, reference):
     token.chmod(0o600)
     run_dir = slurm["tmp"] / "slurm_ray"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_TEMP_DIR": str(slurm["tmp"] / "ray"),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_raylet_start_wait_time_s": "120"}
     out = _sbatch(slurm, "slurm_ray.sbatch", [str(cfg_path), "2", str(run_dir)], env)
     bed = slurm["bed"]
     assert f"Ray head: {bed.ns(0)} ({bed.addr(0)}:6379), workers: {bed.ns(1)}" in out
