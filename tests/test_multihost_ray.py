@@ -32,7 +32,7 @@ from distsched.report import read_metrics
 from distsched.train.checkpoint import checkpoint_name, load_rank_state
 
 REASON = unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 PY = sys.executable
 RAY = str(Path(PY).parent / "ray")
 PORT = 6379

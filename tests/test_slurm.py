@@ -34,7 +34,7 @@ from distsched.report import read_metrics
 from distsched.train.checkpoint import checkpoint_name, load_rank_state
 
 REASON = unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 PY = sys.executable
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "sinfo", "munged", "mungekey"]
