@@ -183,6 +183,8 @@ def _sbatch(slurm: dict, script: str, args: list[str], extra_env: dict) -> str:
         text = out.read_text() if out.exists() else ""
         if proc.returncode == 0 or "timed out during startup" not in text:
             break
+    if proc.returncode != 0:
+        print(text[-8000:])  # the job's output (pytest -s)
     assert proc.returncode == 0, (proc.stderr[-2000:], text[-4000:])
     return text
 
