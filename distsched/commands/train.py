@@ -9,8 +9,10 @@ environment is present) and ``processes`` (N local processes, no Ray).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import Any
 
 LAUNCHERS = ("auto", "ray", "torchrun", "processes")
 
@@ -99,7 +101,15 @@ def _launcher(args: argparse.Namespace) -> str:
     return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ else "ray"
 
 
-def _print_summary(summary: dict, folder_shown: bool = False) -> None:
+def _print_header(folder: Any, cfg: Any, launcher: str, total: int, start_step: int = 0) -> None:
+    """The first lines of every launcher: the run folder, then name, workers, steps and launcher."""
+    print(f"run folder: {folder.root}", flush=True)
+    resumed = f", resuming after step {start_step}" if start_step else ""
+    print(f"{cfg.name}: {cfg.workers} worker(s), {total} steps, launcher {launcher}{resumed}", flush=True)
+
+
+def _print_summary(summary: dict) -> None:
+    """The last line of every launcher (the run folder was printed first)."""
     parts = [f"steps {summary.get('steps_done')}/{summary.get('total_steps')}"]
     if isinstance(summary.get("final_loss"), float):
         parts.append(f"final loss {summary['final_loss']:.4f}")
@@ -119,9 +129,17 @@ def _print_summary(summary: dict, folder_shown: bool = False) -> None:
             parts.append("NOT PRIVATE (privacy.reproducible: true)")
     if summary.get("launch_wall_time_s") is not None:
         parts.append(f"with start-up {summary['launch_wall_time_s']} s")
-    print("  ".join(parts))
-    if not folder_shown:  # the Ray and processes launchers print it first, the torchrun one only here
-        print(f"run folder: {summary.get('run_dir')}")
+    print("  ".join(parts), flush=True)
+
+
+def _progress(folder: Any, cfg: Any, launcher: str, resumed: bool, no_progress: bool) -> Any:
+    """Print the header and return the live progress (a context manager) read from ``metrics.jsonl``."""
+    from distsched.cluster.progress import Progress
+    from distsched.cluster.trainer import _resume_step, planned_steps
+
+    total, start = planned_steps(cfg), _resume_step(folder) if resumed else 0
+    _print_header(folder, cfg, launcher, total, start)
+    return Progress(folder.metrics_path, total, title=cfg.name, enabled=not no_progress, start_step=start)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
         from distsched.train.run import run_torchrun
 
         cfg = load_config(args.config, overrides) if args.config else None
-        summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume)
+        with contextlib.ExitStack() as stack:
+            def on_start(folder: Any, run_cfg: Any, resumed: bool) -> None:  # rank 0, once the folder exists
+                stack.enter_context(_progress(folder, run_cfg, "torchrun", resumed, args.no_progress))
+
+            summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, on_start=on_start)
         if summary:
             _print_summary(summary)
             write_dashboard(summary.get("run_dir"))
@@ -162,17 +184,16 @@ def run(args: argparse.Namespace) -> int:
         check_reachable(args.address)  # nothing answers: one line now, before a run folder exists
     folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True,
                               workers=args.workers if args.resume else None)  # a new size: resize on resume
-    print(f"run folder: {folder.root}", flush=True)
     if launcher == "processes":
-        from distsched.cluster.progress import Progress
-        from distsched.cluster.trainer import _resume_step, planned_steps
         from distsched.train.run import run_processes
 
-        # the same live progress as the Ray launcher, read from the run's metrics.jsonl
-        with Progress(folder.metrics_path, planned_steps(cfg), title=cfg.name, enabled=not args.no_progress,
-                      start_step=_resume_step(folder) if args.resume else 0):
+        # the same header and live progress as the Ray launcher, read from the run's metrics.jsonl
+        with _progress(folder, cfg, "processes", args.resume is not None, args.no_progress):
             summary = run_processes(cfg, folder)
     else:
+        from distsched.cluster.trainer import _resume_step, planned_steps
+
+        _print_header(folder, cfg, "ray", planned_steps(cfg), _resume_step(folder) if args.resume else 0)
         from distsched.cluster.trainer import TrainingFailed, train_on_ray
 
         where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
@@ -190,6 +211,6 @@ def run(args: argparse.Namespace) -> int:
             hint = f"; resume with: distsched train --resume {folder.root}" if exc.retryable else ""
             sys.stderr.write(f"distsched train: training failed: {exc}{hint}\n")
             return 1
-    _print_summary(summary, folder_shown=True)
+    _print_summary(summary)
     write_dashboard(str(folder.root))
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,14 @@ def run_torchrun(
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     timeout_s: float = 1800.0,
+    on_start: Callable[[RunFolder, TrainConfig, bool], None] | None = None,
 ) -> dict[str, Any]:
     """One torchrun worker: join the group (env://), agree on the run folder, run the loop.
 
     Rank 0 creates the folder and broadcasts its path. ``workers`` is the launched world size.
     Restarted workers (``torchrun --max-restarts``) resume from the newest complete checkpoint.
+    ``on_start(folder, cfg, resumed)`` is called on rank 0 once the folder exists (the CLI prints its
+    header and follows the progress there); without it rank 0 prints a line per metrics record.
     """
     import torch.distributed as dist
 
@@ -159,12 +163,14 @@ def run_torchrun(
                 resume = run_dir  # torchrun restarted the workers: the folder holds this very run
             folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume, exclusive=True)
             box = [(str(folder.root), config_to_mapping(cfg))]
+            if on_start is not None:
+                on_start(folder, cfg, resume is not None)
         dist.broadcast_object_list(box, src=0)
         root, mapping = box[0]
         cfg = config_from_mapping(mapping)
         folder = RunFolder.open(root)
         session = LocalSession(folder.checkpoints, rank, world, local_rank, keep=cfg.checkpoint.keep)
-        return train_worker(cfg, folder.root, session, echo=(rank == 0))
+        return train_worker(cfg, folder.root, session, echo=(rank == 0 and on_start is None))
     finally:
         dist.destroy_process_group()
 

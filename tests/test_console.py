@@ -1,0 +1,53 @@
+"""Issue 12.8: the launchers print the same console output: the header (run folder first, then name,
+workers, steps and launcher), one progress line per metrics record, and the final line. Checked on
+``--launcher processes`` against torchrun (launch/torchrun.sh) on the same config: after replacing the
+run folder, the launcher's name and the wall-clock times, the two outputs are identical."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from distsched.sync import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 20
+CFG = {
+    "name": "console", "seed": 0, "workers": 2, "steps": STEPS, "batch_size": 16, "log_every": 10,
+    "model": {"name": "mlp", "hidden": [8]}, "data": {"name": "digits"},
+    "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS}, "sync": {"rule": "fixed", "h": 2},
+    "checkpoint": {"every": 10, "keep": 1},
+}
+
+
+def _normalized(out: str, run_dir: Path, launcher: str) -> list[str]:
+    text = out.replace(str(run_dir), "RUN").replace(f"launcher {launcher}", "launcher L")
+    text = re.sub(r"training [0-9.]+ s", "training T s", text)
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_processes_and_torchrun_print_the_same_header_progress_and_final_line(tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(CFG))
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1"}
+    runs = {}
+    cmd = {"processes": [sys.executable, "-m", "distsched", "train", str(cfg_path), "--launcher", "processes",
+                         "--run-dir", str(tmp_path / "processes")],
+           "torchrun": [str(ROOT / "launch" / "torchrun.sh"), str(cfg_path), str(tmp_path / "torchrun")]}
+    for launcher, argv in cmd.items():
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[launcher] = _normalized(proc.stdout, tmp_path / launcher, launcher)
+    lines = runs["processes"]
+    assert lines[0] == "run folder: RUN"  # printed once, first
+    assert lines[1] == f"console: 2 worker(s), {STEPS} steps, launcher L"
+    assert [ln.split("  ")[0] for ln in lines[2:4]] == [f"step 10/{STEPS}", f"step {STEPS}/{STEPS}"]
+    assert lines[4].startswith(f"steps {STEPS}/{STEPS}  final loss ") and "test accuracy" in lines[4]
+    assert lines[5] == "dashboard: RUN/plots/dashboard.png" and len(lines) == 6
+    assert runs["torchrun"] == lines  # same lines, same numbers (same training, same seeds)
