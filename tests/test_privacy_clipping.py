@@ -109,6 +109,14 @@ def test_ghost_refuses_a_step_after_a_plain_backward():
     assert pt.accountant.steps == 0
     assert torch.equal(before, torch.cat([p.detach().flatten() for p in pt.model.parameters()]))
     pt.optimizer.zero_grad()
-    pt.loss_fn(nn.CrossEntropyLoss())(pt.model(x), y).backward()
+    crit = pt.loss_fn(nn.CrossEntropyLoss())
+    crit(pt.model(x), y).backward()
     pt.optimizer.step()
+    assert pt.accountant.steps == 1
+    # two backward passes before one step: Opacus' ghost optimizer would charge one batch for two
+    pt.optimizer.zero_grad()
+    crit(pt.model(x), y).backward()
+    crit(pt.model(x), y).backward()
+    with pytest.raises(ValueError, match="2 backward passes before one step"):
+        pt.optimizer.step()
     assert pt.accountant.steps == 1

@@ -161,7 +161,7 @@ class PrivateTraining:
 
             def backward() -> None:
                 two_passes()
-                self._ghost_backward = True  # the clipped pass ran: the coming step may add noise
+                self._ghost_backwards = getattr(self, "_ghost_backwards", 0) + 1  # the clipped pass ran
 
             loss.backward = backward
             return loss
@@ -210,13 +210,10 @@ class PrivateTraining:
     def check_step(self) -> None:
         """Raise :class:`BudgetExhausted` (before any noise is drawn or anything recorded) when the coming
         real (not skipped) ``optimizer.step()`` would exceed the budget; installed on ``optimizer.step``."""
+        if self.clipping == "ghost":  # one wrapped backward per (physical) step, see _check_ghost
+            self._check_ghost()
         if self.optimizer._check_skip_next_step(pop_next=False):
             return
-        if self.clipping == "ghost":  # a plain loss.backward() would leave the gradients unclipped
-            if not getattr(self, "_ghost_backward", False):
-                raise ValueError("clipping 'ghost': compute the loss with training.loss_fn(criterion) (make_private: "
-                                 "the criterion it returns); a plain loss.backward() does not clip")
-            self._ghost_backward = False
         if self.guard is None:
             return
         sigma, q = self.charge_of_next_step()
@@ -225,6 +222,19 @@ class PrivateTraining:
                 f"this step (noise_multiplier={sigma:g}, sample_rate={q:g}) would exceed target_epsilon="
                 f"{self.guard.target_epsilon:g} (spent {self.epsilon:.4f} in {self.accountant.steps} steps)"
             )
+
+    def _check_ghost(self) -> None:
+        """Ghost clipping clips only in its loss wrapper's backward: a plain ``loss.backward()`` leaves the
+        gradients unclipped; and Opacus' ghost optimizer counts one batch per step whatever was accumulated,
+        so two backward passes before one step would be charged ``q`` for ``2 q`` (virtual steps,
+        ``max_physical_batch_size``, are the supported way to accumulate)."""
+        count, self._ghost_backwards = getattr(self, "_ghost_backwards", 0), 0
+        if count == 0:
+            raise ValueError("clipping 'ghost': compute the loss with training.loss_fn(criterion) (make_private: "
+                             "the criterion it returns); a plain loss.backward() does not clip")
+        if count > 1:
+            raise ValueError(f"clipping 'ghost': {count} backward passes before one step would be charged as one "
+                             "batch; accumulate with virtual steps (max_physical_batch_size) or use clipping hooks")
 
     def state_dict(self) -> dict[str, Any]:
         """Accountant history, budget and accountant settings, noise-schedule step and LR-controller state;
