@@ -26,6 +26,7 @@ def format_record(r: dict[str, Any], total: int | None = None) -> str:
         f"step {step}  lr {num('lr', '.4g')}  H {r.get('H', '-')}  loss {num('loss', '.4f')}  "
         f"rounds {r.get('rounds', '-')}  bytes {_bytes(r.get('bytes'))}"
     )
+    line += f"  val loss {num('val_loss', '.4f')}" if "val_loss" in r else ""
     return line + (f"  epsilon {num('epsilon', '.3f')}" if "epsilon" in r else "")
 
 

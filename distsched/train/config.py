@@ -166,6 +166,10 @@ class TrainConfig:
     batch_size: int = 32
     #: a metrics record (loss averaged over the workers) every ``log_every`` steps.
     log_every: int = 10
+    #: a validation record (``val_loss``, ``val_accuracy``; ``val_bpb`` for the LM task) of the workers'
+    #: averaged model on the test split every ``eval_every`` steps and after the last step
+    #: (:mod:`distsched.train.validation`); a multiple of ``log_every``; 0 = off.
+    eval_every: int = 0
     #: torch intra-op threads per worker.
     threads: int = 1
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -189,6 +193,10 @@ class TrainConfig:
         check_int("workers", self.workers, 1)
         check_int("batch_size", self.batch_size, 1)
         check_int("log_every", self.log_every, 1)
+        check_int("eval_every", self.eval_every, 0)
+        if self.eval_every % self.log_every:
+            raise ValueError(f"eval_every must be a multiple of log_every {self.log_every} (0 = off), "
+                             f"got {self.eval_every}")
         check_int("threads", self.threads, 1)
         from distsched.train.resize import world_lr_factor
 

@@ -9,6 +9,8 @@ Per step ``t`` (0-based), with ``lr_t = schedule(c.schedule_step(t)) * c.multipl
     if (t + 1) % log_every == 0:                    # a metrics record: the loss averaged over workers
         update_controller(c, mean_loss, t)          # (already all-reduced for logging) feeds the controller
     engine.step(t, loss)                            # local SGD: average when the rule says so
+    if (t + 1) % eval_every == 0:                   # (eval_every > 0) val_loss, val_accuracy of the
+        validate(model, test)                       # workers' averaged model (train/validation.py)
     scheduler.step()                                # lr for step t + 1, closed form
 
 Two seams for differentially private training: :func:`build_training` (where the optimizer and the
@@ -45,6 +47,7 @@ from distsched.train.config import TrainConfig, build_schedule, build_sync
 from distsched.train.controller import build_controller, update_controller
 from distsched.train.resize import world_lr_factor
 from distsched.train.session import Session
+from distsched.train.validation import due, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +327,8 @@ def train_worker(
                             not_private=list(NOT_PRIVATE_METRICS))
             if controller is not None:
                 last["controller_factor"] = factor_t
+            if bundle.test is not None and due(done, cfg.eval_every, total):  # a collective: every rank
+                last.update(validate(model, bundle.test, device, rank, world))  # the averaged model
             if writer is not None:
                 writer.write(last)
                 if echo:
