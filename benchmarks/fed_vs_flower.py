@@ -94,13 +94,13 @@ def run_distsched(config: dict, out: Path, model_out: Path | None = None) -> dic
     import numpy as np
     import ray
 
-    from distsched.cluster import connect
+    from distsched.cluster import connect, ray_executor
     from distsched.federated import Simulation
 
     sim = Simulation(config)
     t0 = time.perf_counter()
     connect(num_cpus=2)
-    summary = sim.run(out_dir=out, progress=False, plots=False)
+    summary = sim.run(out_dir=out, progress=False, plots=False, executor=ray_executor())
     ray.shutdown()
     summary["end_to_end_s"] = time.perf_counter() - t0
     accs = [h.test_acc for h in sim.history if h.test_acc is not None]

@@ -1,5 +1,6 @@
 """The simulator on the real Ray fixture: aggregation against a direct weighted mean, 1 vs 2 actors,
-resume, a real actor kill, DP-FedAvg accounting against Opacus, the budget guard, and the CLI."""
+the in-process executor against Ray bit for bit, resume, a real actor kill, DP-FedAvg accounting
+against Opacus, the budget guard, and the CLI."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from distsched.federated import Simulation, client_seed, train_client
+from distsched.cluster import ray_executor
+from distsched.federated import InProcessExecutor, Simulation, client_seed, train_client
 from distsched.report import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("round_time_s", "elapsed_s")
+RAY = ray_executor()  # joins the session's ray_cluster fixture
 
 
 def _config(**over):
@@ -58,7 +61,7 @@ def _rows(run_dir):
 @pytest.fixture(scope="module")
 def reference_run(ray_cluster, tmp_path_factory):
     sim = Simulation(_config())
-    summary = sim.run(out_dir=tmp_path_factory.mktemp("ref"), progress=False)
+    summary = sim.run(executor=RAY, out_dir=tmp_path_factory.mktemp("ref"), progress=False)
     return sim, summary
 
 
@@ -67,7 +70,7 @@ def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
     cfg["client"] = {**cfg["client"], "local_work_rule": "constant"}
     sim = Simulation(cfg)
     start = sim.params.clone()
-    sim.run(out_dir=tmp_path, progress=False, plots=False)
+    sim.run(executor=RAY, out_dir=tmp_path, progress=False, plots=False)
     # reference: every sampled client trained here, in-process, and averaged by sample counts
     cohort = sim.sampler.sample(0).sampled
     x, y = torch.as_tensor(sim.data.x_train), torch.as_tensor(sim.data.y_train)
@@ -89,25 +92,36 @@ def test_actor_count_does_not_change_the_result(reference_run, tmp_path):
     ref, _ = reference_run
     # same chunking on one actor: bit-identical
     one = Simulation(_config(num_actors=1))
-    one.run(out_dir=tmp_path / "a", progress=False, plots=False)
+    one.run(executor=RAY, out_dir=tmp_path / "a", progress=False, plots=False)
     assert torch.equal(one.params, ref.params)
     # one chunk instead of four: float64 sums grouped differently (~1e-16 relative), then cast to
     # float32 and stepped by FedAdam; equal to float32 rounding
     single = Simulation(_config(num_actors=1, chunks_per_round=None))
-    single.run(out_dir=tmp_path / "b", progress=False, plots=False)
+    single.run(executor=RAY, out_dir=tmp_path / "b", progress=False, plots=False)
     assert torch.allclose(single.params, ref.params, atol=1e-6, rtol=0)
+
+
+def test_in_process_executor_equals_ray_bit_for_bit(reference_run, tmp_path):
+    ref, ref_summary = reference_run
+    local = Simulation(_config())  # default executor: in this process, chunked as on the 2 actors
+    summary = local.run(out_dir=tmp_path, progress=False, plots=False)
+    assert isinstance(local.pool, InProcessExecutor) and summary["num_actors"] == 2
+    assert torch.equal(local.params, ref.params)
+    assert _rows(summary["run_dir"]) == _rows(ref_summary["run_dir"])
+    assert summary["final_test_acc"] == ref_summary["final_test_acc"]
 
 
 def test_resume_gives_identical_results(reference_run, tmp_path):
     ref, ref_summary = reference_run
     first = Simulation(_config())
     first.run(
+        executor=RAY,
         out_dir=tmp_path, progress=False, plots=False, stop_after=5
     )  # "crashes" after round 5, last checkpoint at 4
     run_dir = first.folder.root
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000002.pt", "round_000004.pt"]
     resumed = Simulation(_config())
-    summary = resumed.run(resume=run_dir, progress=False, plots=False)
+    summary = resumed.run(executor=RAY, resume=run_dir, progress=False, plots=False)
     assert resumed.round == 6
     assert torch.equal(resumed.params, ref.params)
     assert _rows(run_dir) == _rows(ref_summary["run_dir"])
@@ -119,15 +133,17 @@ def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
     import ray
 
     ref, ref_summary = reference_run
-    killed = []
+    killed, rounds_submitted = [], []
 
-    def kill_mid_round(round_, pool):
-        if round_ == 2 and not killed:
+    def kill_mid_round(pool):
+        rounds_submitted.append(len(rounds_submitted))  # every round has chunks: the call count is the round
+        if rounds_submitted[-1] == 2 and not killed:
             killed.append(pool.actors[0])
             ray.kill(pool.actors[0], no_restart=True)
 
     sim = Simulation(_config())
-    summary = sim.run(out_dir=tmp_path, progress=False, plots=False, on_round_submitted=kill_mid_round)
+    executor = ray_executor(on_submitted=kill_mid_round)
+    summary = sim.run(executor=executor, out_dir=tmp_path, progress=False, plots=False)
     assert killed and summary["actor_failures"] >= 1
     rows = _rows(summary["run_dir"])
     # The kill is sent right after round 3's chunks are submitted (0-based round 2); the killed actor
@@ -177,7 +193,7 @@ def test_actor_dying_mid_chunk_changes_nothing(reference_run, tmp_path):
     cfg = _config(model={"name": "tests.test_fed_sim:_dies_on_marker"})
     cfg["model"]["kwargs"] = {"hidden": [32], "marker": str(marker), "after": 8}
     sim = Simulation(cfg)
-    summary = sim.run(out_dir=tmp_path / "run", progress=False, plots=False, stop_after=2)
+    summary = sim.run(executor=RAY, out_dir=tmp_path / "run", progress=False, plots=False, stop_after=2)
     assert not marker.exists() and summary["actor_failures"] >= 1
     expected = torch.load(Path(ref_summary["run_dir"]) / "checkpoints" / "round_000002.pt", weights_only=False)
     assert torch.equal(sim.params, expected["params"])
@@ -218,7 +234,7 @@ def test_dp_fedavg_epsilon_matches_opacus(ray_cluster, tmp_path):
     cfg = _dp_config()
     del cfg["dp"]["noise_multiplier"]
     cfg["dp"]["target_epsilon"] = 6.0  # the noise multiplier is planned to spend 6.0 in the 4 rounds
-    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False)
+    summary = Simulation(cfg).run(executor=RAY, out_dir=tmp_path, progress=False)
     assert summary["rounds"] == 4 and summary["stop_reason"] == "rounds"
     acc = RDPAccountant()
     acc.history = [(summary["noise_multiplier"], 20 / 200, 4)]
@@ -241,7 +257,7 @@ def test_budget_guard_stops_before_exceeding(ray_cluster, tmp_path):
     target = (eps(2) + eps(3)) / 2  # allows 2 rounds, not 3
     cfg = _dp_config(rounds=10)
     cfg["dp"] = {**cfg["dp"], "target_epsilon": target}
-    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False, plots=False)
+    summary = Simulation(cfg).run(executor=RAY, out_dir=tmp_path, progress=False, plots=False)
     assert summary["stop_reason"] == "privacy budget" and summary["rounds"] == 2
     assert summary["epsilon"] <= target
 

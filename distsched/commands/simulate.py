@@ -45,6 +45,7 @@ def summary_line(summary: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from distsched.cluster import ray_executor
     from distsched.commands.train import overridden, use_loggers, write_dashboard
     from distsched.config import load_yaml
     from distsched.federated import simulate
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         out_dir=args.out,
         resume=args.resume,
-        address=args.address,
+        executor=ray_executor(args.address),
         progress=not args.no_progress,
         **overrides,
     )

@@ -1,4 +1,5 @@
-"""Federated simulation on Ray actors: sampling, strategies, DP-FedAvg (data sets, partitions and
+"""Federated simulation, run by an executor it is given (in-process here, Ray actors from
+:mod:`distsched.cluster`): sampling, strategies, DP-FedAvg (data sets, partitions and
 models live in :mod:`distsched.data`).
 
 >>> from distsched.federated import simulate
@@ -19,7 +20,7 @@ from distsched.federated.config import (
     fed_config,
 )
 from distsched.federated.dp import DPFedAvg, centred_unclipped_fraction, next_clip_norm
-from distsched.federated.pool import ActorPool
+from distsched.federated.executor import Executor, ExecutorFactory, InProcessExecutor, WorkerSetup
 from distsched.federated.sampling import ClientSampler, CohortDraw, Stragglers
 from distsched.federated.simulation import RoundRecord, Simulation, simulate
 from distsched.federated.strategies import (
@@ -37,7 +38,6 @@ from distsched.federated.worker import ChunkResult, ChunkTask, ClientWorker, to_
 
 __all__ = [
     "STRATEGIES",
-    "ActorPool",
     "ChunkResult",
     "ChunkTask",
     "ClientConfig",
@@ -47,6 +47,10 @@ __all__ = [
     "DPConfig",
     "DPFedAvg",
     "DataConfig",
+    "Executor",
+    "ExecutorFactory",
+    "InProcessExecutor",
+    "WorkerSetup",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

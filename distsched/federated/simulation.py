@@ -1,15 +1,16 @@
-"""The simulation loop: sample, train on the actor pool, aggregate, step the server, evaluate, record.
+"""The simulation loop: sample, train on the executor, aggregate, step the server, evaluate, record.
 
 One round:
 1. draw the cohort (fixed or Poisson, availability, dropout) and drop or down-weight stragglers;
-2. cut the remaining clients into contiguous chunks (one per actor by default) and run each chunk
-   on an actor, which returns one float64 sum of weighted (clipped) updates;
+2. cut the remaining clients into contiguous chunks (one per executor worker by default) and run each
+   chunk on a worker, which returns one float64 sum of weighted (clipped) updates;
 3. add the chunk sums in chunk order; FedAvg mean ``sum_k w_k delta_k / sum_k w_k``, or the DP-FedAvg
    noisy estimate; the strategy steps the global model with the server LR of this round;
 4. account privacy, evaluate every ``eval_every`` rounds, write metrics, checkpoint.
 
 The result of a round depends on the seed, the round, the cohort and the chunking, never on which
-actor trained a chunk; so an actor death (chunk re-run elsewhere) and a resume change nothing.
+worker trained a chunk; so the executor (in-process or Ray actors), an actor death (chunk re-run
+elsewhere) and a resume change nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, s
 from distsched.federated.client import LocalWork, evaluate
 from distsched.federated.config import FedConfig, fed_config, schedule_of
 from distsched.federated.dp import NOT_PRIVATE_METRICS, DPFedAvg, sampling_seed
+from distsched.federated.executor import Executor, ExecutorFactory, InProcessExecutor, WorkerSetup
+from distsched.federated.progress import RoundProgress, write_plots
 from distsched.federated.sampling import ClientSampler, Stragglers, round_rng
 from distsched.federated.strategies import build_strategy
 from distsched.federated.worker import ChunkTask, to_csr
@@ -75,10 +78,11 @@ class RoundRecord:
 
 
 class Simulation:
-    """A federated simulation on a pool of Ray actors (see the module docstring).
+    """A federated simulation run by an executor (see the module docstring).
 
-    ``Simulation(config).run()`` returns the summary; ``run(resume=run_dir)`` continues a run folder
-    from its latest checkpoint.
+    ``Simulation(config).run()`` returns the summary (in this process;
+    ``run(executor=distsched.cluster.ray_executor())`` on Ray actors); ``run(resume=run_dir)`` continues
+    a run folder from its latest checkpoint.
     """
 
     def __init__(self, config: FedConfig | Mapping[str, Any], *, data: ArrayData | None = None) -> None:
@@ -131,37 +135,43 @@ class Simulation:
         self.accountant: Any = None
         self.guard: Any = None
         if cfg.dp is not None:
-            from distsched.privacy import Accountant, BudgetGuard, plan
-
-            d = cfg.dp
-            z = d.noise_multiplier
-            if z is None:
-                z = plan(
-                    delta=d.delta,
-                    target_epsilon=d.target_epsilon,
-                    sample_rate=self.sampler.sample_rate,
-                    steps=cfg.rounds,
-                    accountant=d.accountant,
-                    solve="noise",
-                ).noise_multiplier
-            self.dp = DPFedAvg(
-                z,
-                d.clip_norm,
-                self.sampler.expected_cohort,
-                adaptive=d.adaptive,
-                target_quantile=d.target_quantile,
-                clip_lr=d.clip_lr,
-                count_noise_std=d.count_noise_std,
-                reproducible=d.reproducible,
-            )
-            self.accountant = Accountant(d.accountant)
-            if d.target_epsilon is not None:
-                self.guard = BudgetGuard(d.target_epsilon, d.delta, self.accountant)
+            self._build_dp()
         if self.per_client and self.dp is not None:
             raise ValueError(f"strategy.name {cfg.strategy.name!r} aggregates per-client updates: "
                              "dp (noise on the clipped sum) applies to sum-based strategies only")
         self.round = 0
         self.history: list[RoundRecord] = []
+
+    def _build_dp(self) -> None:
+        """DP-FedAvg, its accountant and (with a target epsilon) the budget guard; the noise multiplier is
+        planned to spend the target in ``rounds`` when it is not given."""
+        from distsched.privacy import Accountant, BudgetGuard, plan
+
+        cfg = self.cfg
+        d = cfg.dp
+        z = d.noise_multiplier
+        if z is None:
+            z = plan(
+                delta=d.delta,
+                target_epsilon=d.target_epsilon,
+                sample_rate=self.sampler.sample_rate,
+                steps=cfg.rounds,
+                accountant=d.accountant,
+                solve="noise",
+            ).noise_multiplier
+        self.dp = DPFedAvg(
+            z,
+            d.clip_norm,
+            self.sampler.expected_cohort,
+            adaptive=d.adaptive,
+            target_quantile=d.target_quantile,
+            clip_lr=d.clip_lr,
+            count_noise_std=d.count_noise_std,
+            reproducible=d.reproducible,
+        )
+        self.accountant = Accountant(d.accountant)
+        if d.target_epsilon is not None:
+            self.guard = BudgetGuard(d.target_epsilon, d.delta, self.accountant)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -257,44 +267,34 @@ class Simulation:
         return total / weight, info
 
     # -- the loop ---------------------------------------------------------------------------
+    def worker_setup(self) -> WorkerSetup:
+        """What every executor worker keeps resident (train arrays, client index, model spec...)."""
+        order, offsets = to_csr(self.parts)
+        return WorkerSetup(
+            self.data.x_train, self.data.y_train, order, offsets, self.model_spec, self.local_work, self.cfg.seed
+        )
+
     def run(
         self,
         *,
         out_dir: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None,
-        address: str | None = None,
+        executor: ExecutorFactory | None = None,
         progress: bool = True,
         stop_after: int | None = None,
-        on_round_submitted: Callable[[int, Any], None] | None = None,
         plots: bool = True,
     ) -> dict[str, Any]:
-        """Run to ``cfg.rounds`` (or until ``stop_after`` completed rounds, or the privacy budget).
-        ``on_round_submitted(round, pool)`` is called once a round's chunks are on the actors;
+        """Run to ``cfg.rounds`` (or until ``stop_after`` completed rounds, or the privacy budget) on
+        ``executor(self.worker_setup(), cfg.num_actors)`` (default :class:`InProcessExecutor`);
         ``plots=False`` skips the PNGs.
 
         Returns the summary (also written to ``summary.json``).
         """
-        import ray
+        from distsched.report import MetricsWriter
 
-        from distsched.cluster import connect
-        from distsched.federated.pool import ActorPool
-        from distsched.report import MetricsWriter, RunFolder
-
-        cfg = self.cfg
-        if resume is not None:
-            folder = RunFolder.open(resume)
-            ckpt = latest_checkpoint(folder.checkpoints)
-            if ckpt is None:
-                raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
-            self.load_state_dict(load_checkpoint(ckpt))
-            if self.round >= cfg.rounds and folder.summary_path.is_file():  # finished: keep its results
-                return json.loads(folder.summary_path.read_text(encoding="utf-8"))
-        else:
-            folder = RunFolder.create(out_dir or cfg.output_dir, cfg.name)
-            folder.write_config(to_mapping(cfg))
-        if self.data.manifest is not None:  # which corpus this run read (file list, content hash)
-            (folder.root / "corpus.json").write_text(json.dumps(self.data.manifest, indent=1), encoding="utf-8")
-        self.folder = folder
+        folder = self._open_folder(out_dir, resume)
+        if resume is not None and self.round >= self.cfg.rounds and folder.summary_path.is_file():
+            return json.loads(folder.summary_path.read_text(encoding="utf-8"))  # finished: keep its results
         metrics = MetricsWriter(folder.metrics_path)
         if resume is not None:
             metrics.truncate_after("round", self.round)
@@ -302,101 +302,110 @@ class Simulation:
             labels, classes = (self.data.y_train, self.data.num_classes) if self.data.groups is None else (
                 np.zeros(len(self.data.partition_labels), dtype=np.int64), 1)  # natural groups: sizes only
             plot_partition(folder.plots / "partition.png", self.parts, labels, classes)
-
         t_start = time.perf_counter()
-        connect(address)
-        resources = ray.cluster_resources()
-        self.num_actors = cfg.num_actors or max(1, int(resources.get("CPU", 1)))
-        gpus = float(resources.get("GPU", 0.0))
-        order, offsets = to_csr(self.parts)
-        init = (
-            ray.put(self.data.x_train),
-            ray.put(self.data.y_train),
-            ray.put(order),
-            ray.put(offsets),
-            self.model_spec,
-            self.local_work,
-            cfg.seed,
-        )
-        num_cpus = min(1.0, float(resources.get("CPU", 1)) / self.num_actors)
-        pool = ActorPool(self.num_actors, init, num_cpus=num_cpus, num_gpus=gpus / self.num_actors if gpus else 0.0)
-        self.pool = pool
+        pool = (executor or InProcessExecutor)(self.worker_setup(), self.cfg.num_actors)
+        self.pool, self.num_actors = pool, pool.size
         t_ready = time.perf_counter()
-        stop_reason = "rounds"
-        last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-        bar = _Progress(cfg.rounds, self.round, enabled=progress)
+        last = self.cfg.rounds if stop_after is None else min(self.cfg.rounds, stop_after)
+        bar = RoundProgress(self.cfg.rounds, self.round, enabled=progress)
         try:
+            stop_reason = "rounds"
             while self.round < last:
-                r = self.round
-                if self.guard is not None and not self.guard.allows(
-                    (self.dp.noise_multiplier, self.sampler.sample_rate)
-                ):
+                if not self._budget_allows_a_round():
                     stop_reason = "privacy budget"
                     break
-                t0 = time.perf_counter()
-                tasks, plan = self.plan_round(r)
-                params_ref = ray.put(self.params.numpy())
-                hook = None if on_round_submitted is None else (lambda p, r=r: on_round_submitted(r, p))
-                results, failures = pool.run(tasks, params_ref, on_submitted=hook) if tasks else ([], 0)
-                delta, info = self.combine(r, results)
-                server_lr = float(self.server_lr(r))
-                if delta is not None:
-                    self.params = self.strategy.step(self.params, torch.from_numpy(delta).float(), server_lr)
-                if self.dp is not None:
-                    if self.guard is not None:
-                        self.guard.record(self.dp.noise_multiplier, self.sampler.sample_rate)
-                    else:
-                        self.accountant.step(self.dp.noise_multiplier, self.sampler.sample_rate)
-                self.round = r + 1
-                rec = RoundRecord(
-                    round=self.round,
-                    sampled=plan["sampled"],
-                    dropped=plan["dropped"],
-                    late=plan["late"],
-                    trained=info["trained"],
-                    client_lr=plan["lr"],
-                    server_lr=server_lr,
-                    local_work=plan["work"],
-                    train_loss=info["train_loss"],
-                    round_time_s=time.perf_counter() - t0,
-                    elapsed_s=0.0,
-                    actor_failures=failures,
-                    clip_norm=info.get("clip_norm"),
-                    unclipped_fraction=info.get("unclipped_fraction"),
-                    not_private=list(NOT_PRIVATE_METRICS) if self.dp else None,
-                )
-                if self.accountant is not None:
-                    rec.epsilon = self.accountant.epsilon(cfg.dp.delta)
-                budget_ends = self.guard is not None and not self.guard.allows(
-                    (self.dp.noise_multiplier, self.sampler.sample_rate)
-                )
-                if self.round % cfg.eval_every == 0 or self.round == last or budget_ends:
-                    rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
-                    if self.data.task == "lm":  # next-byte prediction: validation loss in bits per byte
-                        rec.test_bpb = bits_per_token(rec.test_loss)
-                rec.elapsed_s = time.perf_counter() - t_start
-                self.history.append(rec)
+                rec = self.run_round(pool, last, t_start)
                 metrics.write({k: v for k, v in dataclasses.asdict(rec).items() if v is not None})
                 bar.update(rec)
-                if self.round % cfg.checkpoint_every == 0:
+                if self.round % self.cfg.checkpoint_every == 0:
                     save_checkpoint(folder.checkpoints, self.round, self.state_dict())
             if stop_after is None or stop_reason != "rounds":
                 save_checkpoint(folder.checkpoints, self.round, self.state_dict())
-            actor_rss = pool.max_rss_kib()
+            worker_rss = pool.max_rss_kib()
         finally:
             bar.close()
             metrics.close()
-            pool.shutdown()
-        t_end = time.perf_counter()
-        summary = self._summary(stop_reason, t_start, t_ready, t_end, actor_rss)
+            pool.close()
+        summary = self._summary(stop_reason, t_start, t_ready, time.perf_counter(), worker_rss)
         torch.nn.utils.vector_to_parameters(self.params, self.model.parameters())
         folder.write_model(self.model.state_dict())
         folder.write_summary(summary)
         if plots:
-            self._plots(folder)
+            write_plots(folder)
         return summary
 
+    def _open_folder(self, out_dir: str | os.PathLike | None, resume: str | os.PathLike | None) -> Any:
+        """A new run folder (``config.yaml`` written), or ``resume``'s with its latest checkpoint loaded."""
+        from distsched.report import RunFolder
+
+        if resume is not None:
+            folder = RunFolder.open(resume)
+            ckpt = latest_checkpoint(folder.checkpoints)
+            if ckpt is None:
+                raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
+            self.load_state_dict(load_checkpoint(ckpt))
+        else:
+            folder = RunFolder.create(out_dir or self.cfg.output_dir, self.cfg.name)
+            folder.write_config(to_mapping(self.cfg))
+        if self.data.manifest is not None:  # which corpus this run read (file list, content hash)
+            (folder.root / "corpus.json").write_text(json.dumps(self.data.manifest, indent=1), encoding="utf-8")
+        self.folder = folder
+        return folder
+
+    def _budget_allows_a_round(self) -> bool:
+        """False when the next round would take epsilon past the budget (no guard: always True)."""
+        return self.guard is None or self.guard.allows((self.dp.noise_multiplier, self.sampler.sample_rate))
+
+    def _account(self) -> None:
+        """One DP round in the guard (which holds the accountant) or the accountant."""
+        if self.guard is not None:
+            self.guard.record(self.dp.noise_multiplier, self.sampler.sample_rate)
+        else:
+            self.accountant.step(self.dp.noise_multiplier, self.sampler.sample_rate)
+
+    def run_round(self, pool: Executor, last: int, t_start: float) -> RoundRecord:
+        """Plan round ``self.round``, train it on ``pool``, step the server, account, evaluate; the record."""
+        r = self.round
+        t0 = time.perf_counter()
+        tasks, plan = self.plan_round(r)
+        failures_before = pool.failures
+        results = pool.run(tasks, self.params.numpy()) if tasks else []
+        delta, info = self.combine(r, results)
+        server_lr = float(self.server_lr(r))
+        if delta is not None:
+            self.params = self.strategy.step(self.params, torch.from_numpy(delta).float(), server_lr)
+        if self.dp is not None:
+            self._account()
+        self.round = r + 1
+        rec = RoundRecord(
+            round=self.round,
+            sampled=plan["sampled"],
+            dropped=plan["dropped"],
+            late=plan["late"],
+            trained=info["trained"],
+            client_lr=plan["lr"],
+            server_lr=server_lr,
+            local_work=plan["work"],
+            train_loss=info["train_loss"],
+            round_time_s=time.perf_counter() - t0,
+            elapsed_s=0.0,
+            actor_failures=pool.failures - failures_before,
+            clip_norm=info.get("clip_norm"),
+            unclipped_fraction=info.get("unclipped_fraction"),
+            not_private=list(NOT_PRIVATE_METRICS) if self.dp else None,
+        )
+        if self.accountant is not None:
+            rec.epsilon = self.accountant.epsilon(self.cfg.dp.delta)
+        if self.round % self.cfg.eval_every == 0 or self.round == last or not self._budget_allows_a_round():
+            rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
+            if self.data.task == "lm":  # next-byte prediction: validation loss in bits per byte
+                rec.test_bpb = bits_per_token(rec.test_loss)
+        rec.elapsed_s = time.perf_counter() - t_start
+        self.history.append(rec)
+        return rec
+
     def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
+        """The run's ``summary.json``: figures, throughput, memory (``actor_rss``: KiB per worker process)."""
         from distsched.report import read_metrics
 
         hist = self.history
@@ -432,81 +441,18 @@ class Simulation:
             "run_dir": str(self.folder.root),
         }
 
-    def _plots(self, folder: Any) -> None:
-        from distsched.report import line_plot, read_metrics
-
-        recs = read_metrics(folder.metrics_path)
-        if not recs:
-            return
-
-        def series(key: str) -> tuple[list[float], list[float]]:
-            pts = [(r["round"], r[key]) for r in recs if r.get(key) is not None]
-            return [p[0] for p in pts], [p[1] for p in pts]
-
-        line_plot(
-            folder.plots / "accuracy.png", {"test accuracy": series("test_acc")}, xlabel="round", ylabel="accuracy"
-        )
-        line_plot(
-            folder.plots / "loss.png",
-            {"train loss": series("train_loss"), "test loss": series("test_loss")},
-            xlabel="round",
-            ylabel="cross-entropy",
-        )
-        line_plot(
-            folder.plots / "participation.png",
-            {k: series(k) for k in ("sampled", "trained", "dropped", "late")},
-            xlabel="round",
-            ylabel="clients",
-            step_style=True,
-        )
-        if any("epsilon" in r for r in recs):
-            line_plot(folder.plots / "epsilon.png", {"epsilon": series("epsilon")}, xlabel="round", ylabel="epsilon")
-
-
-class _Progress:
-    """A rich progress bar with round, accuracy, loss and epsilon (silent when disabled)."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self._bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("round"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("simulate", total=total, completed=done, status="")
-
-    def update(self, rec: RoundRecord) -> None:
-        if self._bar is None:
-            return
-        parts = [f"loss {rec.train_loss:.4f}"]
-        if rec.test_acc is not None:
-            parts.append(f"acc {rec.test_acc:.4f}")
-        if rec.epsilon is not None:
-            parts.append(f"eps {rec.epsilon:.3f}")
-        self._bar.update(self._task, completed=rec.round, status="  ".join(parts))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
 
 def simulate(
     config: FedConfig | Mapping[str, Any] | str | os.PathLike | None,
     *,
     out_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
-    address: str | None = None,
+    executor: ExecutorFactory | None = None,
     progress: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Run a federated simulation from a config (object, mapping or YAML path); returns the summary.
+    """Run a federated simulation from a config (object, mapping or YAML path) on ``executor`` (default
+    in this process; ``distsched.cluster.ray_executor(address)`` on Ray actors); returns the summary.
 
     ``overrides`` replace top-level config keys (e.g. ``rounds=5``, ``num_actors=1``). With ``resume``
     the run's own ``config.yaml`` is used (``config`` may be None); a config that differs from it
@@ -524,4 +470,4 @@ def simulate(
         RunFolder(resume).write_config(to_mapping(cfg))  # config.yaml says what the run does
     else:
         cfg = fed_config({**dict(config), **overrides})
-    return Simulation(cfg).run(out_dir=out_dir, resume=resume, address=address, progress=progress)
+    return Simulation(cfg).run(out_dir=out_dir, resume=resume, executor=executor, progress=progress)

@@ -1,10 +1,9 @@
 """The simulation worker: trains a chunk of the cohort in-process and returns one weighted sum.
 
-One worker per Ray actor keeps the training data and the client index (CSR: ``order``,
-``offsets``; client ``k`` owns ``order[offsets[k]:offsets[k+1]]``) resident, trains its clients one
-after another and sums ``w_k * delta_k`` in float64 in the chunk's client order (the design of
-pfl-research: one result per chunk, not one message per client). The same class runs in-process
-for tests and references.
+One worker per executor slot (a Ray actor, or this process) keeps the training data and the client
+index (CSR: ``order``, ``offsets``; client ``k`` owns ``order[offsets[k]:offsets[k+1]]``) resident,
+trains its clients one after another and sums ``w_k * delta_k`` in float64 in the chunk's client order
+(the design of pfl-research: one result per chunk, not one message per client).
 """
 
 from __future__ import annotations
@@ -70,9 +69,10 @@ class ClientWorker:
         local_work: LocalWork,
         seed: int,
         num_threads: int = 1,
+        device: str = "cpu",
     ) -> None:
         torch.set_num_threads(num_threads)
-        self.device = torch.device("cuda" if _has_gpu() else "cpu")
+        self.device = torch.device(device)
         self.x = torch.as_tensor(np.array(x, copy=True)).to(self.device)
         self.y = torch.as_tensor(np.array(y, copy=True)).to(self.device)
         self.order = np.asarray(order)
@@ -123,17 +123,6 @@ class ClientWorker:
 
     def ping(self) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _has_gpu() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import ray
-
-        return ray.is_initialized() and len(ray.get_gpu_ids()) > 0
-    except Exception:  # noqa: BLE001 - outside an actor: no GPU assigned
-        return False
 
 
 def to_csr(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""A pool of Ray actors running :class:`ClientWorker`, with replacement of dead actors.
+"""The federated simulation on a pool of Ray actors, each a :class:`~distsched.federated.ClientWorker`,
+with replacement of dead actors; sized from the cluster's resources.
 
 Chunk ``i`` goes to actor ``i mod n``. If an actor dies (killed, OOM, node lost) its chunk is run
 again on a fresh replacement actor and the round completes; since a chunk's result depends only
@@ -10,55 +11,63 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from distsched._checks import check_int, check_non_negative
+from distsched.federated import ChunkResult, ChunkTask, ClientWorker, WorkerSetup
 
 
 class ActorPool:
+    """``num_actors`` Ray actors running :class:`ClientWorker`; an :class:`~distsched.federated.Executor`.
+
+    ``on_submitted(pool)`` is called once a round's chunks are on the actors (a test hook)."""
+
     def __init__(
         self,
         num_actors: int,
-        init_args: tuple[Any, ...],
+        setup: WorkerSetup,
         *,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
         max_chunk_retries: int = 3,
+        on_submitted: Callable[[ActorPool], None] | None = None,
     ) -> None:
         import ray
-
-        from distsched.federated.worker import ClientWorker
 
         check_int("num_actors", num_actors, 1)
         check_non_negative("num_cpus", num_cpus)
         check_non_negative("num_gpus", num_gpus)
         self._cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(ClientWorker)
-        self._init_args = init_args
+        x, y, order, offsets, spec, work, seed = setup.args()
+        device = "cuda" if num_gpus > 0 else "cpu"
+        self._init_args = (ray.put(x), ray.put(y), ray.put(order), ray.put(offsets), spec, work, seed, 1, device)
         self.max_chunk_retries = max_chunk_retries
-        self.actors = [self._cls.remote(*init_args) for _ in range(num_actors)]
+        self.on_submitted = on_submitted
+        self.actors = [self._cls.remote(*self._init_args) for _ in range(num_actors)]
         self.failures = 0
         ray.get([a.ping.remote() for a in self.actors])
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
 
     def __len__(self) -> int:
         return len(self.actors)
 
-    def run(
-        self,
-        tasks: Sequence[Any],
-        params_ref: Any,
-        on_submitted: Callable[[ActorPool], None] | None = None,
-    ) -> tuple[list[Any], int]:
-        """Results of ``worker.run(task, params)`` for each task, in task order, and the number of
-        actor failures survived in this call."""
+    def run(self, tasks: Sequence[ChunkTask], params: np.ndarray) -> list[ChunkResult]:
+        """Results of ``worker.run(task, params)`` for each task, in task order; a dead actor's chunk is
+        re-run on its replacement (counted in ``failures``)."""
         import ray
         from ray.exceptions import RayActorError
 
+        params_ref = ray.put(params)
         pending: dict[Any, tuple[int, int, int, Any]] = {}
         for i, task in enumerate(tasks):
             a = i % len(self.actors)
             pending[self.actors[a].run.remote(task, params_ref)] = (i, a, 0, self.actors[a])
-        if on_submitted is not None:
-            on_submitted(self)
+        if self.on_submitted is not None:
+            self.on_submitted(self)
         results: list[Any] = [None] * len(tasks)
-        failures = 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
@@ -66,13 +75,12 @@ class ActorPool:
             try:
                 results[i] = ray.get(ref)
             except RayActorError:
-                failures += 1
+                self.failures += 1
                 if tries >= self.max_chunk_retries:
                     raise
                 self._replace(a, handle)
                 pending[self.actors[a].run.remote(tasks[i], params_ref)] = (i, a, tries + 1, self.actors[a])
-        self.failures += failures
-        return results, failures
+        return results
 
     def _replace(self, a: int, dead: Any) -> None:
         """Start a new actor in slot ``a`` unless the dead handle was already replaced there."""
@@ -88,9 +96,31 @@ class ActorPool:
 
         return ray.get([a.ping.remote() for a in self.actors])
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         import ray
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors = []
+
+
+def ray_executor(
+    address: str | None = None, *, on_submitted: Callable[[ActorPool], None] | None = None
+) -> Callable[[WorkerSetup, int | None], ActorPool]:
+    """An executor factory for :meth:`distsched.federated.Simulation.run`: joins ``address`` (or starts
+    the embedded cluster) and sizes the pool: ``num_actors`` (default one per CPU of the cluster), each
+    with ``min(1, CPUs / actors)`` CPUs and an equal share of the cluster's GPUs."""
+
+    def make(setup: WorkerSetup, num_actors: int | None) -> ActorPool:
+        import ray
+
+        from distsched.cluster.local import connect
+
+        connect(address)
+        resources = ray.cluster_resources()
+        cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0.0))
+        n = num_actors or max(1, int(cpus))
+        return ActorPool(n, setup, num_cpus=min(1.0, cpus / n), num_gpus=gpus / n if gpus else 0.0,
+                         on_submitted=on_submitted)
+
+    return make
