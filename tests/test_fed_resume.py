@@ -36,7 +36,7 @@ def test_resume_config_allows_only_safe_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resumed_and_finished_runs_describe_the_whole_run(ray_cluster, tmp_path: Path) -> None:
+def test_resumed_and_finished_runs_describe_the_whole_run(tmp_path: Path) -> None:
     ref = simulate(CFG, out_dir=tmp_path / "ref")
     first = Simulation(fed_config(CFG))
     first.run(out_dir=tmp_path / "cut", progress=False, plots=False, stop_after=3)  # last checkpoint: round 2
