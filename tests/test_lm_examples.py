@@ -132,9 +132,10 @@ def test_fed_lm_rounds_in_process(tmp_path):
 
 @pytest.mark.slow
 def test_fed_lm_on_ray(ray_cluster, tmp_path):
+    from distsched.cluster import ray_executor
     from distsched.federated.simulation import simulate
 
-    summary = simulate(_tiny_fed(tmp_path), out_dir=tmp_path / "runs", address=ray_cluster["address"],
+    summary = simulate(_tiny_fed(tmp_path), out_dir=tmp_path / "runs", executor=ray_executor(ray_cluster["address"]),
                        num_actors=1)
     run_dir = Path(summary["run_dir"])
     assert summary["rounds"] == 2 and summary["final_test_bpb"] == pytest.approx(
