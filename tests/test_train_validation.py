@@ -108,3 +108,22 @@ def test_diagnose_calls_overfitting_on_a_train_run(tmp_path, capsys):
     folder, summary = _run_one(healthy, tmp_path / "healthy")
     assert summary["test_accuracy"] > 0.9
     assert _verdict(folder, capsys) == "healthy"
+
+
+def test_lm_run_logs_validation_bits_per_byte(tmp_path):
+    import math
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "lm_diloco.yaml").read_text())
+    cfg.update(workers=1, steps=8, log_every=2, eval_every=4, batch_size=4, checkpoint={"every": 8, "keep": 1})
+    cfg["model"]["kwargs"] = {"layers": 1, "heads": 2, "dim": 16}
+    cfg["data"]["kwargs"] = {"context": 16, "val_windows": 16, "cache_dir": str(tmp_path / "cache")}
+    cfg["schedule"] = {**cfg["schedule"], "total_steps": 8, "warmup_steps": 2}
+    folder, summary = _run_one(cfg, tmp_path / "lm")
+    val = [r for r in read_metrics(folder.metrics_path) if "val_loss" in r]
+    assert [r["step"] for r in val] == [4, 8]
+    for r in val:
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-12)
+    assert val[-1]["val_bpb"] == pytest.approx(summary["test_bpb"], rel=1e-9)
