@@ -94,6 +94,9 @@ def test_windows_are_next_byte_pairs_within_one_client(tree, tmp_path):
     assert np.array_equal(y_all[:, :-1], x_all[:, 1:])
     parts = s.natural_partition()
     assert sum(len(p) for p in parts) == len(s.train)
+    # one argsort, equal to the per-client scan it replaced (clients without a window left out)
+    ref = [p for p in (np.flatnonzero(s.train.targets == k) for k in range(len(s.clients))) if len(p)]
+    assert len(parts) == len(ref) and all(np.array_equal(a, b) for a, b in zip(parts, ref))
     # lazily opened, never pickled: a worker receives the path and the window starts only
     s.train[0]
     assert isinstance(s.train._mm, np.memmap)
