@@ -15,7 +15,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -90,6 +90,50 @@ def check_name(key: str, name: str, builtins: tuple[str, ...]) -> str:
         return name
     allowed = ", ".join(repr(b) for b in builtins)
     raise ValueError(f"{key} must be one of {allowed} or an import path 'package.module:factory', got {name!r}")
+
+
+def build(
+    registry: Mapping[str, Callable[..., T]],
+    spec: Any,
+    where: str,
+    *,
+    exclude: Sequence[str] = (),
+    fixed: Sequence[str] = (),
+) -> T:
+    """The block ``spec = {name: <registry key>, <parameters>}`` built as ``registry[name](**parameters)``.
+
+    One set of one-line errors, each naming ``where`` (``sync``, ``controller``, ``strategy``...): not a
+    mapping, no ``name``, an unknown name, an unknown or missing parameter, a flag that is not
+    true/false, and the constructor's own ``ValueError`` (prefixed ``where.``). ``exclude``: keys of
+    the block that are not the constructor's (read by the caller); ``fixed``: constructor parameters
+    the config may not set.
+    """
+    known = ", ".join(sorted(registry))
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where} must be a mapping with a 'name' key (one of: {known}), got {spec!r}")
+    if "name" not in spec:
+        raise ValueError(f"{where} needs a 'name' key (one of: {known})")
+    name = spec["name"]
+    if not isinstance(name, str) or name not in registry:
+        raise ValueError(f"unknown {where} {name!r} in {where}.name (known: {known})")
+    factory = registry[name]
+    params = {n: p for n, p in inspect.signature(factory).parameters.items()
+              if n != "self" and n not in fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    kwargs = {k: v for k, v in spec.items() if k != "name" and k not in exclude}
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        allowed = ", ".join(sorted([*params, *exclude]))
+        raise ValueError(f"unknown key {where}.{unknown[0]} for {where} {name!r} (allowed: {allowed})")
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ValueError(f"missing required key {where}.{missing[0]} for {where} {name!r}")
+    for k, v in kwargs.items():
+        if isinstance(params[k].default, bool) and not isinstance(v, bool):
+            raise ValueError(f"{where}.{k}: expected true or false, got {v!r}")
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.{exc}") from None
 
 
 def _type_name(tp: Any) -> str:

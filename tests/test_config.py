@@ -60,3 +60,37 @@ def test_import_object_resolves_and_names_the_key():
         import_object("no_such_module_xyz:f", "data.factory")
     with pytest.raises(ValueError, match=r"data\.factory: cannot import 'numpy:nope'"):
         import_object("numpy:nope", "data.factory")
+
+
+class _Rule:
+    def __init__(self, h: int, damping: float = 0.5, strict: bool = False) -> None:
+        if h < 1:
+            raise ValueError(f"h must be >= 1, got {h}")
+        self.h, self.damping, self.strict = h, damping, strict
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([1, 2], "rule must be a mapping with a 'name' key (one of: a, b), got [1, 2]"),
+        ({"h": 2}, "rule needs a 'name' key (one of: a, b)"),
+        ({"name": "c"}, "unknown rule 'c' in rule.name (known: a, b)"),
+        ({"name": "a", "h": 2, "hh": 1}, "unknown key rule.hh for rule 'a' (allowed: damping, h, strict, x)"),
+        ({"name": "a"}, "missing required key rule.h for rule 'a'"),
+        ({"name": "a", "h": 2, "strict": "yes"}, "rule.strict: expected true or false, got 'yes'"),
+        ({"name": "a", "h": 0}, "rule.h must be >= 1, got 0"),
+    ],
+)
+def test_build_gives_one_line_errors_naming_the_block(spec, message):
+    from distsched.config import build
+
+    with pytest.raises(ValueError) as err:
+        build({"a": _Rule, "b": _Rule}, spec, "rule", exclude=("x",))
+    assert str(err.value) == message
+
+
+def test_build_passes_the_parameters_and_leaves_excluded_keys():
+    from distsched.config import build
+
+    rule = build({"a": _Rule}, {"name": "a", "h": 3, "strict": True, "x": "for the caller"}, "rule", exclude=("x",))
+    assert (rule.h, rule.damping, rule.strict) == (3, 0.5, True)

@@ -16,7 +16,7 @@ BASE = {
     "workers": 2,
     "steps": 20,
     "schedule": {"name": "cosine", "lr": 0.1, "total_steps": 20},
-    "sync": {"rule": "qsr", "h_base": 2, "alpha": 0.15},
+    "sync": {"name": "qsr", "h_base": 2, "alpha": 0.15},
 }
 
 
@@ -44,9 +44,11 @@ def _write(tmp_path, **changes) -> Path:
         ({"data": {"name": "mnist"}}, "data.name"),
         ({"optimizer": {"name": "sgd", "momentum": 1.5}}, "momentum"),
         ({"schedule": {"name": "cosine", "lr": 0.1, "total_stepz": 20}}, "'total_stepz'"),
-        ({"sync": {"rule": "qsr", "h_base": 2, "alfa": 0.1}}, "sync.alfa"),
-        ({"sync": {"rule": "sometimes"}}, "sync rule 'sometimes'"),
-        ({"sync": {"rule": "fixed", "h": 0}}, "h must be an integer >= 1"),
+        ({"sync": {"name": "qsr", "h_base": 2, "alfa": 0.1}}, "unknown key sync.alfa for sync 'qsr'"),
+        ({"sync": {"name": "sometimes"}}, "unknown sync 'sometimes' in sync.name"),
+        ({"sync": {"name": "qsr", "h_base": 2}}, "missing required key sync.alpha for sync 'qsr'"),
+        ({"sync": {"name": "fixed", "h": 0}}, "h must be an integer >= 1"),
+        ({"sync": {"rule": "sometimes"}}, "unknown sync 'sometimes' in sync.name"),  # the deprecated alias
         ({"epochs": 2}, "exactly one of steps and epochs"),
         ({"workers": 0}, "workers"),
         ({"checkpoint": {"every": 10, "keep": "all"}}, "checkpoint.keep: expected an integer"),
@@ -88,8 +90,16 @@ def test_demo_runs_the_digits_qsr_example():
 
     assert demo.example_config() == EXAMPLES / "digits_qsr.yaml"
     cfg = load_config(demo.example_config())
-    assert cfg.sync["rule"] == "qsr" and cfg.data.name == "digits" and cfg.workers == 2
+    assert cfg.sync["name"] == "qsr" and cfg.data.name == "digits" and cfg.workers == 2
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     args = parser.parse_args([str(demo.example_config()), "--launcher", "ray"])
     assert args.address is None and args.out == "runs"  # embedded cluster, ./runs
+
+
+def test_sync_rule_key_is_a_deprecated_alias_of_name():
+    from distsched.train import config_from_mapping
+
+    with pytest.warns(FutureWarning, match="sync.rule is deprecated: write sync.name"):
+        old = config_from_mapping({**BASE, "sync": {"rule": "qsr", "h_base": 2, "alpha": 0.15}})
+    assert old.sync == {"name": "qsr", "h_base": 2, "alpha": 0.15} == config_from_mapping(BASE).sync

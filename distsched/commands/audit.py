@@ -55,7 +55,7 @@ def audit_config(cfg: Any, *, canaries: int = 1000, confidence: float = 0.95, **
     bundle = cfg.data.load(cfg.seed)
     shards = cfg.data.shards(bundle.targets, cfg.workers, cfg.batch_size, cfg.seed)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
-    every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
+    every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
     mode = resolve_mode(privacy.mode, cfg.workers, every_step)
     if mode == "local":
         indices, batch = min(shards, key=len), cfg.batch_size

@@ -15,7 +15,17 @@ from distsched.control.curriculum import CurriculumPhases
 from distsched.control.pid import PIDController
 from distsched.control.plateau import ReduceOnPlateau, WarmRestartOnPlateau
 
+#: ``controller.name`` of a training config -> controller class (the loss-driven ones; the config is
+#: built by :func:`distsched.config.build`).
+CONTROLLERS: dict[str, type[Controller]] = {
+    "pid": PIDController,
+    "plateau": ReduceOnPlateau,
+    "warm_restart": WarmRestartOnPlateau,
+    "curriculum": CurriculumPhases,
+}
+
 __all__ = [
+    "CONTROLLERS",
     "Controlled",
     "Controller",
     "CurriculumPhases",

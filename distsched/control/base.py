@@ -1,7 +1,8 @@
 """The controller base and the one composition rule, ``schedule x controller``.
 
 A schedule is a pure function of the step; a controller is the only stateful schedule-like object.
-It watches a training signal (loss, task gradients, curriculum phase) through ``update`` and exposes
+It watches a training signal (loss, task gradients, curriculum phase) through ``update(signal, step)``
+(one signature for all; ``step`` is the 0-based step the signal was measured at) and exposes
 
 * ``multiplier(step)``: the factor applied to the schedule's value (1 when idle), and
 * ``schedule_step(step)``: the step at which the schedule is read (``step`` itself, except for a
@@ -23,12 +24,17 @@ class Controller:
     """Base class: a stateful multiplier on a schedule.
 
     Subclasses keep their state in plain attributes named in ``_state_keys`` and implement
-    ``update``; the default ``multiplier`` returns ``self.factor``.
+    ``update(signal, step)``; the default ``multiplier`` returns ``self.factor``.
     """
 
     _state_keys: tuple[str, ...] = ("factor",)
 
     factor: float = 1.0
+
+    def update(self, signal: Any, step: int | None = None) -> Any:
+        """Feed the signal measured at ``step`` (a loss, or what the controller watches); the new
+        multiplier applies from ``step + 1`` on. Controllers that need no step ignore it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update(signal, step)")
 
     def multiplier(self, step: int) -> float:
         """The factor applied to the schedule's value at ``step``."""

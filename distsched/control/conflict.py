@@ -68,8 +68,10 @@ class GradientConflictScaler(Controller):
     def conflicting(self) -> bool:
         return self.smoothed is not None and self.smoothed < self.threshold
 
-    def update(self, grads: Sequence[torch.Tensor | Sequence[torch.Tensor]]) -> float:
-        """Feed one gradient per task (flat tensors or lists of per-parameter tensors); returns the factor."""
+    def update(self, signal: Sequence[torch.Tensor | Sequence[torch.Tensor]], step: int | None = None) -> float:
+        """Feed one gradient per task (flat tensors or lists of per-parameter tensors; ``step`` is not
+        needed); returns the factor."""
+        grads = signal
         if len(grads) < 2:
             raise ValueError(f"grads must hold at least 2 task gradients, got {len(grads)}")
         c = min(pairwise_cosines(grads))

@@ -86,9 +86,12 @@ class CurriculumPhases(Controller):
             self.best, self.num_bad = math.inf, 0
         return self.phase
 
-    def update(self, loss: float, step: int) -> int:
-        """Feed the loss measured at ``step``; with ``patience`` set, a plateau advances the phase
-        (the next phase starts at ``step + 1``). Returns the current phase."""
+    def update(self, signal: float, step: int | None = None) -> int:
+        """Feed the loss measured at ``step`` (required); with ``patience`` set, a plateau advances the
+        phase (the next phase starts at ``step + 1``). Returns the current phase."""
+        if step is None:
+            raise ValueError("step must be given to CurriculumPhases.update (the phase is a function of the step)")
+        loss = signal
         self.updates += 1
         if self.boundaries is not None:
             self.phase = self._phase_and_start(step + 1)[0]

@@ -67,9 +67,9 @@ class PIDController(Controller):
         derivative = 0.0 if self.last_error is None else error - self.last_error
         return self.kp * error + self.ki * integral + self.kd * derivative
 
-    def update(self, loss: float) -> float:
-        """Feed the loss of the step just taken; returns the factor for the next LR."""
-        loss = float(loss)
+    def update(self, signal: float, step: int | None = None) -> float:
+        """Feed the loss of the step just taken (``step`` is not needed); returns the factor for the next LR."""
+        loss = float(signal)
         self.updates += 1
         if not math.isfinite(loss):
             self.factor = self.min_factor

@@ -78,9 +78,9 @@ class ReduceOnPlateau(_PlateauDetector):
         self.eps = check_non_negative("eps", eps)
         self.reductions = 0
 
-    def update(self, metric: float) -> float:
-        """Feed one evaluation of the metric; returns the factor for the next LR."""
-        if self._observe(metric):
+    def update(self, signal: float, step: int | None = None) -> float:
+        """Feed one evaluation of the metric (``step`` is not needed); returns the factor for the next LR."""
+        if self._observe(signal):
             new = max(self.factor * self.reduce_factor, self.min_factor)
             if self.factor - new > self.eps:
                 self.factor = new
@@ -113,10 +113,10 @@ class WarmRestartOnPlateau(_PlateauDetector):
     def schedule_step(self, step: int) -> int:
         return max(step - self.restart_step, 0)
 
-    def update(self, metric: float, step: int | None = None) -> bool:
+    def update(self, signal: float, step: int | None = None) -> bool:
         """Feed one evaluation taken at ``step`` (default: the number of updates so far, i.e. one
         update per step); returns True when a restart happens. The next LR is ``s(0)``."""
-        fired = self._observe(metric)
+        fired = self._observe(signal)
         if fired:
             self.restart_step = (self.updates if step is None else check_int("step", step, 0) + 1)
             self.restarts += 1

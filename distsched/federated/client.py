@@ -15,6 +15,7 @@ from torch import nn
 
 from distsched._checks import check_choice, check_int, check_non_negative
 from distsched.data import evaluate_tensors, token_cross_entropy
+from distsched.sync import QSR
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -46,9 +47,11 @@ class LocalWork:
         check_int("client.max_local_work", self.max_work, self.base)
 
     def amount(self, lr: float) -> int:
-        if self.rule == "constant" or lr <= 0.0:
-            return self.base if self.rule == "constant" else self.max_work
-        return int(min(self.max_work, max(self.base, math.floor((self.alpha / lr) ** 2))))
+        """``base`` (constant), or :class:`distsched.sync.QSR`'s period for ``lr`` with ``h_base = base``,
+        capped at ``max_work`` (``alpha = 0``: ``base``)."""
+        if self.rule == "constant" or self.alpha == 0.0:
+            return self.base
+        return int(min(self.max_work, QSR(h_base=self.base, alpha=self.alpha).period_from_lr(lr)))
 
     def steps(self, work: int, num_samples: int, batch_size: int) -> int:
         """Optimizer steps for ``work`` units on ``num_samples`` samples: ``work * ceil(n / B)`` for epochs."""

@@ -11,7 +11,7 @@ A config file is one mapping::
     data: {name: digits, partition: iid}
     optimizer: {name: sgd, momentum: 0.0}
     schedule: {name: cosine, lr: 0.2, total_steps: 400, warmup_steps: 20}
-    sync: {rule: qsr, h_base: 2, alpha: 0.2}
+    sync: {name: qsr, h_base: 2, alpha: 0.2}
     checkpoint: {every: 100, keep: 2}
 
 ``schedule`` is any :func:`distsched.schedules.from_spec` mapping (composition allowed) and ``sync``
@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
-from distsched.config import check_name, from_mapping, load_yaml, to_mapping
+from distsched.config import build, check_name, from_mapping, load_yaml, to_mapping
 
 BUILTIN_MODELS = ("mlp", "cnn", "gpt")  # distsched.data.models.BUILTIN_MODELS (kept here: no torch import at load)
 BUILTIN_DATA = ("digits", "synthetic", "stdlib_text")
@@ -175,7 +176,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    sync: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rule": "fixed", "h": 1})
+    sync: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "fixed", "h": 1})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     #: DP-SGD: a :class:`distsched.privacy.PrivacyConfig` mapping (target_epsilon / noise_multiplier, delta, ...).
     privacy: dict[str, Any] | None = None
@@ -208,6 +209,9 @@ class TrainConfig:
         if self.epochs is not None:
             check_positive("epochs", self.epochs)
         build_schedule(self.schedule)
+        if isinstance(self.sync, Mapping) and "rule" in self.sync and "name" not in self.sync:
+            warnings.warn("sync.rule is deprecated: write sync.name (same values)", FutureWarning, stacklevel=2)
+            self.sync = sync_spec(self.sync)
         build_sync(self.sync)
         if self.privacy is not None:
             from distsched.privacy.config import privacy_config, refuse_unprivatized_signals
@@ -227,34 +231,19 @@ def build_schedule(spec: Mapping[str, Any]) -> Any:
     return from_spec(spec, _where="schedule")
 
 
-def _rule_class(spec: Mapping[str, Any]) -> type:
-    from distsched.sync import RULES
-
-    if "rule" not in spec:
-        raise ValueError(f"sync needs a 'rule' key (one of: {', '.join(sorted(RULES))})")
-    rule = spec["rule"]
-    if rule not in RULES:
-        raise ValueError(f"unknown sync rule {rule!r} in sync.rule (known: {', '.join(sorted(RULES))})")
-    return RULES[rule]
+def sync_spec(spec: Any) -> Any:
+    """The ``sync`` block with ``name`` for its rule (the deprecated alias ``rule`` renamed, first)."""
+    if isinstance(spec, Mapping) and "rule" in spec and "name" not in spec:
+        return {"name": spec["rule"], **{k: v for k, v in spec.items() if k != "rule"}}
+    return spec
 
 
 def build_rule(spec: Mapping[str, Any]) -> Any:
-    """The sync rule of a ``sync`` block: ``RULES[spec["rule"]](**parameters)``."""
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"sync must be a mapping with a 'rule' key, got {spec!r}")
-    cls = _rule_class(spec)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    params = {k: v for k, v in spec.items() if k != "rule" and k not in ENGINE_KEYS}
-    unknown = [k for k in params if k not in fields]
-    if unknown:
-        allowed = ", ".join(sorted(fields) + list(ENGINE_KEYS))
-        raise ValueError(f"unknown key sync.{unknown[0]} for rule {spec['rule']!r} (allowed: {allowed})")
-    try:
-        return cls(**params)
-    except TypeError as exc:  # a missing required parameter
-        raise ValueError(f"sync: {exc}".replace("__init__() ", "")) from None
-    except ValueError as exc:
-        raise ValueError(f"sync.{exc}") from None
+    """The sync rule of a ``sync`` block: ``RULES[spec["name"]](**parameters)`` by
+    :func:`distsched.config.build` (the engine keys are left to :func:`engine_options`)."""
+    from distsched.sync import RULES
+
+    return build(RULES, sync_spec(spec), "sync", exclude=ENGINE_KEYS)
 
 
 def _lr_compression(spec: Mapping[str, Any]) -> Any:
@@ -316,7 +305,8 @@ def build_sync(spec: Mapping[str, Any], warmup_steps: int = 0) -> tuple[Any, dic
     says nothing about the noise scale there, and an LR starting at 0 would give an endless first
     round); a ``sync.warmup_steps`` given in the config wins.
     """
-    if isinstance(spec, Mapping) and spec.get("rule") == "qsr" and "warmup_steps" not in spec and warmup_steps:
+    spec = sync_spec(spec)
+    if isinstance(spec, Mapping) and spec.get("name") == "qsr" and "warmup_steps" not in spec and warmup_steps:
         spec = {**spec, "warmup_steps": warmup_steps}
     rule = build_rule(spec)
     return rule, engine_options(spec)

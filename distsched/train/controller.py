@@ -22,77 +22,31 @@ needs one gradient per task, which a single-loss loop does not have; use it in y
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from distsched.control import (
-    Controller,
-    CurriculumPhases,
-    PIDController,
-    ReduceOnPlateau,
-    WarmRestartOnPlateau,
-)
+from distsched.config import build
+from distsched.control import CONTROLLERS, Controller
 
-#: ``controller.name`` -> class.
-CONTROLLERS: dict[str, type[Controller]] = {
-    "pid": PIDController,
-    "plateau": ReduceOnPlateau,
-    "warm_restart": WarmRestartOnPlateau,
-    "curriculum": CurriculumPhases,
-}
 #: constructor parameters the config may not set (the signal is a loss: minimized).
 _FIXED = ("mode",)
 _WHERE = "controller"
 
 
-def _parameters(cls: type[Controller]) -> dict[str, inspect.Parameter]:
-    sig = inspect.signature(cls.__init__)
-    return {n: p for n, p in sig.parameters.items() if n != "self" and n not in _FIXED}
-
-
 def build_controller(spec: Mapping[str, Any] | None) -> Controller | None:
-    """The controller of a ``controller`` block (None when the block is absent or null).
-
-    Unknown names, unknown or missing keys and a flag that is not true/false raise ``ValueError``
-    naming ``controller.<key>``; values are checked by the controller itself.
-    """
+    """The controller of a ``controller`` block (None when the block is absent or null), built by
+    :func:`distsched.config.build` from :data:`distsched.control.CONTROLLERS`: unknown names, unknown or
+    missing keys and a flag that is not true/false raise ``ValueError`` naming ``controller.<key>``;
+    values are checked by the controller itself."""
     if spec is None:
         return None
-    known = ", ".join(CONTROLLERS)
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{_WHERE} must be a mapping with a 'name' key (one of: {known}), got {spec!r}")
-    if "name" not in spec:
-        raise ValueError(f"{_WHERE} needs a 'name' key (one of: {known})")
-    name = spec["name"]
-    if name == "gradient_conflict":
+    if isinstance(spec, Mapping) and spec.get("name") == "gradient_conflict":
         raise ValueError(f"{_WHERE}.name 'gradient_conflict' needs per-task gradients, which the training loop "
                          f"does not compute (one loss); use GradientConflictScaler in your own loop")
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r} in {_WHERE}.name (known: {known})")
-    params = _parameters(CONTROLLERS[name])
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    unknown = [k for k in kwargs if k not in params]
-    if unknown:
-        raise ValueError(f"unknown key {_WHERE}.{unknown[0]} for controller {name!r} "
-                         f"(allowed: {', '.join(sorted(params))})")
-    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
-    if missing:
-        raise ValueError(f"missing required key {_WHERE}.{missing[0]} for controller {name!r}")
-    for k, v in kwargs.items():
-        if isinstance(params[k].default, bool) and not isinstance(v, bool):
-            raise ValueError(f"{_WHERE}.{k}: expected true or false, got {v!r}")
-    try:
-        return CONTROLLERS[name](**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{_WHERE}.{exc}") from None
+    return build(CONTROLLERS, spec, _WHERE, fixed=_FIXED)
 
 
 def update_controller(controller: Controller, loss: float, step: int) -> None:
     """Feed ``loss`` (the workers' mean loss over the window that ended with step ``step``, 0-based);
     the decision applies from step ``step + 1`` on."""
-    if isinstance(controller, (WarmRestartOnPlateau, CurriculumPhases)):
-        controller.update(loss, step=step)
-    else:
-        controller.update(loss)
-
+    controller.update(loss, step)

@@ -204,7 +204,7 @@ def train_worker(
     if cfg.privacy is not None:
         from distsched.privacy import NOT_PRIVATE_METRICS, PerExampleLoss, attach_privacy, run_epsilon
 
-        every_step = cfg.sync.get("rule") == "fixed" and cfg.sync.get("h") == 1
+        every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
         priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, bundle.train, shards, rank,
                                          batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
                                          sync_every_step=every_step)
