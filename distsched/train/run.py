@@ -78,7 +78,7 @@ def _check_resizable(saved: TrainConfig, workers: int) -> None:
     from distsched.privacy.config import privacy_config
     from distsched.privacy.training import resolve_mode
 
-    every_step = saved.sync.get("rule") == "fixed" and saved.sync.get("h") == 1
+    every_step = saved.sync.get("name") == "fixed" and saved.sync.get("h") == 1
     if resolve_mode(privacy_config(saved.privacy).mode, saved.workers, every_step) == "local":
         raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its own "
                          f"{saved.workers} workers, got {workers}")
