@@ -1,11 +1,19 @@
 """``distsched simulate CONFIG.yaml [--set KEY.PATH=VALUE ...] [--logger mlflow] [--address ADDR] [--out DIR]
-[--resume RUN_DIR] [--rounds N] [--json]``: federated simulation on a pool of Ray actors; writes a run folder
-(with ``plots/dashboard.png``) and prints a one-line summary."""
+[--resume RUN_DIR] [--rounds N] [--executor local|ray|auto] [--json]``: federated simulation in this process or
+on a pool of Ray actors; writes a run folder (with ``plots/dashboard.png``) and prints a one-line summary.
+
+``--executor auto`` (the default) runs in this process, without starting Ray, when the run is small
+(at most :data:`AUTO_LOCAL_UPDATES` client updates, ``rounds * expected cohort``) and no ``--address``
+is given; otherwise on Ray. Both executors give the same results bit for bit."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+#: ``--executor auto`` stays in this process up to this many client updates (rounds x expected cohort):
+#: Ray's start-up (seconds) is then most of a run
+AUTO_LOCAL_UPDATES = 5_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, help="override the config's num_actors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of one line")
+    parser.add_argument("--executor", choices=("local", "ray", "auto"), default="auto",
+                        help="local: this process, no Ray; ray: a Ray actor pool; auto (default): local for "
+                        f"small runs (<= {AUTO_LOCAL_UPDATES} client updates) without --address, else ray")
     add_run_options(parser)
 
 
@@ -42,6 +53,19 @@ def summary_line(summary: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def choose_executor(choice: str, address: str | None, cfg: Any) -> str:
+    """``local`` or ``ray`` for ``--executor choice`` and the run's config ``cfg`` (a ``FedConfig``)."""
+    if choice == "local" and address is not None:
+        raise ValueError("--address joins a Ray cluster: use --executor ray (or auto)")
+    if choice != "auto":
+        return choice
+    if address is not None:
+        return "ray"
+    s = cfg.sampling
+    cohort = s.cohort_size if s.cohort_size is not None else s.fraction * cfg.partition.num_clients
+    return "local" if cfg.rounds * cohort <= AUTO_LOCAL_UPDATES else "ray"
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -49,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from distsched.commands.train import overridden, use_loggers, write_dashboard
     from distsched.config import load_yaml
     from distsched.federated import simulate
+    from distsched.federated.config import fed_config
+    from distsched.federated.resume import resume_config
 
     if args.config is None and args.resume is None:
         raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
@@ -60,11 +86,16 @@ def run(args: argparse.Namespace) -> int:
         overrides["num_actors"] = args.num_actors
     use_loggers(args.loggers)
     config = {**load_yaml(args.config), **sets} if sets else args.config
+    if args.resume is not None:
+        cfg = resume_config(args.resume, load_yaml(config) if isinstance(config, str) else config, overrides)
+    else:
+        cfg = fed_config({**(load_yaml(config) if isinstance(config, str) else dict(config)), **overrides})
+    kind = choose_executor(args.executor, args.address, cfg)
     summary = simulate(
         config,
         out_dir=args.out,
         resume=args.resume,
-        executor=ray_executor(args.address),
+        executor=ray_executor(args.address) if kind == "ray" else None,
         progress=not args.no_progress,
         **overrides,
     )
