@@ -301,6 +301,28 @@ def _aggregate(runs: list[dict]) -> dict:
     }
 
 
+def whole_process(executor: str, out: Path, seed: int = 0) -> dict:
+    """What a user waits: ``python -m distsched simulate`` on FED-DIGITS, from process start to exit
+    (interpreter start, imports, data, Ray start-up when ``executor="ray"``, training, run folder)."""
+    import yaml
+
+    cfg_path = out / f"fed_digits_{seed}.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump({**FED_DIGITS, "seed": seed}), encoding="utf-8")
+    cmd = [sys.executable, "-m", "distsched", "simulate", str(cfg_path), "--executor", executor,
+           "--num-actors", "2", "--out", str(out), "--no-progress", "--json"]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        return {"executor": executor, "error": res.stderr[-500:]}
+    summary = json.loads(res.stdout)
+    return {"executor": executor, "seed": seed, "process_s": round(wall, 2),
+            "final_test_acc": summary["final_test_acc"], "client_updates": summary["client_updates"],
+            "load_1min_before": load}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flower-python", default=str(ROOT / ".venv" / "flower" / "bin" / "python"))
@@ -311,6 +333,9 @@ def main() -> int:
     )
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--whole-process-only", action="store_true",
+                        help="only time `distsched simulate` as whole processes, --executor local and ray "
+                        "(writes benchmarks/results/fed_whole_process.json)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fed_vs_flower.json"))
     parser.add_argument("--repeats", type=int, default=3, help="FED-DIGITS runs per framework (seeds 0..n-1)")
     parser.add_argument("--flower-worker", nargs=4, metavar=("DATA", "MODEL_OUT", "ROUNDS", "CLIENTS"))
@@ -327,6 +352,17 @@ def main() -> int:
         print("SCALE_RESULT " + json.dumps(result), flush=True)
         return 0
 
+    if args.whole_process_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = []
+            for seed in range(args.repeats):
+                for ex in (("local", "ray") if seed % 2 == 0 else ("ray", "local")):
+                    runs.append(whole_process(ex, Path(tmp), seed))
+                    print(json.dumps(runs[-1]), flush=True)
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": runs,
+               "command": " ".join([".venv/bin/python", "benchmarks/fed_vs_flower.py", *sys.argv[1:]])}
+        Path(args.json).with_name("fed_whole_process.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        return 0
     if args.setup_flower:
         setup_flower(Path(args.flower_python).parents[1])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
