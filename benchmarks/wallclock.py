@@ -22,7 +22,7 @@ local method; QSR from the same base: ``h_base = 16``, ``alpha = suggest_alpha(L
   exchange overlapped with 2 local steps (distsched.sync's engine), when ``--stream`` is given.
 
 The clock: each worker's training time, excluding evaluation (paused while rank 0 evaluates the
-synchronized model on 128 validation windows, after a sync at most every ``--eval-every`` steps, and
+synchronized model on 64 validation windows, after a sync at most every ``--eval-every`` steps, and
 at the end). Reported: wall-clock to reach DDP's final validation loss (first evaluation at or below
 it; "not reached" otherwise, with the best loss), final validation bits per byte, sync rounds, bytes
 sent per worker, and the all_reduce bandwidth achieved on the full model against the shaped rate.
@@ -50,8 +50,8 @@ VARIANTS = ("ddp", "fixed_h", "qsr", "post_local", "diloco", "diloco_qsr", "dilo
 H = 16
 H_MAX = 128
 OUTER = {"lr": 0.7, "momentum": 0.9, "nesterov": True}
-FULL = {"layers": 4, "heads": 4, "dim": 192, "context": 64, "batch": 4, "steps": 320, "lr": 2e-3,
-        "warmup": 32, "eval_every": 32, "val_windows": 128}
+FULL = {"layers": 4, "heads": 4, "dim": 192, "context": 64, "batch": 4, "steps": 192, "lr": 2e-3,
+        "warmup": 16, "eval_every": 32, "val_windows": 64}
 TINY = {"layers": 1, "heads": 2, "dim": 32, "context": 16, "batch": 4, "steps": 24, "lr": 2e-3,
         "warmup": 4, "eval_every": 8, "val_windows": 16}
 
