@@ -24,8 +24,10 @@ local method; QSR from the same base: ``h_base = 16``, ``alpha = suggest_alpha(L
 The clock: each worker's training time, excluding evaluation (paused while rank 0 evaluates the
 synchronized model on 64 validation windows, after a sync at most every ``--eval-every`` steps, and
 at the end). Reported: wall-clock to reach DDP's final validation loss (first evaluation at or below
-it; "not reached" otherwise, with the best loss), final validation bits per byte, sync rounds, bytes
-sent per worker, and the all_reduce bandwidth achieved on the full model against the shaped rate.
+it; "not reached" otherwise, with the best loss), final validation bits per byte, DDP's own time to
+reach each variant's final loss divided by that variant's training time (time to quality at the
+variant's level), sync rounds, bytes sent per worker, and the all_reduce bandwidth achieved on the full
+model against the shaped rate.
 
     sudo .venv/bin/python benchmarks/wallclock.py                     # both rates, 1 seed (needs root)
     sudo .venv/bin/python benchmarks/wallclock.py --rates 100mbit --seeds 0 1 2 --variants ddp diloco_qsr
@@ -271,17 +273,20 @@ def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) ->
                      f"{probe['allreduce_mbit_per_s']:.0f} Mbit/s of {shaped / 1e6:.0f} shaped "
                      f"({probe['allreduce_mbit_per_s'] * 1e6 / shaped:.0%})\n")
         lines.append("| variant | seeds | time to DDP's final loss (s) | speed-up vs DDP | train time (s) | "
-                     "final val bits/byte | best val bits/byte | rounds | MB sent / worker |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "final val bits/byte | best val bits/byte | DDP's time to this final loss / train time | "
+                     "rounds | MB sent / worker |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         rows = [r for r in records if r["rate"] == rate]
         ddp = {r["seed"]: r for r in rows if r["variant"] == "ddp"}
         for name in dict.fromkeys(r["variant"] for r in rows):
             mine = [r for r in rows if r["variant"] == name]
-            hits, speed = [], []
+            hits, speed, reverse = [], [], []
             for r in mine:
                 ref = ddp.get(r["seed"])
                 if ref is None:
                     continue
+                back = time_to_target(ref["evals"], r["final_loss"])  # DDP at this variant's final quality
+                reverse.append(f"{back / r['train_time_s']:.2f}x" if back is not None else "DDP never as low")
                 hit = time_to_target(r["evals"], ref["final_loss"])
                 hits.append(hit)
                 if hit is not None:
@@ -295,7 +300,7 @@ def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) ->
                                                                        "bytes_per_worker")}
             best = sum(min(e["bpb"] for e in r["evals"]) for r in mine) / len(mine)
             lines.append(f"| {name} | {len(mine)} | {hit_txt} | {sp_txt} | {mean['train_time_s']:.1f} | "
-                         f"{mean['final_bpb']:.3f} | {best:.3f} | {mean['rounds']:.0f} | "
+                         f"{mean['final_bpb']:.3f} | {best:.3f} | {', '.join(reverse) or '-'} | {mean['rounds']:.0f} | "
                          f"{mean['bytes_per_worker'] / 1e6:.1f} |")
     return "\n".join(lines)
 

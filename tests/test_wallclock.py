@@ -45,6 +45,8 @@ def test_table_speedups_are_paired_by_seed():
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ") and "variant" not in line}
     assert rows["diloco"][1] == "6.5" and rows["diloco"][2] == "7.50x (5.00-10.00)"
+    assert rows["diloco"][6] == "DDP never as low, DDP never as low"
+    assert rows["fixed_h"][6] == "4.44x"  # DDP reaches 2.1 at 40 s; fixed_h trained 9 s
     assert rows["ddp"][2] == "1.00x (1.00-1.00)"
     assert rows["fixed_h"][1] == "reached in 0/1 seeds" and rows["fixed_h"][2] == "-"
     assert "6.4 steps" in text and "(100%)" in text
