@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     records.append(rec)
     finally:
         _testbed(prefix, "down")
+        shutil.rmtree(work, ignore_errors=True)  # the corpus cache and the workers' raw outputs
     load_after = _load()
     text = table(records, probes)
     header = (f"wallclock.py {'(tiny) ' if args.tiny else ''}{started}; size {size}; seeds {args.seeds}"
