@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,19 @@ def test_bad_prefix_is_refused():
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_without_root_one_line_exit_2():
-    before = _root_state()
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SCRIPT), "up", "2"],
-                          capture_output=True, text=True, timeout=60)
+    # the unprivileged user runs a copy in a world-readable folder: the checkout itself may sit in a folder
+    # only root can enter (a CI clone under mktemp -d is 0700)
+    folder = Path(tempfile.mkdtemp(prefix="testbed-noroot-"))
+    try:
+        folder.chmod(0o755)
+        script = folder / SCRIPT.name
+        shutil.copy2(SCRIPT, script)
+        script.chmod(0o755)
+        before = _root_state()
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script), "up", "2"],
+                              capture_output=True, text=True, timeout=60, cwd=folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     assert proc.returncode == 2 and "root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert _root_state() == before
 
