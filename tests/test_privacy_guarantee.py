@@ -129,7 +129,7 @@ _TRAIN = {"schedule": {"name": "constant", "lr": 0.1}, "steps": 10, "workers": 1
 
 @pytest.mark.parametrize(("extra", "where"), [
     ({"controller": {"name": "plateau", "factor": 0.5, "patience": 2}}, "controller:"),
-    ({"sync": {"rule": "adacomm", "h_0": 2}}, "sync.rule: AdaComm"),
+    ({"sync": {"name": "adacomm", "h_0": 2}}, "sync.name: AdaComm"),
 ])
 def test_loss_driven_blocks_are_refused_with_privacy(extra, where, tmp_path, capsys):
     """Before: a plateau controller or AdaComm read the raw loss with DP on (LR 0.1 -> 0.005, H 4 -> 18)

@@ -98,7 +98,7 @@ def refuse_unprivatized_signals(*, controller: bool, sync_rule: Any) -> None:
         raise ValueError("controller: a feedback controller reads the raw training loss, which DP-SGD does not "
                          "privatize (epsilon would not cover it); remove the controller block to train with privacy")
     if getattr(sync_rule, "uses_loss", False):
-        raise ValueError(f"sync.rule: {type(sync_rule).__name__} reads the raw training loss, which DP-SGD does "
+        raise ValueError(f"sync.name: {type(sync_rule).__name__} reads the raw training loss, which DP-SGD does "
                          "not privatize; with privacy use an LR- or step-driven rule (fixed, qsr, post_local)")
 
 
