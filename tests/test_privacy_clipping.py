@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -120,3 +121,134 @@ def test_ghost_refuses_a_step_after_a_plain_backward():
     with pytest.raises(ValueError, match="2 backward passes before one step"):
         pt.optimizer.step()
     assert pt.accountant.steps == 1
+
+
+# ------------------------------------------------------------------------------------- per-layer clipping
+PER_LAYER = [0.02, 0.05, 0.1, 0.2]  # one per tensor of _mlp(): W1, b1, W2, b2; sensitivity sqrt(sum C_i^2)
+
+
+def _per_layer_steps(mode, steps=3, reference=False):
+    """``steps`` DP-SGD steps with per-layer thresholds: distsched's ``private_training`` in ``mode``, or
+    (``reference``) Opacus' own ``GradSampleModule`` + ``DPPerLayerOptimizer`` with the same noise seed."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPPerLayerOptimizer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    if reference:
+        model = GradSampleModule(model)
+        opt = DPPerLayerOptimizer(opt, noise_multiplier=1.0, max_grad_norm=PER_LAYER, expected_batch_size=64,
+                                  generator=torch.Generator().manual_seed(3))
+    else:
+        pt = private_training(model, opt, sample_rate=0.1, expected_batch_size=64, max_grad_norm=PER_LAYER,
+                              delta=1e-5, noise=1.0, noise_seed=3, clipping=mode)
+        model, opt = pt.model, pt.optimizer
+        opt.clipping = pt.clipping  # the mode in use, for the test
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("mode", ["auto", "hooks", "functorch", "ew"])
+def test_per_layer_step_is_opacus_per_layer_optimizers(mode):
+    """Same seed, reproducible mode: every mode per-layer clipping composes with takes the step Opacus'
+    ``DPPerLayerOptimizer`` takes (``auto`` picks hooks: ghost has no per-layer mode)."""
+    ref_opt, ref = _per_layer_steps(None, reference=True)
+    opt, got = _per_layer_steps(mode)
+    assert opt.clipping == ("hooks" if mode == "auto" else mode)
+    assert not torch.equal(got, _per_layer_steps("hooks", steps=0)[1])  # the steps moved the parameters
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    assert opt.max_grad_norm == pytest.approx(ref_opt.max_grad_norm, rel=1e-6)
+    _, flat = _steps("hooks")  # flat clipping (C = 0.1) takes another step
+    assert not torch.allclose(flat, got, atol=1e-4)
+
+
+def test_per_layer_clipped_sum_and_noise_std_closed_form():
+    """The released gradient is ``(sum_j clip_i(g_ij) + N(0, sigma^2 sum_i C_i^2)) / B``: the clipped sum
+    against per-example gradients clipped by hand (``min(1, C_i / (||g_ij|| + 1e-6))``), the noise std
+    against ``sigma sqrt(sum_i C_i^2)`` (secret noise, as a private run draws it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 250), nn.Tanh(), nn.Linear(250, 4))  # 11k coordinates
+    x, y = torch.randn(32, 40), torch.randint(0, 4, (32,))
+    norms = [0.1, 0.2, 0.3, 0.4]
+    params = list(model.parameters())
+    summed = [torch.zeros_like(p) for p in params]
+    for i in range(32):
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
+        summed = [s + min(1.0, c / (float(g.norm()) + 1e-6)) * g for s, g, c in zip(summed, grads, norms)]
+    released = {}
+    for sigma in (1e-9, 2.0):  # ~no noise: the clipped sum; then the noise alone
+        m = nn.Sequential(nn.Linear(40, 250), nn.Tanh(), nn.Linear(250, 4))
+        m.load_state_dict(model.state_dict())
+        pt = private_training(m, torch.optim.SGD(m.parameters(), lr=0.0), sample_rate=0.1, expected_batch_size=32,
+                              max_grad_norm=norms, delta=1e-5, noise=sigma)
+        pt.optimizer.zero_grad()
+        nn.functional.cross_entropy(pt.model(x), y).backward()
+        pt.optimizer.step()
+        released[sigma] = [p.grad.detach() * 32 for p in pt.model.parameters()]
+        assert pt.accountant.history == [(sigma, 0.1, 1)]  # charged as flat clipping at the sensitivity
+    for got, want in zip(released[1e-9], summed):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    noise = torch.cat([(r - s).flatten() for r, s in zip(released[2.0], summed)])
+    sensitivity = float(np.linalg.norm(norms))  # 0.548; flat at max C_i would be 0.4, at sum C_i 1.0
+    assert float(noise.std()) == pytest.approx(2.0 * sensitivity, rel=0.04)
+
+
+def test_per_layer_config_splits_the_flat_threshold_and_takes_thresholds():
+    """``per_layer: true`` alone: ``C_i = C / sqrt(P)`` (sensitivity C, as Opacus' examples split it);
+    ``clipping_norms``: those thresholds; ``auto`` resolves to hooks."""
+    from distsched.privacy import attach_privacy
+
+    data = TensorDataset(torch.randn(100, 6), torch.randint(0, 2, (100,)))
+    shards = [np.arange(100)]
+    for block, want in (({"per_layer": True, "max_grad_norm": 2.0}, [1.0] * 4),
+                        ({"per_layer": True, "clipping_norms": PER_LAYER}, PER_LAYER)):
+        model = _mlp()
+        pt, _ = attach_privacy({"noise_multiplier": 1.0, **block}, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                               data, shards, 0, batch_size=10, total_steps=5)
+        assert pt.optimizer.max_grad_norms == pytest.approx(want)
+        assert pt.optimizer.max_grad_norm == pytest.approx(float(np.linalg.norm(want)), rel=1e-6)
+        assert pt.clipping == "hooks"
+
+
+@pytest.mark.parametrize(("block", "mode", "needle"), [
+    ({"per_layer": True, "clipping": "ghost"}, None, "privacy.per_layer: clipping 'ghost' has no per-layer"),
+    ({"clipping_norms": [1.0, 1.0, 1.0, 1.0]}, None, "privacy.clipping_norms: per-layer thresholds need per_layer"),
+    ({"per_layer": True, "clipping_norms": [1.0, 1.0, 1.0, 1.0], "max_grad_norm": 1.0}, None,
+     "privacy.max_grad_norm: with clipping_norms"),
+    ({"per_layer": True, "clipping_norms": [1.0, -1.0, 1.0, 1.0]}, None, "clipping_norms must be > 0"),
+    ({"per_layer": True, "clipping_norms": [1.0, 1.0]}, "single", "the model has 4, got 2"),
+    ({"per_layer": True, "clipping": "functorch"}, "group", "no per-layer clipping across workers"),
+    ({"clipping": "ghost"}, "group", "'ghost' is not available in group mode"),
+])
+def test_clipping_combinations_refused_in_one_line(block, mode, needle):
+    from distsched.privacy.config import privacy_config
+    from distsched.privacy.training import check_clipping
+
+    with pytest.raises(ValueError, match=needle) as info:
+        cfg = privacy_config({"noise_multiplier": 1.0, **block})
+        check_clipping(cfg, _mlp(), mode)
+    assert "\n" not in str(info.value)
+    if mode == "group":  # the same block runs in local mode (one DPOptimizer per worker)
+        check_clipping(privacy_config({"noise_multiplier": 1.0, **block}), _mlp(), "local")
+
+
+@pytest.mark.parametrize("sets", [["privacy.per_layer=true", "privacy.clipping=ghost"],
+                                  ["privacy.per_layer=true", "privacy.clipping=functorch"],
+                                  ["privacy.per_layer=true", "privacy.clipping_norms=[1.0, 1.0]"]])
+def test_cli_refuses_a_clipping_combination_before_anything_starts(tmp_path, capsys, sets):
+    """``distsched train`` with a per-layer combination Opacus has no optimizer for (ghost; functorch across
+    workers in group mode) or thresholds that do not match the model: one line, exit 2, no run folder."""
+    from distsched.cli import main
+
+    argv = ["train", "examples/digits_dp.yaml", "--out", str(tmp_path / "runs")]
+    for s in sets:
+        argv += ["--set", s]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "privacy." in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

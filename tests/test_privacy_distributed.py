@@ -23,6 +23,8 @@ from distsched.privacy import ConstantNoise, private_training
 WORLD = 2
 N, D = 400, 6
 LR, CLIP = 0.5, 1.0
+#: per-layer thresholds (Opacus' clipping="per_layer"), one per parameter tensor; sensitivity sqrt(sum C_i^2)
+PER_LAYER = [0.05, 0.1, 0.2, 0.3]
 
 
 def _free_port() -> int:
@@ -47,7 +49,7 @@ def _shard(rank):
     return np.arange(rank, N, WORLD)
 
 
-def _scenario_group_exact(rank):
+def _scenario_group_exact(rank, clip=CLIP):
     """sigma = 0: the update must be the clipped per-example sum of the union batch over the global B."""
     from distsched.privacy import PoissonBatches
 
@@ -55,7 +57,7 @@ def _scenario_group_exact(rank):
     q = 0.1
     model = _model()
     pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
-                      expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=ConstantNoise(0.0),
+                      expected_batch_size=q * N / WORLD, max_grad_norm=clip, delta=1e-5, noise=ConstantNoise(0.0),
                       mode="group", noise_seed=rank)
     sampler = PoissonBatches(_shard(rank), q, seed=5, rank=rank)
     batches, params = [], []
@@ -70,13 +72,13 @@ def _scenario_group_exact(rank):
     return {"batches": batches, "params": params, "history": pt.accountant.history}
 
 
-def _scenario_group_noise(rank):
+def _scenario_group_noise(rank, clip=CLIP):
     """Zero gradients: the parameter change is the noise alone, lr * N(0, sigma^2 C^2) / B_global, added once."""
     x, _ = _data()
     q, sigma, steps = 0.1, 2.0, 40
     model = _model()
     pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=q,
-                      expected_batch_size=q * N / WORLD, max_grad_norm=CLIP, delta=1e-5, noise=sigma,
+                      expected_batch_size=q * N / WORLD, max_grad_norm=clip, delta=1e-5, noise=sigma,
                       mode="group", noise_seed=100 + rank)
     deltas = []
     for _ in range(steps):
@@ -176,6 +178,8 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "local_h4": _scenario_local(rank, 4),
             "guard_group": _scenario_guard(rank, "group"),
             "group_coupling": _scenario_group_coupling(rank),
+            "group_per_layer": _scenario_group_exact(rank, PER_LAYER),
+            "group_noise_per_layer": _scenario_group_noise(rank, PER_LAYER),
         }
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
@@ -195,39 +199,49 @@ def _opacus_eps(history, delta=1e-5):
     return acc.get_epsilon(delta=delta)
 
 
-def test_group_dp_sgd_is_the_clipped_sum_over_the_global_expected_batch(runs):
+def _clipped(grads, clip):
+    """One example's gradients clipped by hand: flat (``clip`` a float: the whole gradient to ``clip``) or
+    per layer (``clip`` a list: tensor ``i`` to ``clip[i]``), Opacus' factor ``min(1, C / (norm + 1e-6))``."""
+    if isinstance(clip, float):
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        return [min(1.0, clip / (float(norm) + 1e-6)) * g for g in grads]
+    return [min(1.0, c / (float(g.norm()) + 1e-6)) * g for g, c in zip(grads, clip)]
+
+
+@pytest.mark.parametrize(("key", "clip"), [("group_exact", CLIP), ("group_per_layer", PER_LAYER)])
+def test_group_dp_sgd_is_the_clipped_sum_over_the_global_expected_batch(runs, key, clip):
     x, y = _data()
     model = _model()
     q = 0.1
     b_global = q * N
     for t in range(3):
-        union = runs[0]["group_exact"]["batches"][t] + runs[1]["group_exact"]["batches"][t]
+        union = runs[0][key]["batches"][t] + runs[1][key]["batches"][t]
         total = [torch.zeros_like(p) for p in model.parameters()]
-        for i in union:  # per-example gradients, clipped to CLIP by hand
+        for i in union:  # per-example gradients, clipped by hand
             model.zero_grad()
             nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
             grads = [p.grad.detach().clone() for p in model.parameters()]
-            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-            scale = min(1.0, CLIP / (float(norm) + 1e-6))
-            total = [a + scale * g for a, g in zip(total, grads)]
+            total = [a + g for a, g in zip(total, _clipped(grads, clip))]
         with torch.no_grad():
             for p, g in zip(model.parameters(), total):
                 p -= LR * g / b_global
         for rank in range(WORLD):
-            for p_ref, p_rank in zip(model.parameters(), runs[rank]["group_exact"]["params"][t]):
+            for p_ref, p_rank in zip(model.parameters(), runs[rank][key]["params"][t]):
                 torch.testing.assert_close(p_rank, p_ref.detach(), rtol=1e-5, atol=1e-6)
-    assert runs[0]["group_exact"]["history"] == [(0.0, 0.1, 3)]
+    assert runs[0][key]["history"] == [(0.0, 0.1, 3)]
 
 
-def test_group_noise_is_added_once_for_the_whole_group(runs):
-    d0, d1 = runs[0]["group_noise"]["deltas"], runs[1]["group_noise"]["deltas"]
+@pytest.mark.parametrize(("key", "sensitivity"), [("group_noise", CLIP),
+                                                  ("group_noise_per_layer", float(np.linalg.norm(PER_LAYER)))])
+def test_group_noise_is_added_once_for_the_whole_group(runs, key, sensitivity):
+    d0, d1 = runs[0][key]["deltas"], runs[1][key]["deltas"]
     torch.testing.assert_close(d0, d1, rtol=0, atol=0)  # all ranks apply the same noisy update
     sigma, b_global = 2.0, 0.1 * N
-    expected_var = (LR * sigma * CLIP / b_global) ** 2  # once; twice would double it
+    expected_var = (LR * sigma * sensitivity / b_global) ** 2  # once; twice would double it
     ratio = float(d0.double().pow(2).mean()) / expected_var
     assert 0.88 < ratio < 1.12, ratio
-    assert runs[0]["group_noise"]["history"] == [(2.0, 0.1, 40)]
-    assert runs[0]["group_noise"]["epsilon"] == pytest.approx(_opacus_eps([(2.0, 0.1, 40)]), rel=1e-12)
+    assert runs[0][key]["history"] == [(2.0, 0.1, 40)]
+    assert runs[0][key]["epsilon"] == pytest.approx(_opacus_eps([(2.0, 0.1, 40)]), rel=1e-12)
 
 
 def test_local_dp_sgd_accounting_is_independent_of_the_sync_period(runs):

@@ -10,14 +10,26 @@
   go through :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
 * ``auto``: the first of :data:`AUTO_ORDER` that supports every trainable layer of the model (step time and
   memory of each mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md).
+
+Per-layer clipping (Opacus' ``clipping="per_layer"``, McMahan et al. 2018, "A general approach to adding
+differential privacy to iterative training procedures"): parameter tensor ``i`` (in the optimizer's order) of
+every example is clipped to its own threshold ``C_i``, ``g_i <- g_i min(1, C_i / (||g_i|| + 1e-6))``. One
+example then moves the clipped sum by at most ``C = sqrt(sum_i C_i^2)`` in L2, the sensitivity: the noise is
+``N(0, sigma^2 C^2)`` and the accountant is charged ``(sigma, q)`` as with flat clipping at ``C``. It composes
+as in Opacus 1.6 (``opacus.optimizers.get_optimizer_class``): with hooks, functorch and ew on one worker or in
+``local`` mode (``DPPerLayerOptimizer``), with hooks and ew in ``group`` mode
+(``SimpleDistributedPerLayerOptimizer``), never with ghost; ``auto`` then picks hooks.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from torch import nn
 
-from distsched._checks import check_choice
+from distsched._checks import check_choice, check_positive
 
 CLIPPING: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
 #: ``auto``'s preference: ghost (no per-example gradient is materialized), else hooks.
@@ -54,3 +66,44 @@ def resolve_clipping(model: nn.Module, clipping: str) -> str:
         raise ValueError(f"clipping {clipping!r} does not support every layer of the model ({', '.join(names)}); "
                          "use clipping: auto")
     return clipping
+
+
+#: modes per-layer clipping composes with, by DP mode (Opacus 1.6's ``get_optimizer_class``).
+PER_LAYER_MODES: dict[str, tuple[str, ...]] = {"single": ("hooks", "functorch", "ew"),
+                                               "local": ("hooks", "functorch", "ew"), "group": ("hooks", "ew")}
+
+
+def check_per_layer(clipping: str, mode: str = "single") -> str:
+    """The clipping mode to use with per-layer clipping in DP mode ``mode`` (``single``, ``local`` or
+    ``group``): ``auto`` -> hooks; a mode Opacus has no per-layer optimizer for is refused in one line."""
+    check_choice("clipping", clipping, CLIPPING)
+    if clipping == "auto":
+        return "hooks"
+    allowed = PER_LAYER_MODES[mode]
+    if clipping not in allowed:
+        where = "across workers (group mode)" if mode == "group" else "at all"
+        raise ValueError(f"privacy.per_layer: clipping {clipping!r} has no per-layer clipping {where}; "
+                         f"use clipping: {' or '.join(allowed)} (or auto)")
+    return clipping
+
+
+def per_layer_norms(params: Sequence[nn.Parameter], max_grad_norm: float,
+                    clipping_norms: Sequence[float] | None = None) -> list[float]:
+    """The per-layer thresholds ``C_i``, one per trainable parameter tensor of ``params`` (the optimizer's
+    order, as Opacus' ``max_grad_norm`` list): ``clipping_norms`` itself (its length must match), or the flat
+    threshold split equally, ``C_i = C / sqrt(P)`` for ``P`` tensors (as Opacus' examples split it), so that
+    the sensitivity ``sqrt(sum_i C_i^2)`` is ``C``."""
+    count = sum(1 for p in params if p.requires_grad)
+    if clipping_norms is None:
+        check_positive("max_grad_norm", max_grad_norm)
+        return [float(max_grad_norm) / math.sqrt(count)] * count
+    norms = [check_positive("clipping_norms", float(c)) for c in clipping_norms]
+    if len(norms) != count:
+        raise ValueError(f"privacy.clipping_norms: one threshold per trainable parameter tensor, in the "
+                         f"optimizer's order: the model has {count}, got {len(norms)}")
+    return norms
+
+
+def sensitivity(norms: Sequence[float]) -> float:
+    """``sqrt(sum_i C_i^2)``: the L2 sensitivity of the per-layer clipped sum (what the noise scales with)."""
+    return math.sqrt(sum(float(c) ** 2 for c in norms))

@@ -10,6 +10,8 @@
       mode: auto                 # auto | group | local  (auto: group when the sync rule averages every step)
       reproducible: false        # true: noise and batches from the config's seed -- NOT private (tests only)
       clipping: auto             # auto | hooks | functorch | ew | ghost  (Opacus' grad_sample_mode)
+      per_layer: false           # true: per-layer clipping (Opacus' clipping="per_layer"), C split as C/sqrt(P)
+      clipping_norms: null       # with per_layer: one threshold per parameter tensor; sensitivity sqrt(sum C_i^2)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from distsched._checks import check_choice, check_int, check_positive, check_range
 from distsched.config import from_mapping
 from distsched.privacy.accounting import check_accountant, check_delta
-from distsched.privacy.clipping import CLIPPING
+from distsched.privacy.clipping import CLIPPING, check_per_layer
 from distsched.privacy.noise import ConstantNoise, noise_schedule_from_spec
 
 TRAIN_MODES: tuple[str, ...] = ("auto", "group", "local")
@@ -62,6 +64,13 @@ class PrivacyConfig:
     reproducible: bool = False
     #: per-example clipping mode (:mod:`distsched.privacy.clipping`): auto, hooks, functorch, ew or ghost.
     clipping: str = "auto"
+    #: per-layer clipping (Opacus' ``clipping="per_layer"``): each parameter tensor clipped to its own
+    #: threshold ``C_i``; without ``clipping_norms``, ``C_i = max_grad_norm / sqrt(P)`` for ``P`` tensors.
+    #: Composes with hooks, functorch and ew (group mode: hooks, ew); ``auto`` picks hooks.
+    per_layer: bool = False
+    #: with ``per_layer``: the thresholds ``C_i``, one per trainable parameter tensor in the optimizer's order
+    #: (``model.parameters()``); the noise scales with the sensitivity ``sqrt(sum_i C_i^2)``.
+    clipping_norms: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.target_epsilon is None and self.noise_multiplier is None:
@@ -88,6 +97,26 @@ class PrivacyConfig:
         check_choice("clipping", self.clipping, CLIPPING)
         if not isinstance(self.reproducible, bool):
             raise ValueError(f"reproducible must be true or false, got {self.reproducible!r}")
+        if not isinstance(self.per_layer, bool):
+            raise ValueError(f"per_layer must be true or false, got {self.per_layer!r}")
+        if self.clipping_norms is not None:
+            if not self.per_layer:
+                raise ValueError("clipping_norms: per-layer thresholds need per_layer: true")
+            if not isinstance(self.clipping_norms, list) or not self.clipping_norms:
+                raise ValueError(f"clipping_norms: a non-empty list of thresholds, got {self.clipping_norms!r}")
+            for c in self.clipping_norms:
+                check_positive("clipping_norms", c)
+        if self.per_layer:
+            check_per_layer(self.clipping)  # ghost has no per-layer mode
+
+    @property
+    def clipping_threshold(self) -> float | list[float] | None:
+        """What :func:`~distsched.privacy.private_training` takes as ``max_grad_norm`` once the model is known:
+        the flat ``C``, the ``clipping_norms`` list, or ``None`` (per-layer, ``C`` split over the model's
+        tensors by :func:`~distsched.privacy.clipping.per_layer_norms`)."""
+        if not self.per_layer:
+            return self.max_grad_norm
+        return None if self.clipping_norms is None else [float(c) for c in self.clipping_norms]
 
 
 def refuse_unprivatized_signals(*, controller: bool, sync_rule: Any) -> None:
@@ -106,4 +135,7 @@ def privacy_config(data: Mapping[str, Any] | PrivacyConfig) -> PrivacyConfig:
     """A validated :class:`PrivacyConfig` from a mapping; errors name ``privacy.<key>``."""
     if isinstance(data, PrivacyConfig):
         return data
+    if isinstance(data, Mapping) and data.get("clipping_norms") is not None and "max_grad_norm" in data:
+        raise ValueError("privacy.max_grad_norm: with clipping_norms the sensitivity is sqrt(sum C_i^2); "
+                         "give one of max_grad_norm and clipping_norms")
     return from_mapping(PrivacyConfig, data, prefix="privacy")

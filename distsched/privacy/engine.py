@@ -32,13 +32,14 @@ from opacus import GradSampleModule
 from opacus.data_loader import wrap_collate_with_empty
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+from opacus.optimizers.utils import params as opacus_params
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from distsched._checks import check_choice, check_int, check_positive
 from distsched.privacy.accounting import Accountant, check_delta, check_sample_rate
-from distsched.privacy.clipping import resolve_clipping, supports
+from distsched.privacy.clipping import check_per_layer, per_layer_norms, resolve_clipping, supports
 from distsched.privacy.coupling import NoiseAwareLR
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
@@ -320,7 +321,7 @@ def private_training(
     *,
     sample_rate: float,
     expected_batch_size: float,
-    max_grad_norm: float,
+    max_grad_norm: float | Sequence[float],
     delta: float,
     noise: NoiseSchedule | float,
     accountant: str = "rdp",
@@ -341,6 +342,9 @@ def private_training(
             rank's ``B_k / N_k``).
         expected_batch_size: this rank's expected batch size (the denominator of the mean gradient; Opacus
             divides by it, never by the realized Poisson batch size).
+        max_grad_norm: the flat clipping threshold ``C``; or, as Opacus' ``clipping="per_layer"``, a list of
+            thresholds ``C_i``, one per trainable parameter tensor of ``optimizer`` in its order: per-layer
+            clipping, noise std ``sigma sqrt(sum_i C_i^2)`` (:mod:`distsched.privacy.clipping`).
         noise: a noise schedule, or a constant noise multiplier.
         target_epsilon: with it, a :class:`BudgetGuard`: :meth:`PrivateTraining.allows_next_step` says when
             to stop, and ``optimizer.step()`` raises :class:`BudgetExhausted` rather than overspend.
@@ -358,7 +362,11 @@ def private_training(
     check_choice("mode", mode, MODES)
     q = check_sample_rate(sample_rate)
     check_positive("expected_batch_size", expected_batch_size)
-    check_positive("max_grad_norm", max_grad_norm)
+    per_layer = not isinstance(max_grad_norm, (int, float))
+    if per_layer:
+        max_grad_norm = per_layer_norms(opacus_params(optimizer), 0.0, list(max_grad_norm))  # type: ignore[arg-type]
+    else:
+        check_positive("max_grad_norm", max_grad_norm)  # type: ignore[arg-type]
     check_delta(delta)
     check_model(model)
     schedule = noise if isinstance(noise, NoiseSchedule) else ConstantNoise(check_positive("noise_multiplier", noise))
@@ -371,7 +379,9 @@ def private_training(
     generator = noise_generator(device, seed)  # Opacus draws the noise on the params' device
     opts = {"noise_multiplier": schedule(0), "max_grad_norm": max_grad_norm,
             "expected_batch_size": expected_batch_size, "generator": generator, "secure_mode": not reproducible}
-    if clipping == "auto" and mode == "group":  # no ghost clipping across workers
+    if per_layer:  # Opacus' per-layer optimizers: hooks, functorch, ew (group: hooks, ew); auto -> hooks
+        clip = check_per_layer(clipping, mode)
+    elif clipping == "auto" and mode == "group":  # no ghost clipping across workers
         clip = "hooks" if supports(model, "hooks") else "functorch"
     else:
         clip = resolve_clipping(model, clipping)
@@ -395,7 +405,13 @@ def private_training(
             gsm = GradSampleModuleExpandedWeights(inner)
         else:
             gsm = GradSampleModule(inner, force_functorch=clip == "functorch")
-        dp_opt = DistributedDPOptimizer(optimizer, **opts) if mode == "group" else DPOptimizer(optimizer, **opts)
+        if per_layer:  # max_grad_norm: the list of C_i; the optimizer's max_grad_norm is sqrt(sum C_i^2)
+            from opacus.optimizers import DPPerLayerOptimizer, SimpleDistributedPerLayerOptimizer
+
+            cls = SimpleDistributedPerLayerOptimizer if mode == "group" else DPPerLayerOptimizer
+            dp_opt = cls(optimizer, **opts)
+        else:
+            dp_opt = DistributedDPOptimizer(optimizer, **opts) if mode == "group" else DPOptimizer(optimizer, **opts)
     acc = Accountant(accountant, eps_error=eps_error)
     dp_opt.attach_step_hook(acc.optimizer_hook(q))
     guard = BudgetGuard(target_epsilon, delta, acc) if target_epsilon is not None else None

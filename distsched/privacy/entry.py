@@ -23,7 +23,7 @@ checks exactly that before the noise is drawn.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ def make_private(
     optimizer: torch.optim.Optimizer,
     data_loader: DataLoader,
     *,
-    max_grad_norm: float,
+    max_grad_norm: float | Sequence[float],
     delta: float,
     noise_multiplier: float | None = None,
     target_epsilon: float | None = None,
@@ -87,6 +87,9 @@ def make_private(
             spend exactly ``target_epsilon``.
         target_epsilon: the budget: ``optimizer.step()`` raises :class:`~distsched.privacy.BudgetExhausted`
             (taking no step, recording nothing) when a step would exceed it.
+        max_grad_norm: the clipping threshold ``C``, or a list of per-layer thresholds ``C_i`` (one per
+            trainable parameter tensor, as Opacus' ``clipping="per_layer"``; the noise scales with
+            ``sqrt(sum C_i^2)``).
         max_physical_batch_size: virtual steps: physical batches of at most this size, one charge per
             logical batch.
         noise_seed: ``None`` (default): secret noise and sampling (``os.urandom``), never saved. An int:
@@ -103,7 +106,8 @@ def make_private(
     if not isinstance(data_loader, DataLoader) or data_loader.batch_size is None:
         raise ValueError("data_loader: give a torch DataLoader built with batch_size=B (B becomes the expected "
                          f"Poisson batch size), got {type(data_loader).__name__} without a batch_size")
-    check_positive("max_grad_norm", max_grad_norm)
+    if isinstance(max_grad_norm, (int, float)):
+        check_positive("max_grad_norm", max_grad_norm)
     check_delta(delta)
     if max_physical_batch_size is not None:
         check_int("max_physical_batch_size", max_physical_batch_size, 1)

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from opacus.optimizers.utils import params as opacus_params
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from distsched._checks import check_int
+from distsched.privacy.clipping import check_per_layer, per_layer_norms
 from distsched.privacy.config import PrivacyConfig, privacy_config
 from distsched.privacy.engine import PrivateTraining, all_reduce_scalar, poisson_loader, private_training
 from distsched.privacy.noise import noise_schedule_from_spec
@@ -86,8 +88,12 @@ def attach_privacy(
         ).noise_multiplier
     if cfg.reproducible and rank == 0:
         warnings.warn(NOT_PRIVATE, UserWarning, stacklevel=2)
+    check_clipping(cfg, model, mode)
+    threshold = cfg.clipping_threshold
+    if threshold is None:  # per-layer, C split over the optimizer's tensors
+        threshold = per_layer_norms(opacus_params(optimizer), cfg.max_grad_norm)
     training = private_training(
-        model, optimizer, sample_rate=q_rank, expected_batch_size=expected, max_grad_norm=cfg.max_grad_norm,
+        model, optimizer, sample_rate=q_rank, expected_batch_size=expected, max_grad_norm=threshold,
         delta=cfg.delta, noise=shape.with_sigma(level), accountant=cfg.accountant,
         target_epsilon=cfg.target_epsilon, mode=mode, lr_coupling=cfg.lr_coupling,
         coupling_beta=cfg.coupling_beta, min_lr_factor=cfg.min_lr_factor, eps_error=cfg.eps_error,
@@ -95,6 +101,27 @@ def attach_privacy(
     )
     loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed if cfg.reproducible else secret_seed(), rank=rank)
     return training, loader
+
+
+def check_clipping(config: PrivacyConfig | Mapping[str, Any], model: nn.Module, mode: str) -> None:
+    """Refuse, in one line, a clipping set-up that cannot run in DP mode ``mode`` (``single``, ``group`` or
+    ``local``): ghost clipping across workers, per-layer clipping with a mode Opacus has no per-layer
+    optimizer for, or ``clipping_norms`` that do not match the model's trainable tensors. The CLI calls it
+    before anything starts (:func:`check_run`)."""
+    cfg = privacy_config(config)
+    if cfg.per_layer:
+        check_per_layer(cfg.clipping, mode)
+        per_layer_norms([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.clipping_norms)
+    elif cfg.clipping == "ghost" and mode == "group":
+        raise ValueError("privacy.clipping: 'ghost' is not available in group mode (DP-SGD across workers); "
+                         "use hooks, functorch or auto")
+
+
+def check_run(config: PrivacyConfig | Mapping[str, Any], model: nn.Module, world_size: int,
+              sync_every_step: bool) -> None:
+    """:func:`check_clipping` for a run of ``world_size`` workers (its DP mode as :func:`resolve_mode` picks it)."""
+    cfg = privacy_config(config)
+    check_clipping(cfg, model, resolve_mode(cfg.mode, world_size, sync_every_step))
 
 
 def run_epsilon(training: PrivateTraining) -> float:
