@@ -14,20 +14,29 @@ local method; QSR from the same base: ``h_base = 16``, ``alpha = suggest_alpha(L
 ``H = 16`` at the peak LR and grows as ``(alpha / lr)^2`` when it decays, capped at 128):
 
 * ``ddp``: torch DistributedDataParallel, gradient all_reduce every step (overlapped with backward);
-* ``fixed_h``: parameter averaging every H steps; ``qsr``: QSR's H;
+* ``fixed_h``: parameter averaging every H steps; ``qsr``: QSR's H; ``fixed_h_eq``: averaging every
+  ``round(steps / R)`` steps, R the rounds QSR takes by its rule alone (no training): fixed H at QSR's
+  number of rounds (the comparison of ``benchmarks/local_sgd.py``);
 * ``post_local``: H = 1 (parameter averaging) until the LR first decays, then H (Lin et al. 2020);
 * ``diloco``: H inner steps, then Nesterov SGD (lr 0.7, momentum 0.9) on the averaged
   pseudo-gradient (Douillard et al. 2023); ``diloco_qsr``: the same with QSR's H;
 * ``diloco_stream_int8``: DiLoCo with 4 streaming fragments, int8 exchange (error feedback) and the
   exchange overlapped with 2 local steps (distsched.sync's engine), when ``--stream`` is given.
 
+``--h`` changes the base period H of every local method (QSR's ``h_base`` with it; default 16).
+
 The clock: each worker's training time, excluding evaluation (paused while rank 0 evaluates the
 synchronized model on 64 validation windows, after a sync at most every ``--eval-every`` steps, and
-at the end). Reported: wall-clock to reach DDP's final validation loss (first evaluation at or below
-it; "not reached" otherwise, with the best loss), final validation bits per byte, DDP's own time to
-reach each variant's final loss divided by that variant's training time (time to quality at the
-variant's level), sync rounds, bytes sent per worker, and the all_reduce bandwidth achieved on the full
-model against the shaped rate.
+at the end; with a delayed exchange, at the first step after ``--eval-every`` steps at which no
+exchange is in flight, on rank 0's own model: its fragments were last synced at different steps, as
+a Streaming DiLoCo worker's are). Reported: wall-clock to reach DDP's final validation loss (first
+evaluation at or below it; "not reached" otherwise, with the best loss), final validation bits per
+byte (mean +- sample std [min-max] over seeds), DDP's own time to reach each variant's final loss
+divided by that variant's training time (time to quality at the variant's level), sync rounds, bytes
+sent per worker, the all_reduce bandwidth achieved on the full model against the shaped rate, and,
+when ``diloco`` ran, wall-clock to DiLoCo's final validation loss and the speed-up against DiLoCo's
+own training time (issue 14's target); below the table, QSR's final bits per byte against fixed H's
+(and the streaming variant's against DiLoCo's), paired by seed.
 
     sudo .venv/bin/python benchmarks/wallclock.py                     # both rates, 1 seed (needs root)
     sudo .venv/bin/python benchmarks/wallclock.py --rates 100mbit --seeds 0 1 2 --variants ddp diloco_qsr
@@ -49,7 +58,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = ROOT / "launch" / "testbed.sh"
-VARIANTS = ("ddp", "fixed_h", "qsr", "post_local", "diloco", "diloco_qsr", "diloco_stream_int8")
+VARIANTS = ("ddp", "fixed_h", "qsr", "post_local", "diloco", "diloco_qsr", "fixed_h_eq", "diloco_stream_int8")
 H = 16
 H_MAX = 128
 OUTER = {"lr": 0.7, "momentum": 0.9, "nesterov": True}
@@ -60,12 +69,31 @@ TINY = {"layers": 1, "heads": 2, "dim": 32, "context": 16, "batch": 4, "steps": 
 
 
 # ------------------------------------------------------------------------------------------ worker
-def _rule(name: str, size: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from distsched.sync import QSR, FixedH, OuterSGD, PostLocal, suggest_alpha
+def _qsr(size: dict[str, Any]) -> Any:
+    from distsched.sync import QSR, suggest_alpha
 
-    qsr = QSR(h_base=H, alpha=suggest_alpha(size["lr"], H), h_max=H_MAX, warmup_steps=size["warmup"])
-    rules = {"fixed_h": FixedH(H), "qsr": qsr, "post_local": PostLocal(h=H), "diloco": FixedH(H),
-             "diloco_qsr": qsr, "diloco_stream_int8": FixedH(H)}
+    h = size.get("h", H)
+    return QSR(h_base=h, alpha=suggest_alpha(size["lr"], h), h_max=H_MAX, warmup_steps=size["warmup"])
+
+
+def qsr_rounds(size: dict[str, Any]) -> int:
+    """Rounds QSR takes on the run's schedule by its rule alone (no training), as the engine cuts
+    them: a round starting at ``t`` lasts ``min(H(t), steps - t)``."""
+    rule, schedule, steps = _qsr(size), _schedule(size), size["steps"]
+    start, rounds = 0, 0
+    while start < steps:
+        start += max(1, min(rule.next_period(start, schedule(start), total_steps=steps), steps - start))
+        rounds += 1
+    return rounds
+
+
+def _rule(name: str, size: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from distsched.sync import FixedH, OuterSGD, PostLocal
+
+    h, qsr = size.get("h", H), _qsr(size)
+    rules = {"fixed_h": FixedH(h), "qsr": qsr, "post_local": PostLocal(h=h), "diloco": FixedH(h),
+             "diloco_qsr": qsr, "diloco_stream_int8": FixedH(h),
+             "fixed_h_eq": FixedH(max(1, round(size["steps"] / qsr_rounds(size))))}
     options: dict[str, Any] = {}
     if name.startswith("diloco"):
         options["outer_optimizer"] = OuterSGD(**OUTER)
@@ -157,7 +185,10 @@ def run_variant(name: str, seed: int, size: dict[str, Any], data: Any, shard: An
         synced = True
         if engine is not None:
             engine.step(t, float(loss.detach()))
-            synced = engine.rounds > rounds_seen and not engine.delay
+            if engine.delay:  # nothing in flight, so the paused clock hides no communication
+                synced = not any(p is not None for p in engine._pending)
+            else:
+                synced = engine.rounds > rounds_seen
             rounds_seen = engine.rounds
         clock += time.perf_counter() - t0
         done = t + 1
@@ -174,6 +205,7 @@ def run_variant(name: str, seed: int, size: dict[str, Any], data: Any, shard: An
     else:
         rounds, sent = size["steps"], size["steps"] * numel * 4 * 2 * (world - 1) // world
     return {"variant": name, "seed": seed, "evals": evals, "rounds": rounds, "bytes_per_worker": int(sent),
+            "peak_step_bytes": int(engine.peak_step_bytes if engine is not None else sent // size["steps"]),
             "train_time_s": clock, "final_bpb": evals[-1]["bpb"] if evals else None,
             "final_loss": evals[-1]["loss"] if evals else None}
 
@@ -263,8 +295,52 @@ def time_to_target(evals: list[dict[str, float]], target: float) -> float | None
     return None
 
 
+def _mean_sd(xs: list[float], fmt: str) -> str:
+    """``mean`` for one value; ``mean +- sample std [min-max]`` for several."""
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return format(mean, fmt)
+    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{mean:{fmt}} +- {sd:{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+
+
+def _to_reference(mine: list[dict[str, Any]], ref: dict[int, dict[str, Any]]) -> tuple[str, str]:
+    """Time to the reference's final loss (mean over seeds, or how many seeds reached it) and the
+    speed-up ``reference train time / that time``, paired by seed."""
+    hits, speed = [], []
+    for r in mine:
+        other = ref.get(r["seed"])
+        if other is None:
+            continue
+        hit = time_to_target(r["evals"], other["final_loss"])
+        hits.append(hit)
+        if hit is not None:
+            speed.append(other["train_time_s"] / hit)
+    reached = [h for h in hits if h is not None]
+    hit_txt = (f"{sum(reached) / len(reached):.1f}" if len(reached) == len(hits) and hits else
+               f"reached in {len(reached)}/{len(hits)} seeds" if hits else "n/a")
+    sp_txt = (f"{sum(speed) / len(speed):.2f}x" + (f" ({min(speed):.2f}-{max(speed):.2f})" if len(speed) > 1
+              else "")) if speed else "-"
+    return hit_txt, sp_txt
+
+
+def paired_gaps(records: list[dict[str, Any]], name: str, ref: str) -> str | None:
+    """Final bits per byte of ``name`` minus ``ref``'s, paired by seed and rate: mean +- std [each]."""
+    gaps = []
+    for r in records:
+        if r["variant"] != name:
+            continue
+        other = [o for o in records if o["variant"] == ref and o["seed"] == r["seed"] and o["rate"] == r["rate"]]
+        if other:
+            gaps.append(r["final_bpb"] - other[0]["final_bpb"])
+    if not gaps:
+        return None
+    return f"{_mean_sd(gaps, '+.3f').split(' [')[0]} [{', '.join(f'{g:+.3f}' for g in gaps)}]"
+
+
 def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) -> str:
-    """The markdown table: per rate and variant, mean over seeds (each seed's DDP sets its target)."""
+    """The markdown table: per rate and variant, mean over seeds (each seed's DDP sets its target;
+    with ``diloco`` in the run, each seed's DiLoCo sets a second one)."""
     lines = []
     for rate, probe in probes.items():
         shaped = float(rate.replace("mbit", "e6").replace("gbit", "e9"))
@@ -276,33 +352,34 @@ def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) ->
         lines.append("| variant | seeds | time to DDP's final loss (s) | speed-up vs DDP | train time (s) | "
                      "final val bits/byte | best val bits/byte | DDP's time to this final loss / train time | "
                      "rounds | MB sent / worker |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         rows = [r for r in records if r["rate"] == rate]
         ddp = {r["seed"]: r for r in rows if r["variant"] == "ddp"}
+        diloco = {r["seed"]: r for r in rows if r["variant"] == "diloco"}
+        if diloco:
+            lines[-1] += " time to DiLoCo's final loss (s) | speed-up vs DiLoCo |"
+        lines.append("|---" * (12 if diloco else 10) + "|")
         for name in dict.fromkeys(r["variant"] for r in rows):
             mine = [r for r in rows if r["variant"] == name]
-            hits, speed, reverse = [], [], []
+            reverse = []
             for r in mine:
                 ref = ddp.get(r["seed"])
-                if ref is None:
-                    continue
-                back = time_to_target(ref["evals"], r["final_loss"])  # DDP at this variant's final quality
-                reverse.append(f"{back / r['train_time_s']:.2f}x" if back is not None else "DDP never as low")
-                hit = time_to_target(r["evals"], ref["final_loss"])
-                hits.append(hit)
-                if hit is not None:
-                    speed.append(ref["train_time_s"] / hit)
-            reached = [h for h in hits if h is not None]
-            hit_txt = (f"{sum(reached) / len(reached):.1f}" if len(reached) == len(hits) and hits else
-                       f"reached in {len(reached)}/{len(hits)} seeds" if hits else "n/a")
-            sp_txt = (f"{sum(speed) / len(speed):.2f}x" + (f" ({min(speed):.2f}-{max(speed):.2f})" if len(speed) > 1
-                      else "")) if speed else "-"
-            mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("train_time_s", "final_bpb", "rounds",
-                                                                       "bytes_per_worker")}
+                if ref is not None:
+                    back = time_to_target(ref["evals"], r["final_loss"])  # DDP at this variant's final quality
+                    reverse.append(f"{back / r['train_time_s']:.2f}x" if back is not None else "DDP never as low")
+            hit_txt, sp_txt = _to_reference(mine, ddp)
+            mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("rounds", "bytes_per_worker")}
             best = sum(min(e["bpb"] for e in r["evals"]) for r in mine) / len(mine)
-            lines.append(f"| {name} | {len(mine)} | {hit_txt} | {sp_txt} | {mean['train_time_s']:.1f} | "
-                         f"{mean['final_bpb']:.3f} | {best:.3f} | {', '.join(reverse) or '-'} | {mean['rounds']:.0f} | "
-                         f"{mean['bytes_per_worker'] / 1e6:.1f} |")
+            line = (f"| {name} | {len(mine)} | {hit_txt} | {sp_txt} | "
+                    f"{_mean_sd([r['train_time_s'] for r in mine], '.1f')} | "
+                    f"{_mean_sd([r['final_bpb'] for r in mine], '.3f')} | {best:.3f} | {', '.join(reverse) or '-'} | "
+                    f"{mean['rounds']:.0f} | {mean['bytes_per_worker'] / 1e6:.1f} |")
+            if diloco:
+                line += " {} | {} |".format(*_to_reference(mine, diloco))
+            lines.append(line)
+        for name, ref in (("qsr", "fixed_h_eq"), ("qsr", "fixed_h"), ("diloco_stream_int8", "diloco")):
+            gap = paired_gaps(rows, name, ref)
+            if gap is not None:
+                lines.append(f"\n{name} - {ref}, final bits per byte paired by seed: {gap}")
     return "\n".join(lines)
 
 
@@ -315,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:-1]), choices=VARIANTS)
     parser.add_argument("--stream", action="store_true", help="add diloco_stream_int8")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--h", type=int, default=H, help=f"base period H of every local method (default {H})")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "wallclock.json"))
     parser.add_argument("--timeout", type=float, default=3600.0, help="per rate, seconds")
     parser.add_argument("--worker", nargs=2, metavar=("PLAN", "OUT"), help=argparse.SUPPRESS)
@@ -326,10 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         print("wallclock.py: needs root to make the test-bed's network namespaces (launch/testbed.sh)",
               file=sys.stderr)
         return 2
+    if args.h < 1:
+        print(f"wallclock.py: --h must be >= 1, got {args.h}", file=sys.stderr)
+        return 2
     variants = [*args.variants, *(["diloco_stream_int8"] if args.stream else [])]
     if "ddp" not in variants:
         variants.insert(0, "ddp")
-    size = TINY if args.tiny else FULL
+    size = {**(TINY if args.tiny else FULL), "h": args.h}
     prefix = f"wc{os.getpid() % 100000}"
     work = Path(tempfile.mkdtemp(prefix="wallclock-"))
     from distsched.data.text import stdlib_windows
@@ -348,13 +429,17 @@ def main(argv: list[str] | None = None) -> int:
             plan = {"size": size, "runs": runs, "rate": rate, "cache_dir": str(work / "cache")}
             plan_path, out_path = work / f"plan_{rate}.json", work / f"out_{rate}.jsonl"
             plan_path.write_text(json.dumps(plan))
-            _launch(prefix, plan_path, out_path, 29600 + k, args.timeout)
-            for line in out_path.read_text().splitlines():
-                rec = json.loads(line)
-                if "probe" in rec:
-                    probes[rate] = rec["probe"]
-                else:
-                    records.append(rec)
+            try:
+                _launch(prefix, plan_path, out_path, 29600 + k, args.timeout)
+            finally:  # the runs that finished are kept (and reported) even if a later one failed
+                lines = out_path.read_text().splitlines() if out_path.exists() else []
+                for line in lines:
+                    rec = json.loads(line)
+                    if "probe" in rec:
+                        probes[rate] = rec["probe"]
+                    else:
+                        records.append(rec)
+                _save(args.json, f"partial ({len(records)} runs so far)", size, probes, records)
     finally:
         _testbed(prefix, "down")
         shutil.rmtree(work, ignore_errors=True)  # the corpus cache and the workers' raw outputs
@@ -365,12 +450,17 @@ def main(argv: list[str] | None = None) -> int:
               f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     print(header)
     print(text)
-    out = Path(args.json)
+    _save(args.json, header, size, probes, records, text)
+    print(f"\nresults: {args.json}")
+    return 0
+
+
+def _save(path: str, header: str, size: dict[str, Any], probes: dict[str, Any], records: list[dict[str, Any]],
+          text: str = "") -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"header": header, "size": size, "probes": probes, "records": records,
                                "table": text}, indent=1))
-    print(f"\nresults: {out}")
-    return 0
 
 
 if __name__ == "__main__":

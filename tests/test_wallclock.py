@@ -52,18 +52,62 @@ def test_table_speedups_are_paired_by_seed():
     assert "6.4 steps" in text and "(100%)" in text
 
 
+
+def test_table_reports_time_to_diloco_and_spread_over_seeds():
+    records = [
+        _rec("ddp", 0, [(10.0, 3.0), (40.0, 2.0)], 40.0),
+        _rec("ddp", 1, [(10.0, 3.0), (50.0, 2.5)], 50.0),
+        _rec("diloco", 0, [(4.0, 2.4), (8.0, 2.2)], 8.0),
+        _rec("diloco", 1, [(5.0, 2.6), (12.0, 2.5)], 12.0),
+        _rec("diloco_stream_int8", 0, [(2.0, 2.2), (6.0, 2.1)], 6.0),  # DiLoCo's 2.2 at 2 s: 8 / 2 = 4x
+        _rec("diloco_stream_int8", 1, [(3.0, 2.7), (9.0, 2.6)], 9.0),  # never reaches 2.5
+    ]
+    probe = {"params": 2e6, "step_s": 0.1, "allreduce_s": 0.64, "allreduce_mbit_per_s": 100.0}
+    text = wallclock.table(records, {"100mbit": probe})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "variant" not in line}
+    assert len(rows["ddp"]) == 11
+    assert rows["diloco"][9:] == ["10.0", "1.00x (1.00-1.00)"]
+    assert rows["diloco_stream_int8"][9:] == ["reached in 1/2 seeds", "4.00x"]
+    assert rows["diloco"][3] == "10.0 +- 2.8 [8.0-12.0]"  # train time: mean, sample std, range
+    bpb = [2.1 / 0.6931471805599453, 2.6 / 0.6931471805599453]
+    assert rows["diloco_stream_int8"][4].startswith(f"{sum(bpb) / 2:.3f} +- ")
+    gap = wallclock.paired_gaps(records, "diloco_stream_int8", "diloco")
+    assert gap.endswith(f"[{-0.1 / 0.6931471805599453:+.3f}, {0.1 / 0.6931471805599453:+.3f}]")
+    assert "diloco_stream_int8 - diloco, final bits per byte paired by seed" in text
+    assert wallclock.paired_gaps(records, "qsr", "fixed_h") is None
+
+
+def test_qsr_rounds_by_the_rule_alone_equal_the_engines_rounds():
+    import torch
+
+    from distsched.sync import LocalSGD
+
+    for size in (wallclock.TINY, {**wallclock.FULL, "h": 4}):
+        engine = LocalSGD(torch.nn.Linear(2, 1), rule=wallclock._qsr(size), schedule=wallclock._schedule(size),
+                          total_steps=size["steps"])
+        for t in range(size["steps"]):
+            engine.step(t)
+        assert engine.rounds == wallclock.qsr_rounds(size)
+    rule, _ = wallclock._rule("fixed_h_eq", wallclock.FULL)
+    assert rule.h == round(wallclock.FULL["steps"] / wallclock.qsr_rounds(wallclock.FULL))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 def test_tiny_run_on_two_testbed_hosts(tmp_path):
     out = tmp_path / "wallclock.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wallclock.py"), "--tiny", "--rates", "1gbit",
-                           "--variants", "ddp", "qsr", "diloco", "--json", str(out)],
+                           "--variants", "ddp", "qsr", "diloco", "--stream", "--json", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(out.read_text())
     by = {r["variant"]: r for r in res["records"]}
     steps = res["size"]["steps"]
-    assert set(by) == {"ddp", "qsr", "diloco"} and by["ddp"]["rounds"] == steps
+    assert set(by) == {"ddp", "qsr", "diloco", "diloco_stream_int8"} and by["ddp"]["rounds"] == steps
     assert by["qsr"]["rounds"] < steps and by["diloco"]["bytes_per_worker"] < by["ddp"]["bytes_per_worker"]
     assert all(r["evals"][-1]["step"] == steps for r in res["records"])
+    stream = by["diloco_stream_int8"]  # 4 int8 fragments: a quarter of the bytes, a smaller peak per step
+    assert stream["bytes_per_worker"] < by["diloco"]["bytes_per_worker"] / 2
+    assert stream["peak_step_bytes"] < by["diloco"]["peak_step_bytes"] and len(stream["evals"]) > 1
     assert res["probes"]["1gbit"]["allreduce_mbit_per_s"] > 0
