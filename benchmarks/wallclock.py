@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:-1]), choices=VARIANTS)
     parser.add_argument("--stream", action="store_true", help="add diloco_stream_int8")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--skip-ddp", action="store_true",
+                        help="no DDP runs (no time-to-DDP columns): e.g. DiLoCo against its streaming variant")
     parser.add_argument("--h", type=int, default=H, help=f"base period H of every local method (default {H})")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "wallclock.json"))
     parser.add_argument("--timeout", type=float, default=3600.0, help="per rate, seconds")
@@ -408,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wallclock.py: --h must be >= 1, got {args.h}", file=sys.stderr)
         return 2
     variants = [*args.variants, *(["diloco_stream_int8"] if args.stream else [])]
-    if "ddp" not in variants:
+    if args.skip_ddp:
+        variants = [v for v in variants if v != "ddp"]
+    elif "ddp" not in variants:
         variants.insert(0, "ddp")
     size = {**(TINY if args.tiny else FULL), "h": args.h}
     prefix = f"wc{os.getpid() % 100000}"

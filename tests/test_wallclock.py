@@ -76,6 +76,11 @@ def test_table_reports_time_to_diloco_and_spread_over_seeds():
     assert gap.endswith(f"[{-0.1 / 0.6931471805599453:+.3f}, {0.1 / 0.6931471805599453:+.3f}]")
     assert "diloco_stream_int8 - diloco, final bits per byte paired by seed" in text
     assert wallclock.paired_gaps(records, "qsr", "fixed_h") is None
+    no_ddp = wallclock.table([r for r in records if r["variant"] != "ddp"], {"100mbit": probe})  # --skip-ddp
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in no_ddp.splitlines() if line.startswith("| ") and "variant" not in line}
+    stream = rows["diloco_stream_int8"]
+    assert stream[:3] == ["2", "n/a", "-"] and stream[9] == "reached in 1/2 seeds"
 
 
 def test_qsr_rounds_by_the_rule_alone_equal_the_engines_rounds():
