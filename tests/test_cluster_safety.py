@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from proc_support import alive, descendants
 
 CFG = {"name": "j", "seed": 0, "workers": 1, "steps": 4, "batch_size": 8, "model": {"name": "mlp", "hidden": [4]},
        "data": {"name": "digits"}, "schedule": {"name": "constant", "lr": 0.1}}
@@ -59,35 +60,6 @@ print(int(ray.cluster_resources()["CPU"]), flush=True)
 """
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
-
-
 @pytest.mark.slow
 def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -106,12 +78,12 @@ def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
         assert joined.returncode == 0 and joined.stdout.strip() == "1", joined.stderr[-3000:]
 
         time.sleep(3)  # let Ray start its agents
-        cluster = _descendants(driver.pid) - {driver.pid}
+        cluster = descendants(driver.pid) - {driver.pid}
         assert len(cluster) >= 3  # GCS, raylet, agents (and the watchdog)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     deadline = time.monotonic() + 10
-    while _alive(cluster) and time.monotonic() < deadline:
+    while alive(cluster) and time.monotonic() < deadline:
         time.sleep(0.25)
-    assert not _alive(cluster), [Path(f"/proc/{p}/cmdline").read_text()[:80] for p in _alive(cluster)]
+    assert not alive(cluster), [Path(f"/proc/{p}/cmdline").read_text()[:80] for p in alive(cluster)]

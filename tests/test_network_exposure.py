@@ -8,8 +8,8 @@ TCPStore listens on every interface, is caught by the same scan (the scan can fa
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,66 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-LISTEN = "0A"
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
+from proc_support import descendants, listeners
 
 
-def _socket_inodes(pids: set[int]) -> set[str]:
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    return inodes
-
-
-def _decode(hex_addr: str) -> str:
-    raw = bytes.fromhex(hex_addr)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words)
-
-
-def listeners(pids: set[int]) -> set[tuple[str, int]]:
-    """``(address, port)`` of every listening TCP socket owned by ``pids``."""
-    inodes = _socket_inodes(pids)
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            f = line.split()
-            if f[3] == LISTEN and f[9] in inodes:
-                addr, port = f[1].split(":")
-                out.add((_decode(addr), int(port, 16)))
-    return out
-
-
-def _is_loopback(addr: str) -> bool:
-    return addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1")
+def _is_loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_loopback  # an IPv4-mapped ::ffff:127.x reads as 127.x
 
 
 def _watch(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, set[tuple[str, int]]]:
@@ -85,7 +30,7 @@ def _watch(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess,
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        seen |= listeners(_descendants(proc.pid))
+        seen |= listeners(descendants(proc.pid))
         time.sleep(0.5)
     out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), seen
@@ -150,3 +95,26 @@ def test_embedded_ray_train_listens_on_loopback_only(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(seen) > 3, sorted(seen)  # Ray's GCS, raylet, object manager, ... and the torch store
     assert all(_is_loopback(a) for a, _ in seen), sorted(seen)
+
+
+def test_scan_reads_this_process_listeners_in_both_tables() -> None:
+    """The /proc parser against sockets made here: a listener on 127.0.0.1 (tcp) and one on every
+    IPv6 interface (tcp6) are found with their ports; a connected socket and a closed one are not."""
+    import socket
+
+    v4 = socket.create_server(("127.0.0.1", 0))
+    v6 = socket.create_server(("::", 0), family=socket.AF_INET6) if socket.has_ipv6 else None
+    client = socket.create_connection(v4.getsockname())
+    try:
+        seen = listeners({os.getpid()})
+        assert ("127.0.0.1", v4.getsockname()[1]) in seen
+        if v6 is not None:
+            assert ("::", v6.getsockname()[1]) in seen and not _is_loopback("::")
+        assert client.getsockname()[1] not in {port for _, port in seen}
+        closed = v4.getsockname()[1]
+    finally:
+        client.close()
+        v4.close()
+        if v6 is not None:
+            v6.close()
+    assert ("127.0.0.1", closed) not in listeners({os.getpid()})
