@@ -24,33 +24,25 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from testbed_support import ROOT, Hosts, assert_sockets_on_testbed, hosts_up, kill_all, unavailable, watch
-
-from distsched.report import read_metrics
-from distsched.train.checkpoint import checkpoint_name, load_rank_state
+from testbed_support import (
+    ROOT,
+    Hosts,
+    assert_same_run,
+    assert_sockets_on_testbed,
+    hosts_up,
+    kill_all,
+    records_without_times,
+    two_worker_config,
+    unavailable,
+    watch,
+)
 
 REASON = unavailable()
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 PY = sys.executable
 RAY = str(Path(PY).parent / "ray")
 PORT = 6379
-STEPS = 20
-CFG = {
-    "name": "rayhosts",
-    "seed": 1,
-    "workers": 2,
-    "steps": STEPS,
-    "batch_size": 16,
-    "log_every": 5,
-    "model": {"name": "mlp", "hidden": [16]},
-    "data": {"name": "digits"},
-    "optimizer": {"name": "sgd", "momentum": 0.9},
-    "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
-    "sync": {"rule": "fixed", "h": 4},
-    "checkpoint": {"every": STEPS, "keep": 1},
-}
 FED = ROOT / "examples" / "fed_digits.yaml"
 FED_ARGS = ["--rounds", "2", "--num-actors", "2", "--no-progress", "--json"]  # the summary as JSON
 
@@ -94,7 +86,7 @@ def cluster():
            # Ray's token authentication on, with this cluster's own token (not ~/.ray/auth_token)
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     cfg_path = tmp / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(CFG))
+    cfg_path.write_text(yaml.safe_dump(two_worker_config("rayhosts")))
     ref_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     try:
         with hosts_up(2, prefix=f"dsr{os.getpid() % 10000}") as bed:
@@ -129,12 +121,6 @@ def _actors_by_class(c: dict) -> dict[str, list[str]]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without wall-clock fields."""
-    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "elapsed_s"}
-            for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
 def test_ray_token_is_required(cluster):
     """The cluster refuses a driver without its token (token authentication is really on)."""
     env = {**cluster["env"], "RAY_AUTH_TOKEN_PATH": str(cluster["tmp"] / "missing")}
@@ -157,16 +143,7 @@ def test_ray_train_one_worker_per_host_same_result(cluster):
     placed = _actors_by_class(cluster)["RayTrainWorker"]
     assert sorted(placed) == [bed.addr(0), bed.addr(1)]  # one Ray Train worker on each host
 
-    ref = cluster["ref_train"]
-    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
-    for key in ("final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "steps_done", "workers"):
-        assert ours[key] == theirs[key], key
-    assert _records(run_dir) == _records(ref)
-    final = checkpoint_name(STEPS)
-    for rank in (0, 1):
-        a = load_rank_state(run_dir / "checkpoints" / final, rank)["model"]
-        b = load_rank_state(ref / "checkpoints" / final, rank)["model"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(run_dir, cluster["ref_train"])
 
 
 def test_ray_simulate_across_hosts_same_result(cluster):
@@ -186,4 +163,4 @@ def test_ray_simulate_across_hosts_same_result(cluster):
     ref = json.loads((cluster["ref_sim"] / "summary.json").read_text())
     assert summary["rounds"] == ref["rounds"] == 2 and summary["client_updates"] == ref["client_updates"]
     assert summary["final_test_acc"] == ref["final_test_acc"]
-    assert _records(Path(summary["run_dir"])) == _records(cluster["ref_sim"])
+    assert records_without_times(Path(summary["run_dir"])) == records_without_times(cluster["ref_sim"])

@@ -15,7 +15,6 @@ or skips with the reason.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -26,33 +25,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from testbed_support import ROOT, hosts_up, kill_all, unavailable
-
-from distsched.report import read_metrics
-from distsched.train.checkpoint import checkpoint_name, load_rank_state
+from testbed_support import ROOT, STEPS, assert_same_run, hosts_up, kill_all, two_worker_config, unavailable
 
 REASON = unavailable()
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 PY = sys.executable
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "sinfo", "munged", "mungekey"]
-STEPS = 20
-CFG = {
-    "name": "slurm",
-    "seed": 1,
-    "workers": 2,
-    "steps": STEPS,
-    "batch_size": 16,
-    "log_every": 5,
-    "model": {"name": "mlp", "hidden": [16]},
-    "data": {"name": "digits"},
-    "optimizer": {"name": "sgd", "momentum": 0.9},
-    "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
-    "sync": {"rule": "fixed", "h": 4},
-    "checkpoint": {"every": STEPS, "keep": 1},
-}
 
 
 def _missing() -> list[str]:
@@ -163,7 +143,7 @@ def slurm():
 def reference(slurm):
     """The 2-process single-host run of the same config (no Ray, no SLURM)."""
     cfg_path = slurm["tmp"] / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(CFG))
+    cfg_path.write_text(yaml.safe_dump(two_worker_config("slurm")))
     run_dir = slurm["tmp"] / "reference"
     proc = subprocess.run([PY, "-m", "distsched", "train", str(cfg_path), "--launcher", "processes", "--run-dir",
                            str(run_dir)], capture_output=True, text=True, timeout=600,
@@ -189,25 +169,12 @@ def _sbatch(slurm: dict, script: str, args: list[str], extra_env: dict) -> str:
     return text
 
 
-def _same_run(run_dir: Path, ref: Path) -> None:
-    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
-    for key in ("final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "steps_done", "workers"):
-        assert ours[key] == theirs[key], key
-    strip = lambda d: [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(d / "metrics.jsonl")]  # noqa: E731
-    assert strip(run_dir) == strip(ref)
-    final = checkpoint_name(STEPS)
-    for rank in (0, 1):
-        a = load_rank_state(run_dir / "checkpoints" / final, rank)["model"]
-        b = load_rank_state(ref / "checkpoints" / final, rank)["model"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_slurm_torchrun_two_nodes_equals_single_host(slurm, reference):
     cfg_path, ref = reference
     run_dir = slurm["tmp"] / "slurm_torchrun"
     out = _sbatch(slurm, "slurm_torchrun.sbatch", [str(cfg_path), str(run_dir)], {})
     assert f"step {STEPS}/{STEPS}" in out
-    _same_run(run_dir, ref)
+    assert_same_run(run_dir, ref)
 
 
 def test_slurm_ray_two_nodes_equals_single_host(slurm, reference):
@@ -221,4 +188,4 @@ def test_slurm_ray_two_nodes_equals_single_host(slurm, reference):
     out = _sbatch(slurm, "slurm_ray.sbatch", [str(cfg_path), "2", str(run_dir)], env)
     bed = slurm["bed"]
     assert f"Ray head: {bed.ns(0)} ({bed.addr(0)}:6379), workers: {bed.ns(1)}" in out
-    _same_run(run_dir, ref)
+    assert_same_run(run_dir, ref)

@@ -24,31 +24,22 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from testbed_support import NETPERF, SCRIPT, Hosts, assert_sockets_on_testbed, hosts_up, unavailable, watch
-
-from distsched.report import read_metrics
-from distsched.train.checkpoint import checkpoint_name, load_rank_state
+from testbed_support import (
+    NETPERF,
+    SCRIPT,
+    Hosts,
+    assert_same_run,
+    assert_sockets_on_testbed,
+    hosts_up,
+    two_worker_config,
+    unavailable,
+    watch,
+)
 
 REASON = unavailable()
 needs_testbed = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 PY = sys.executable
-STEPS = 20
-CFG = {
-    "name": "tb",
-    "seed": 1,
-    "workers": 2,
-    "steps": STEPS,
-    "batch_size": 16,
-    "log_every": 5,
-    "model": {"name": "mlp", "hidden": [16]},
-    "data": {"name": "digits"},
-    "optimizer": {"name": "sgd", "momentum": 0.9},
-    "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
-    "sync": {"rule": "fixed", "h": 4},
-    "checkpoint": {"every": STEPS, "keep": 1},
-}
 
 
 def _prefix(tag: str) -> str:
@@ -236,17 +227,12 @@ def _torchrun(cfg_path, run_dir, env: dict, argv_prefix: list[str] | None = None
                             env={**os.environ, "PYTHON": PY, "OMP_NUM_THREADS": "1", **env})
 
 
-def _without_times(run_dir) -> list[dict]:
-    """The run's metrics records without their wall-clock fields."""
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
 @needs_testbed
 def test_torchrun_two_hosts_equals_single_host(tmp_path):
     from distsched.sync import free_port
 
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(CFG))
+    cfg_path.write_text(yaml.safe_dump(two_worker_config("tb")))
     with hosts_up(2, prefix=_prefix("t")) as bed:
         # the single-host reference (2 processes on 127.0.0.1) runs meanwhile, in the root namespace
         single = _torchrun(cfg_path, tmp_path / "single", {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
@@ -260,13 +246,4 @@ def test_torchrun_two_hosts_equals_single_host(tmp_path):
             assert p.returncode == 0, out[-3000:]
         assert_sockets_on_testbed(bed, seen)
 
-    two, one = tmp_path / "two_hosts", tmp_path / "single"
-    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
-    for key in ("final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "steps_done", "workers"):
-        assert s2[key] == s1[key], key
-    assert _without_times(two) == _without_times(one)
-    final = checkpoint_name(STEPS)
-    for rank in (0, 1):
-        a = load_rank_state(two / "checkpoints" / final, rank)["model"]
-        b = load_rank_state(one / "checkpoints" / final, rank)["model"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "two_hosts", tmp_path / "single")

@@ -7,6 +7,7 @@ always torn down: the processes still running in its namespaces are killed by pi
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from proc_support import all_pids, ip_of, is_alive, parse_tcp_table, socket_inodes, tcp_rows
+
+from distsched.report import read_metrics
+from distsched.train.checkpoint import checkpoint_name, load_rank_state
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch" / "testbed.sh"
 NETPERF = ROOT / "launch" / "netperf.py"
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
-_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
 def unavailable() -> str | None:
@@ -83,7 +89,7 @@ class Hosts:
         """``(state, local address, remote address)`` of every TCP socket of host ``i``."""
         out = subprocess.run(self.on(i, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]), capture_output=True,
                              text=True, check=True).stdout
-        return parse_proc_net_tcp(out)
+        return [(r.state, r.local, r.remote) for r in parse_tcp_table(out)]
 
     def interfaces(self, i: int) -> dict[str, list[str]]:
         """Interface name -> its addresses (``ip -o addr``) on host ``i``."""
@@ -124,76 +130,23 @@ def kill_all(pids: Sequence[int], grace_s: float = 5.0) -> None:
         if not alive or sig == signal.SIGKILL:
             return
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_exists(p) for p in alive):
+        while time.monotonic() < deadline and any(is_alive(p) for p in alive):
             time.sleep(0.1)
-        pids = [p for p in alive if _exists(p)]
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _hex_addr(text: str) -> str:
-    host, port = text.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        ip = ipaddress.IPv4Address(raw[::-1])
-    else:  # four little-endian 32-bit words
-        ip = ipaddress.IPv6Address(b"".join(raw[k:k + 4][::-1] for k in range(0, 16, 4)))
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-    return f"{ip}:{int(port, 16)}"
-
-
-def parse_proc_net_tcp(text: str) -> list[tuple[str, str, str]]:
-    """Rows of ``/proc/net/tcp`` or ``tcp6``: ``("LISTEN" | "OTHER", local, remote)``."""
-    rows = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 4 or parts[0] == "sl":
-            continue
-        state = "LISTEN" if parts[3] == _LISTEN else "OTHER"
-        rows.append((state, _hex_addr(parts[1]), _hex_addr(parts[2])))
-    return rows
+        pids = [p for p in alive if is_alive(p)]
 
 
 def root_listener_inodes() -> dict[str, str]:
     """Listening TCP sockets of the root namespace on non-loopback addresses: socket inode -> address."""
-    inodes: dict[str, str] = {}
-    for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):  # this process: the root namespace
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] == _LISTEN and not ip_of(_hex_addr(parts[1])).is_loopback:
-                inodes[parts[9]] = _hex_addr(parts[1])
-    return inodes
+    return {r.inode: r.local for r in tcp_rows() if r.state == "LISTEN" and not ip_of(r.local).is_loopback}
 
 
 def socket_owners(inodes: dict[str, str]) -> dict[str, set[int]]:
     """Address -> the pids holding these socket inodes (a scan of every process's descriptors)."""
     found: dict[str, set[int]] = {addr: set() for addr in inodes.values()}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                link = os.readlink(fd)
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    found[inodes[link[8:-1]]].add(int(proc.name))
-        except OSError:
-            continue
+    for inode, pids in socket_inodes(all_pids()).items():
+        if inode in inodes:
+            found[inodes[inode]] |= pids
     return found
-
-
-def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(address.rsplit(":", 1)[0])
 
 
 def watch(bed: Hosts, procs: list[subprocess.Popen], timeout_s: float, n: int = 2, interval_s: float = 1.0) -> dict:
@@ -231,3 +184,46 @@ def assert_sockets_on_testbed(bed: Hosts, seen: dict, n: int = 2) -> None:
     for addr, pids in seen["root"].items():
         assert ip_of(addr) not in TESTBED_NET, addr
         assert not (pids & seen["pids"]), (addr, pids)
+
+
+# -- the run each multi-host test (torchrun, Ray, SLURM) compares with the 2-process single-host run --
+STEPS = 20
+
+
+def two_worker_config(name: str) -> dict:
+    """A 20-step, 2-worker digits run (fixed H = 4: five sync rounds) with one final checkpoint;
+    ``name`` names the run folder."""
+    return {
+        "name": name,
+        "seed": 1,
+        "workers": 2,
+        "steps": STEPS,
+        "batch_size": 16,
+        "log_every": 5,
+        "model": {"name": "mlp", "hidden": [16]},
+        "data": {"name": "digits"},
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+        "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
+        "sync": {"name": "fixed", "h": 4},
+        "checkpoint": {"every": STEPS, "keep": 1},
+    }
+
+
+def records_without_times(run_dir: Path) -> list[dict]:
+    """A run folder's metrics records without their wall-clock fields (``*time_s``, ``elapsed_s``)."""
+    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "elapsed_s"}
+            for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def assert_same_run(run_dir: Path, ref: Path) -> None:
+    """Bit for bit the same run: summary figures, metrics records (wall-clock fields aside) and the
+    final parameters of both ranks."""
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
+    for key in ("final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "steps_done", "workers"):
+        assert ours[key] == theirs[key], key
+    assert records_without_times(run_dir) == records_without_times(ref)
+    final = checkpoint_name(STEPS)
+    for rank in (0, 1):
+        a = load_rank_state(run_dir / "checkpoints" / final, rank)["model"]
+        b = load_rank_state(ref / "checkpoints" / final, rank)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
