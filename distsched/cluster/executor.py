@@ -4,6 +4,12 @@ with replacement of dead actors; sized from the cluster's resources.
 Chunk ``i`` goes to actor ``i mod n``. If an actor dies (killed, OOM, node lost) its chunk is run
 again on a fresh replacement actor and the round completes; since a chunk's result depends only
 on the chunk (clients, round, seed, global model), the round's result is unchanged.
+
+The train arrays and the client index are put in the object store once; every actor reads them there
+without a copy (numpy arrays of the object store are mapped read-only into each worker process), so the
+data costs one copy per node however many actors run: the memory of 1,000,000 registered clients is
+the driver's copy plus the store's, not one more per actor. An embedded cluster's object store is sized
+to hold them (:func:`object_store_bytes`).
 """
 
 from __future__ import annotations
@@ -104,6 +110,16 @@ class ActorPool:
         self.actors = []
 
 
+def object_store_bytes(setup: WorkerSetup) -> int:
+    """Object store of an embedded cluster for ``setup``: :data:`~distsched.cluster.local.DEFAULT_OBJECT_STORE_BYTES`,
+    or more when the shared arrays need it: ``1.25 * bytes(x, y, order, offsets) + 256 MiB`` (room for
+    the rounds' models and results)."""
+    from distsched.cluster.local import DEFAULT_OBJECT_STORE_BYTES
+
+    arrays = sum(int(np.asarray(a).nbytes) for a in (setup.x, setup.y, setup.order, setup.offsets))
+    return max(DEFAULT_OBJECT_STORE_BYTES, int(1.25 * arrays) + 256 * 1024**2)
+
+
 def ray_executor(
     address: str | None = None, *, on_submitted: Callable[[ActorPool], None] | None = None
 ) -> Callable[[WorkerSetup, int | None], ActorPool]:
@@ -116,7 +132,7 @@ def ray_executor(
 
         from distsched.cluster.local import connect
 
-        connect(address)
+        connect(address, object_store_bytes=object_store_bytes(setup))
         resources = ray.cluster_resources()
         cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0.0))
         n = num_actors or max(1, int(cpus))

@@ -31,7 +31,8 @@ from distsched._checks import check_int
 
 LOOPBACK = "127.0.0.1"
 _LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
+#: the embedded cluster's object store unless a caller asks for more
+DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 #: seconds to wait for a cluster's GCS port to accept a connection
 REACH_TIMEOUT_S = 5.0
 _watchdog = None  # the watchdog process of an embedded cluster (kept referenced)
@@ -50,7 +51,7 @@ def connect(
     *,
     num_cpus: int | None = None,
     dashboard: bool = False,
-    object_store_bytes: int = _DEFAULT_OBJECT_STORE_BYTES,
+    object_store_bytes: int = DEFAULT_OBJECT_STORE_BYTES,
     log_to_driver: bool = False,
     token_file: str | os.PathLike | None = None,
 ) -> dict:

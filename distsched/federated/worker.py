@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,8 +74,8 @@ class ClientWorker:
     ) -> None:
         torch.set_num_threads(num_threads)
         self.device = torch.device(device)
-        self.x = torch.as_tensor(np.array(x, copy=True)).to(self.device)
-        self.y = torch.as_tensor(np.array(y, copy=True)).to(self.device)
+        self.x = shared_tensor(x).to(self.device)
+        self.y = shared_tensor(y).to(self.device)
         self.order = np.asarray(order)
         self.offsets = np.asarray(offsets)
         self.model = build_model(**dict(model_spec)).to(self.device)
@@ -123,6 +124,16 @@ class ClientWorker:
 
     def ping(self) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def shared_tensor(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a CPU tensor on the same memory, read-only arrays included: a Ray actor's arrays are
+    the object store's pages (mapped read-only, one copy per node shared by every actor), the in-process
+    worker's are the driver's. Training only reads them (``x[idx]`` gathers a client's samples into a
+    new tensor), so no copy per worker is needed."""
+    with warnings.catch_warnings():  # torch warns that writing to a read-only array is undefined; nothing writes
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(a))
 
 
 def to_csr(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
