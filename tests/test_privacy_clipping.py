@@ -57,8 +57,12 @@ def test_auto_picks_a_mode_supporting_every_layer():
     assert resolve_clipping(conv, "auto") == "hooks"        # no norm sampler for Conv2d
     assert resolve_clipping(attention, "auto") == "hooks"   # no grad sampler: Opacus' hooks use torch.func
     assert not supports(attention, "ew") and supports(conv, "ew")
-    with pytest.raises(ValueError, match="clipping 'ghost' does not support every layer .*Conv2d"):
-        resolve_clipping(conv, "ghost")
+    assert resolve_clipping(conv, "ghost") == "ghost"       # Conv2d's per-example gradients, Linear's ghost norm
+    with pytest.raises(ValueError, match="clipping 'ghost' does not support every layer .*MultiheadAttention"):
+        resolve_clipping(attention, "ghost")                # no grad sampler, no norm sampler
+    from distsched.data.gpt import GPT
+
+    assert resolve_clipping(GPT(50, 8, layers=1, heads=2, dim=16), "auto") == "ghost"  # LayerNorm: 2 x dim
 
 
 def test_make_private_with_ghost_clipping_and_virtual_steps():
@@ -252,3 +256,101 @@ def test_cli_refuses_a_clipping_combination_before_anything_starts(tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "privacy." in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ------------------------------------------------------------------------ ghost clipping's memory
+def _tiny_gpt():
+    from distsched.data.gpt import GPT
+
+    torch.manual_seed(2)
+    return GPT(600, 8, layers=1, heads=2, dim=128)  # head 128 x 600 > NOISE_CHUNK: the noise comes in chunks
+
+
+def _ghost_run(ours, steps=3):
+    """``steps`` ghost-clipping steps on a tiny GPT (LayerNorm: fast gradient clipping; Linear, Embedding:
+    ghost norms): distsched's (``ours``) or Opacus' own module, optimizer and loss, same noise seed."""
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    from distsched.data import token_cross_entropy
+    from distsched.privacy import PerExampleLoss
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 600, (16, 8), generator=g), torch.randint(0, 600, (16, 8), generator=g)
+    model = _tiny_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    crit = PerExampleLoss(token_cross_entropy)
+    if ours:
+        pt = private_training(model, opt, sample_rate=0.1, expected_batch_size=16, max_grad_norm=0.5, delta=1e-5,
+                              noise=1.0, noise_seed=3, clipping="ghost")
+        model, opt, crit = pt.model, pt.optimizer, pt.loss_fn(crit)
+    else:
+        model = GradSampleModuleFastGradientClipping(model, max_grad_norm=0.5, use_ghost_clipping=True)
+        opt = DPOptimizerFastGradientClipping(opt, noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=16,
+                                              generator=torch.Generator().manual_seed(3))
+        crit = DPLossFastGradientClipping(model, opt, crit, "mean")
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        crit(model(x), y).backward()
+        opt.step()
+    return model, opt, crit, (x, y)
+
+
+def test_ghost_step_is_bit_identical_to_opacus_ghost_clipping():
+    """distsched's ghost optimizer (gradients moved, noise added in place in chunks, first-pass gradients
+    freed) takes exactly Opacus' step with the same noise seed."""
+    ours, ref = _ghost_run(True)[0], _ghost_run(False)[0]
+    before = torch.cat([p.detach().flatten() for p in _tiny_gpt().parameters()])
+    got = torch.cat([p.detach().flatten() for p in ours.parameters()])
+    assert not torch.equal(got, before)
+    assert torch.equal(got, torch.cat([p.detach().flatten() for p in ref.parameters()]))
+
+
+def test_secure_chunked_noise_has_the_nominal_std():
+    """``secure_mode`` noise drawn in chunks: each element ``(n1 + n2 + n3 + n4) / 2``, std ``sigma C``."""
+    from distsched.privacy.ghost import NOISE_CHUNK, add_noise_in_place
+
+    t = torch.zeros(3 * NOISE_CHUNK + 5)
+    add_noise_in_place(t, 0.7, torch.Generator().manual_seed(1), secure_mode=True)
+    assert float(t.std()) == pytest.approx(0.7, rel=0.01) and abs(float(t.mean())) < 0.01
+    assert float(t[-5:].abs().sum()) > 0  # the tail got noise too
+
+
+def _peak_step_bytes(model, opt, crit, batch):
+    """Peak of live tensor bytes torch allocates during one training step (its CPU allocator as the
+    profiler records it: what ``torch.cuda.max_memory_allocated`` measures on a GPU)."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    x, y = batch
+    opt.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        crit(model(x), y).backward()
+        opt.step()
+    with tempfile.TemporaryDirectory() as d:
+        prof.export_chrome_trace(f"{d}/t.json")
+        events = json.load(open(f"{d}/t.json"))["traceEvents"]
+    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
+    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]  # the profiler's running total carries over sessions
+    return max(m["Total Allocated"] for m in mem) - start
+
+
+def test_ghost_step_peak_memory_is_close_to_non_private():
+    """At its peak, Opacus' ghost step holds a gradient-sized copy more than distsched's (first-pass
+    gradients, ``summed_grad``, noise buffers), and distsched's at most half a gradient more than a plain step."""
+    from distsched.data import token_cross_entropy
+    from distsched.privacy import PerExampleLoss
+
+    ours, ref = _ghost_run(True, steps=1), _ghost_run(False, steps=1)
+    _, _, _, batch = ours
+    plain = _tiny_gpt()
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.5)
+    plain_opt.step()  # (no state for SGD without momentum)
+    base = _peak_step_bytes(plain, plain_opt, PerExampleLoss(token_cross_entropy), batch)
+    grads = 4 * sum(p.numel() for p in plain.parameters())
+    mine, theirs = _peak_step_bytes(*ours), _peak_step_bytes(*ref)
+    assert mine <= base + 0.5 * grads, (mine, base, grads)
+    assert theirs >= mine + 0.9 * grads, (theirs, mine, grads)  # what the fix removed at the peak

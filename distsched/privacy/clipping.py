@@ -4,12 +4,16 @@
   without a registered grad sampler falls back to ``torch.func`` (Opacus 1.6), so every layer is supported.
 * ``functorch``: ``torch.func`` (``vmap(grad)``) for every layer, including layers without a hook.
 * ``ew``: torch's ExpandedWeights.
-* ``ghost``: fast gradient clipping (Li et al. 2022, "Large language models can be strong differentially
+* ``ghost``: ghost clipping (Li et al. 2022, "Large language models can be strong differentially
   private learners"; Bu et al. 2023): per-example norms from activations and output gradients without
   materializing the per-example gradients, then a second backward pass of the reweighted loss. The loss must
   go through :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
-* ``auto``: the first of :data:`AUTO_ORDER` that supports every trainable layer of the model (step time and
-  memory of each mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md).
+  Layers without a ghost norm but with a grad sampler (LayerNorm, Conv, ...) get their per-example gradients
+  materialized for the norm (Opacus' "fast gradient clipping"); the step keeps Opacus' memory minus the copies
+  :mod:`distsched.privacy.ghost` removes.
+* ``auto``: ghost when every trainable layer has a ghost norm (Linear, Embedding) or is a normalization layer
+  (a transformer), else hooks (step time and memory of each mode: ``benchmarks/privacy_step_time.py --modes``,
+  BENCHMARKS.md).
 
 Per-layer clipping (Opacus' ``clipping="per_layer"``, McMahan et al. 2018, "A general approach to adding
 differential privacy to iterative training procedures"): parameter tensor ``i`` (in the optimizer's order) of
@@ -32,8 +36,9 @@ from torch import nn
 from distsched._checks import check_choice, check_positive
 
 CLIPPING: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
-#: ``auto``'s preference: ghost (no per-example gradient is materialized), else hooks.
-AUTO_ORDER: tuple[str, ...] = ("ghost", "hooks")
+_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+_GRADS = GradSampleModuleFastGradientClipping.GRAD_SAMPLERS
+_NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.RMSNorm)
 #: layers torch's ExpandedWeights computes per-example gradients for.
 _EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm,
               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -43,13 +48,19 @@ def _trainable_leaves(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
+def _ghost_norms(model: nn.Module) -> bool:
+    """Every trainable layer has a ghost norm, or is a normalization layer (``2 x dim`` per example)."""
+    return all(type(m) in _NORMS or (isinstance(m, _NORM_LAYERS) and type(m) in _GRADS)
+               for m in _trainable_leaves(model))
+
+
 def supports(model: nn.Module, mode: str) -> bool:
     """Whether ``mode`` computes per-example norms for every trainable layer of ``model``."""
     layers = _trainable_leaves(model)
     if mode in ("hooks", "functorch"):  # hooks fall back to torch.func for a layer without a grad sampler
         return True
-    if mode == "ghost":  # a norm sampler for every layer: no per-example gradient is materialized
-        return all(type(m) in GradSampleModuleFastGradientClipping.NORM_SAMPLERS for m in layers)
+    if mode == "ghost":  # a norm sampler (ghost norm) or a grad sampler (that layer's per-example gradients)
+        return all(type(m) in _NORMS or type(m) in _GRADS for m in layers)
     if mode == "ew":
         return all(isinstance(m, _EW_LAYERS) for m in layers)
     return False
@@ -57,10 +68,10 @@ def supports(model: nn.Module, mode: str) -> bool:
 
 def resolve_clipping(model: nn.Module, clipping: str) -> str:
     """The mode to use: ``clipping`` itself (refused if it does not support a layer), or for ``auto`` the first
-    of :data:`AUTO_ORDER` that supports every layer."""
+    of ghost (every layer with a ghost norm or a normalization layer) and hooks."""
     check_choice("clipping", clipping, CLIPPING)
     if clipping == "auto":
-        return next(m for m in AUTO_ORDER if supports(model, m))
+        return "ghost" if _ghost_norms(model) else "hooks"
     if not supports(model, clipping):
         names = sorted({type(m).__name__ for m in _trainable_leaves(model)})
         raise ValueError(f"clipping {clipping!r} does not support every layer of the model ({', '.join(names)}); "

@@ -156,12 +156,23 @@ class PrivateTraining:
             raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss())")
         inner = DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
 
+        model = self.model
+        if not hasattr(self, "_ghost_first_pass"):  # free the first pass's gradients (privacy/ghost.py)
+            from distsched.privacy.ghost import drop_first_pass_grads
+
+            self._ghost_first_pass = False
+            drop_first_pass_grads(model, lambda: self._ghost_first_pass and model.hooks_enabled)
+
         def ghost_loss(*args: Any, **kwargs: Any) -> Any:
             loss = inner(*args, **kwargs)
             two_passes = loss.backward
 
             def backward() -> None:
-                two_passes()
+                self._ghost_first_pass = True  # until Opacus disables its hooks for the second pass
+                try:
+                    two_passes()
+                finally:
+                    self._ghost_first_pass = False
                 self._ghost_backwards = getattr(self, "_ghost_backwards", 0) + 1  # the clipped pass ran
 
             loss.backward = backward
@@ -394,10 +405,10 @@ def private_training(
         inner = DPDDP(model)  # DPDDP broadcasts rank 0's parameters
     gsm: nn.Module
     if clip == "ghost":
-        from opacus.optimizers import DPOptimizerFastGradientClipping
+        from distsched.privacy.ghost import GhostDPOptimizer  # Opacus' ghost optimizer, less two copies
 
         gsm = GradSampleModuleFastGradientClipping(inner, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-        dp_opt: DPOptimizer = DPOptimizerFastGradientClipping(optimizer, **opts)
+        dp_opt: DPOptimizer = GhostDPOptimizer(optimizer, **opts)
     else:
         if clip == "ew":
             from opacus.grad_sample import GradSampleModuleExpandedWeights
