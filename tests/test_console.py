@@ -51,3 +51,44 @@ def test_processes_and_torchrun_print_the_same_header_progress_and_final_line(tm
     assert lines[4].startswith(f"steps {STEPS}/{STEPS}  final loss ") and "test accuracy" in lines[4]
     assert lines[5] == "dashboard: RUN/plots/dashboard.png" and len(lines) == 6
     assert runs["torchrun"] == lines  # same lines, same numbers (same training, same seeds)
+
+
+_COUNTED_MODEL = '''
+import os
+from distsched.data import mlp
+
+def counted_mlp(input_shape, num_classes, log):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return mlp(input_shape, num_classes, [4])
+'''
+
+
+def test_processes_launcher_checks_the_config_once_on_the_driver(tmp_path, monkeypatch, capsys):
+    """The driver's preflight (data, shards, model, one batch) runs once per command, for a new run and
+    for a resume; the workers build their own model. Counted with a user model factory that logs the pid
+    of every process that builds it. Before: the driver built it 3 times (the command, the header, and
+    run_processes) for a new run, twice on a resume."""
+    from distsched.cli import main
+
+    (tmp_path / "counted_model.py").write_text(_COUNTED_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    log = tmp_path / "builds.log"
+    cfg = {**CFG, "workers": 1, "steps": 4, "log_every": 2, "checkpoint": {"every": 4, "keep": 1},
+           "schedule": {"name": "constant", "lr": 0.1}, "sync": {"name": "fixed", "h": 1},
+           "model": {"name": "counted_model:counted_mlp", "kwargs": {"log": str(log)}}}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+
+    def builds() -> tuple[int, int]:
+        pids = [int(p) for p in log.read_text().split()]
+        log.write_text("")
+        return pids.count(os.getpid()), sum(p != os.getpid() for p in pids)
+
+    assert main(["train", str(cfg_path), "--launcher", "processes", "--run-dir", str(run), "--no-progress"]) == 0
+    assert builds() == (1, 1)  # (driver, worker)
+    assert "steps 4/4  final loss" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--launcher", "processes", "--no-progress"]) == 0
+    assert builds() == (1, 1)
+    assert "steps 4/4  final loss" in capsys.readouterr().out

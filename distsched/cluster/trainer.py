@@ -148,11 +148,14 @@ def train_on_ray(
     progress: bool = True,
     fault: FaultInjection | None = None,
     token_file: str | os.PathLike | None = None,
+    total_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` on ``cfg.workers`` Ray Train workers; returns the run's ``summary.json``.
 
     ``address=None`` starts an embedded cluster on 127.0.0.1 (``num_cpus`` CPUs, default: those this
     process may use) unless Ray is already initialized; ``address`` joins an existing cluster.
+    ``total_steps``: :func:`planned_steps` of ``cfg`` when the caller has computed it (the driver's
+    check of the config is then not run again).
     """
     import dataclasses
     import json
@@ -167,7 +170,8 @@ def train_on_ray(
 
     check_int("max_failures", max_failures, -1)
     launch = f"{os.getpid()}-{time.time_ns()}"
-    total_steps = planned_steps(cfg)
+    if total_steps is None:
+        total_steps = planned_steps(cfg)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
     connect(address, num_cpus=num_cpus, dashboard=dashboard, token_file=token_file)
     if resume:

@@ -132,12 +132,15 @@ def _print_summary(summary: dict) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _progress(folder: Any, cfg: Any, launcher: str, resumed: bool, no_progress: bool) -> Any:
-    """Print the header and return the live progress (a context manager) read from ``metrics.jsonl``."""
+def _progress(folder: Any, cfg: Any, launcher: str, resumed: bool, no_progress: bool,
+              total: int | None = None) -> Any:
+    """Print the header and return the live progress (a context manager) read from ``metrics.jsonl``;
+    ``total``: the run's steps when already known (from the preflight)."""
     from distsched.cluster.progress import Progress
     from distsched.cluster.trainer import _resume_step, planned_steps
 
-    total, start = planned_steps(cfg), _resume_step(folder) if resumed else 0
+    total = planned_steps(cfg) if total is None else total
+    start = _resume_step(folder) if resumed else 0
     _print_header(folder, cfg, launcher, total, start)
     return Progress(folder.metrics_path, total, title=cfg.name, enabled=not no_progress, start_step=start)
 
@@ -173,27 +176,30 @@ def run(args: argparse.Namespace) -> int:
             write_dashboard(summary.get("run_dir"))
         return 0
 
-    cfg = load_config(args.config, overrides) if args.config else None
-    if cfg is not None and args.resume is None:
-        from distsched.train.run import preflight
+    from distsched.train.run import preflight
 
-        preflight(cfg)  # a config the workers cannot run fails now, before a folder or a cluster exists
+    cfg = load_config(args.config, overrides) if args.config else None
+    # the driver checks the config once (data, shards, model, one batch): a config the workers cannot
+    # run fails now, before a folder or a cluster exists; a resumed run's config is read back first
+    total = preflight(cfg) if cfg is not None and args.resume is None else None
     if launcher == "ray" and args.address:
         from distsched.cluster.local import check_reachable
 
         check_reachable(args.address)  # nothing answers: one line now, before a run folder exists
     folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True,
                               workers=args.workers if args.resume else None)  # a new size: resize on resume
+    if total is None:
+        total = preflight(cfg)
     if launcher == "processes":
         from distsched.train.run import run_processes
 
         # the same header and live progress as the Ray launcher, read from the run's metrics.jsonl
-        with _progress(folder, cfg, "processes", args.resume is not None, args.no_progress):
-            summary = run_processes(cfg, folder)
+        with _progress(folder, cfg, "processes", args.resume is not None, args.no_progress, total):
+            summary = run_processes(cfg, folder, checked=True)
     else:
-        from distsched.cluster.trainer import _resume_step, planned_steps
+        from distsched.cluster.trainer import _resume_step
 
-        _print_header(folder, cfg, "ray", planned_steps(cfg), _resume_step(folder) if args.resume else 0)
+        _print_header(folder, cfg, "ray", total, _resume_step(folder) if args.resume else 0)
         from distsched.cluster.trainer import TrainingFailed, train_on_ray
 
         where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
@@ -202,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             summary = train_on_ray(
                 cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                 max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
-                token_file=args.token_file,
+                token_file=args.token_file, total_steps=total,
             )
         except KeyboardInterrupt:
             print(f"\nstopped; resume with: distsched train --resume {folder.root}", flush=True)

@@ -195,16 +195,19 @@ def _process_main(rank: int, world: int, init_method: str, mapping: dict, root: 
         dist.destroy_process_group()
 
 
-def run_processes(cfg: TrainConfig, folder: RunFolder, *, fault: FaultInjection | None = None) -> dict[str, Any]:
+def run_processes(cfg: TrainConfig, folder: RunFolder, *, fault: FaultInjection | None = None,
+                  checked: bool = False) -> dict[str, Any]:
     """Run ``cfg.workers`` local processes (torch.multiprocessing spawn, loopback rendezvous);
-    resumes from the folder's newest complete checkpoint if there is one. Returns the summary."""
+    resumes from the folder's newest complete checkpoint if there is one. Returns the summary.
+    ``checked``: the caller has run :func:`preflight` on ``cfg`` already (it is not run again)."""
     import dataclasses
 
     import torch.multiprocessing as mp
 
     from distsched.sync import free_port
 
-    preflight(cfg)
+    if not checked:
+        preflight(cfg)
     init_method = f"tcp://127.0.0.1:{free_port()}"
     args = (cfg.workers, init_method, config_to_mapping(cfg), str(folder.root),
             dataclasses.asdict(fault) if fault else None)
