@@ -50,6 +50,22 @@ def _averaged(model) -> list[torch.Tensor]:
     return list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
 
 
+def _copy_flat_(tensors, flat: torch.Tensor) -> None:
+    """Write ``flat`` (the tensors concatenated) back into ``tensors``."""
+    with torch.no_grad():
+        off = 0
+        for x in tensors:
+            x.copy_(flat[off : off + x.numel()].view_as(x))
+            off += x.numel()
+
+
+def _allreduce_mean_(tensors) -> None:
+    """The written-out average: one flat all_reduce of ``tensors``, divided by the world size."""
+    flat = torch.cat([x.detach().reshape(-1) for x in tensors])
+    dist.all_reduce(flat)
+    _copy_flat_(tensors, flat.div_(WORLD))
+
+
 def _outer_apply(anchors, params, outer) -> None:
     """DiLoCo outer step written out: g = x_prev - x_avg, torch SGD on x_prev, model <- x_prev."""
     with torch.no_grad():
@@ -63,37 +79,29 @@ def _outer_apply(anchors, params, outer) -> None:
 
 
 # ---------------------------------------------------------------------------- scenarios (per rank)
-def _f1_equals_plain_engine(rank: int, diloco: bool) -> dict:
-    """fragments=1, compression='none' against today's engine written out: every 3 steps one flat
-    all_reduce of parameters + BatchNorm buffers, divided by 2 (then the outer step)."""
+def _f1_diloco_equals_plain_engine(rank: int) -> dict:
+    """fragments=1, compression='none', DiLoCo, against the engine written out: every 3 steps one flat
+    all_reduce of parameters + BatchNorm buffers, divided by 2, then the outer step on the parameters.
+    (Without an outer optimizer, F=1 is tests/test_sync_engine.py's plain averaging.)"""
     T, H = 9, 3
     out = {}
     for name in ("engine", "reference"):
         model = _model(bn=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         gen = torch.Generator().manual_seed(10 + rank)
-        outer_f = OuterSGD(lr=0.7, momentum=0.9) if diloco else None
+        outer_f = OuterSGD(lr=0.7, momentum=0.9)
         if name == "engine":
             eng = LocalSGD(model, FixedH(H), total_steps=T, fragments=1, compression="none", outer_optimizer=outer_f)
         else:
             anchors = _params(model)
-            outer = outer_f(anchors) if diloco else None
+            outer = outer_f(anchors)
         for t in range(T):
             _train_step(model, opt, gen)
             if name == "engine":
                 eng.step(t)
             elif (t + 1) % H == 0:
-                tensors = _averaged(model)
-                flat = torch.cat([x.detach().reshape(-1) for x in tensors])
-                dist.all_reduce(flat)
-                flat.div_(WORLD)
-                with torch.no_grad():
-                    off = 0
-                    for x in tensors:
-                        x.copy_(flat[off : off + x.numel()].view_as(x))
-                        off += x.numel()
-                if diloco:
-                    _outer_apply(anchors, list(model.parameters()), outer)
+                _allreduce_mean_(_averaged(model))
+                _outer_apply(anchors, list(model.parameters()), outer)
         out[name] = [x.detach().clone() for x in _averaged(model)]
         if name == "engine":
             out["bytes"] = eng.bytes_sent
@@ -123,15 +131,7 @@ def _fragments_plain(rank: int) -> dict:
             else:
                 params = list(model.parameters())
                 for f in due.get(t, []):
-                    ts = [params[i] for i in FRAG_PARAMS[f]]
-                    flat = torch.cat([x.detach().reshape(-1) for x in ts])
-                    dist.all_reduce(flat)
-                    flat.div_(WORLD)
-                    with torch.no_grad():
-                        off = 0
-                        for x in ts:
-                            x.copy_(flat[off : off + x.numel()].view_as(x))
-                            off += x.numel()
+                    _allreduce_mean_([params[i] for i in FRAG_PARAMS[f]])
         out[name] = _params(model)
         if name == "engine":
             out.update(events=events, step_bytes=step_bytes, peak=eng.peak_step_bytes, rounds=eng.rounds)
@@ -156,12 +156,7 @@ def _recorded(rank: int, codec, fragments: int, H: int, T: int, outer: bool, del
 
 def _apply_delayed(model, anchors, outer_opt, buf, work) -> None:
     work.wait()
-    avg = torch.div(buf, WORLD)
-    with torch.no_grad():
-        off = 0
-        for p in model.parameters():
-            p.copy_(avg[off : off + p.numel()].view_as(p))
-            off += p.numel()
+    _copy_flat_(list(model.parameters()), torch.div(buf, WORLD))
     if outer_opt is not None:
         _outer_apply(anchors, list(model.parameters()), outer_opt)
 
@@ -247,8 +242,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             early_error = str(exc)
         res = {
             "early_error": early_error,
-            "f1_plain": _f1_equals_plain_engine(rank, diloco=False),
-            "f1_diloco": _f1_equals_plain_engine(rank, diloco=True),
+            "f1_diloco": _f1_diloco_equals_plain_engine(rank),
             "fragments": _fragments_plain(rank),
             "int8_f2": _recorded(rank, Int8Codec(block=16), fragments=2, H=3, T=9, outer=False, delay=0),
             "bf16_diloco": _recorded(rank, "bf16", fragments=1, H=3, T=9, outer=True, delay=0),
@@ -288,8 +282,12 @@ def test_engine_built_before_the_process_group_refuses_to_step(runs):
         assert r["early_error"] is not None and "built before torch.distributed was initialized" in r["early_error"]
 
 
-@pytest.mark.parametrize("case", ["f1_plain", "f1_diloco"])
-def test_one_fragment_without_compression_equals_the_plain_engine_bit_for_bit(runs, case):
+def test_one_fragment_without_compression_equals_the_plain_engine_bit_for_bit(runs):
+    """DiLoCo with F=1: the parameters take the outer step, the BatchNorm buffers the plain average.
+    Plain averaging with F=1 (the mean of the pre-sync tensors, its bytes) is checked in
+    tests/test_sync_engine.py (test_sync_gives_identical_mean_of_pre_sync_tensors,
+    test_rounds_and_bytes_closed_form)."""
+    case = "f1_diloco"
     for r in runs:
         assert _equal(r[case]["engine"], r[case]["reference"])
     assert _equal(runs[0][case]["engine"], runs[1][case]["engine"])
