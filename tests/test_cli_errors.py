@@ -70,7 +70,7 @@ def test_train_resume_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture
     run = tmp_path / "run"
     run.mkdir()
     _write(run / "config.yaml", TRAIN)
-    _one_line(capsys, ["train", "--resume", str(run), "--workers", "0"], "--workers must be an integer >= 1")
+    _one_line(capsys, ["train", "--resume", str(run), "--workers", "0"], "--workers must be N or MIN:MAX")
     # a resize (tests/test_elastic.py) is refused for DP in local mode, before config.yaml is touched
     _write(run / "config.yaml", {**TRAIN, "workers": 2, "sync": {"rule": "fixed", "h": 4},
                                  "privacy": {"noise_multiplier": 1.0, "delta": 1e-5, "mode": "local"}})

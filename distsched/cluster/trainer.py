@@ -30,19 +30,25 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 def _ray_worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
-    from distsched.cluster.session import RaySession
+    from distsched.cluster.session import RaySession, ResizeRequested
     from distsched.train.loop import train_worker
 
     cfg = config_from_mapping(config["config"])
     root = RunFolder.open(config["run_dir"])
-    session = RaySession(root.checkpoints, resume=config["resume"])
+    elastic = config.get("elastic") or {}
+    session = RaySession(root.checkpoints, resume=config["resume"], newest=bool(elastic),
+                         stop_file=elastic.get("stop_file"), total_steps=elastic.get("total_steps"))
     logs = root.root / "logs"
     marker = logs / f"failed-{config['launch']}"
     if marker.exists():  # a worker of this launch raised: a retry would raise the same; do not train again
         raise WorkerFailed(marker.read_text(encoding="utf-8"))
     fault = FaultInjection(**config["fault"]) if config.get("fault") else None
     try:
+        if session.rank == 0:
+            record_resize(root, session.restore_dir(), session.world_size, config["launch"])
         train_worker(cfg, root.root, session, fault=fault)
+    except ResizeRequested:
+        return  # the checkpoint is reported: the driver restarts the group at its new size
     except Exception as exc:
         import traceback
 
@@ -54,6 +60,42 @@ def _ray_worker(config: dict[str, Any]) -> None:
             marker.write_text(f"worker {session.rank}: {type(exc).__name__}: {first} (full log: {log})",
                               encoding="utf-8")
         raise
+
+
+#: the run's resize history, one JSON line per resize: ``{"step", "old_workers", "new_workers", "launch", "time"}``
+RESIZES = "resizes.jsonl"
+
+
+def record_resize(folder: RunFolder, restore: Any, world: int, launch: str) -> None:
+    """Rank 0 of a starting group: when ``restore`` (the checkpoint it resumes from) was saved by another number
+    of workers, append the resize to ``<run>/resizes.jsonl``. Entries at or after the restored step are
+    dropped first: the run rolled back past them, so they are not in the history of its final model."""
+    import json
+
+    from distsched.train.checkpoint import read_meta
+
+    if restore is None:
+        return
+    meta = read_meta(restore)
+    step, old = int(meta["step"]), int(meta.get("world_size", 1))
+    path = folder.root / RESIZES
+    kept = [e for e in read_resizes(folder) if int(e["step"]) < step]
+    if old != world:
+        kept.append({"step": step, "old_workers": old, "new_workers": world, "launch": launch,
+                     "time": time.time()})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_resizes(folder: RunFolder) -> list[dict[str, Any]]:
+    """The run's resizes (``resizes.jsonl``), oldest first."""
+    import json
+
+    path = folder.root / RESIZES
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 #: messages of collective failures caused by another worker's death (gloo, NCCL, the TCPStore)
@@ -156,23 +198,23 @@ def train_on_ray(
     process may use) unless Ray is already initialized; ``address`` joins an existing cluster.
     ``total_steps``: :func:`planned_steps` of ``cfg`` when the caller has computed it (the driver's
     check of the config is then not run again).
+    An elastic config (``workers: [min, max]``) runs through :func:`distsched.cluster.elastic.train_elastic`.
     """
-    import dataclasses
-    import json
-
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchTrainer
 
     from distsched.cluster.local import connect
     from distsched.cluster.progress import Progress
-    from distsched.cluster.rendezvous import BoundTorchConfig
 
+    if cfg.elastic is not None:
+        from distsched.cluster.elastic import train_elastic
+
+        return train_elastic(cfg, folder, address=address, num_cpus=num_cpus, dashboard=dashboard,
+                             max_failures=max_failures, resume=resume, progress=progress, fault=fault,
+                             token_file=token_file, total_steps=total_steps)
     check_int("max_failures", max_failures, -1)
-    launch = f"{os.getpid()}-{time.time_ns()}"
     if total_steps is None:
         total_steps = planned_steps(cfg)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)  # before the cluster starts
     connect(address, num_cpus=num_cpus, dashboard=dashboard, token_file=token_file)
     if resume:
         _set_aside_damaged_snapshot(folder)
@@ -183,6 +225,42 @@ def train_on_ray(
     free = ray.available_resources().get("CPU", 0.0)
     cpus = free if free > 0 else resources.get("CPU", 1.0)
     per_worker = {"CPU": max(0.01, min(1.0, math.floor(100 * cpus / cfg.workers) / 100))}
+    started = time.perf_counter()
+    with Progress(folder.metrics_path, total_steps, title=cfg.name, enabled=progress,
+                  start_step=_resume_step(folder) if resume else 0):
+        outcome = fit_group(cfg, folder, resume=resume, use_gpu=use_gpu, per_worker=per_worker,
+                            max_failures=max_failures, fault=fault)
+    if outcome != "finished":
+        raise KeyboardInterrupt("training aborted before the end")  # an aborted run writes no summary
+    return finish_summary(folder, started)
+
+
+def fit_group(
+    cfg: TrainConfig,
+    folder: RunFolder,
+    *,
+    resume: bool,
+    use_gpu: bool,
+    per_worker: dict[str, float],
+    max_failures: int,
+    fault: FaultInjection | None = None,
+    elastic: dict[str, Any] | None = None,
+) -> str:
+    """One ``TorchTrainer.fit()`` of ``cfg.workers`` workers: ``"finished"`` (a new summary was written) or
+    ``"stopped"`` (the workers returned without finishing: an elastic stop). Raises :class:`TrainingFailed`
+    when Ray Train gives up, KeyboardInterrupt on Ctrl-C.
+
+    ``elastic``: ``{"stop_file", "total_steps"}`` for the session of an elastic run (see
+    :mod:`distsched.cluster.session`)."""
+    import dataclasses
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from distsched.cluster.rendezvous import BoundTorchConfig
+
+    launch = f"{os.getpid()}-{time.time_ns()}"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={
@@ -191,6 +269,7 @@ def train_on_ray(
             "resume": resume,
             "fault": dataclasses.asdict(fault) if fault else None,
             "launch": launch,
+            "elastic": elastic,
         },
         torch_config=BoundTorchConfig(),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
@@ -201,20 +280,25 @@ def train_on_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )
-    started = time.perf_counter()
     before = folder.summary_path.stat().st_mtime_ns if folder.summary_path.exists() else None
     try:
-        with Progress(folder.metrics_path, total_steps, title=cfg.name, enabled=progress,
-                      start_step=_resume_step(folder) if resume else 0):
-            trainer.fit()
+        trainer.fit()
     except SystemExit as exc:  # Ray Train's Ctrl-C handler aborts the run, then calls sys.exit
         raise KeyboardInterrupt("training aborted") from exc
     except TrainingFailedError as exc:
         raise _translate(exc, folder, launch) from None
     if not folder.summary_path.exists() or folder.summary_path.stat().st_mtime_ns == before:
-        raise KeyboardInterrupt("training aborted before the end")  # an aborted run writes no summary
+        return "stopped"
+    return "finished"
+
+
+def finish_summary(folder: RunFolder, started: float, **extra: Any) -> dict[str, Any]:
+    """The run's ``summary.json`` with ``launch_wall_time_s`` (the whole launch: cluster, workers, restarts;
+    ``wall_time_s`` is the training loop) and ``extra``, written back and returned."""
+    import json
+
     summary = json.loads(folder.summary_path.read_text(encoding="utf-8"))
-    # wall_time_s is the training loop; this is the whole launch (cluster, workers, restarts)
     summary["launch_wall_time_s"] = round(time.perf_counter() - started, 3)
+    summary.update(extra)
     folder.write_summary(summary)
     return summary

@@ -1,5 +1,5 @@
-"""``distsched train CONFIG.yaml [--set KEY.PATH=VALUE ...] [--logger mlflow] [--address ADDR] [--workers N]
-[--out DIR] [--resume RUN_DIR]``.
+"""``distsched train CONFIG.yaml [--set KEY.PATH=VALUE ...] [--logger mlflow] [--address ADDR]
+[--workers N | MIN:MAX] [--out DIR] [--resume RUN_DIR]``.
 
 Launchers: ``ray`` (default: Ray Train's TorchTrainer on an embedded 127.0.0.1 cluster, or on
 ``--address``), ``torchrun`` (inside a torchrun process; chosen automatically when torchrun's
@@ -20,7 +20,9 @@ LAUNCHERS = ("auto", "ray", "torchrun", "processes")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="training config (YAML); not needed with --resume")
     parser.add_argument("--address", help="join this Ray cluster (HOST:PORT or 'auto') instead of starting one")
-    parser.add_argument("--workers", type=int, help="number of workers (overrides the config's 'workers')")
+    parser.add_argument("--workers", metavar="N|MIN:MAX",
+                        help="number of workers, or MIN:MAX for an elastic run on Ray (overrides the config's "
+                             "'workers'; with --resume: resize the run)")
     parser.add_argument("--out", default="runs", help="parent of the new run folder (default ./runs)")
     parser.add_argument("--run-dir", help="use exactly this run folder (created if missing; refused if it holds a run)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume (or re-finish) the run in RUN_DIR")
@@ -105,7 +107,11 @@ def _print_header(folder: Any, cfg: Any, launcher: str, total: int, start_step: 
     """The first lines of every launcher: the run folder, then name, workers, steps and launcher."""
     print(f"run folder: {folder.root}", flush=True)
     resumed = f", resuming after step {start_step}" if start_step else ""
-    print(f"{cfg.name}: {cfg.workers} worker(s), {total} steps, launcher {launcher}{resumed}", flush=True)
+    print(f"{cfg.name}: {_workers_text(cfg)}, {total} steps, launcher {launcher}{resumed}", flush=True)
+
+
+def _workers_text(cfg: Any) -> str:
+    return f"{cfg.elastic[0]} to {cfg.elastic[1]} workers (elastic)" if cfg.elastic else f"{cfg.workers} worker(s)"
 
 
 def _print_summary(summary: dict) -> None:
@@ -130,6 +136,9 @@ def _print_summary(summary: dict) -> None:
     if summary.get("launch_wall_time_s") is not None:
         parts.append(f"with start-up {summary['launch_wall_time_s']} s")
     print("  ".join(parts), flush=True)
+    if summary.get("resizes"):  # an elastic run
+        print("resizes: " + ", ".join(f"step {r['step']} {r['old_workers']}->{r['new_workers']} ({r.get('cause')})"
+                                      for r in summary["resizes"]), flush=True)
 
 
 def _progress(folder: Any, cfg: Any, launcher: str, resumed: bool, no_progress: bool,
@@ -145,27 +154,49 @@ def _progress(folder: Any, cfg: Any, launcher: str, resumed: bool, no_progress: 
     return Progress(folder.metrics_path, total, title=cfg.name, enabled=not no_progress, start_step=start)
 
 
+def _workers_arg(text: str | None) -> int | tuple[int, int] | None:
+    """``--workers N`` -> N; ``--workers MIN:MAX`` -> (MIN, MAX) (``N:N`` is N); a bad spec: ValueError."""
+    if text is None:
+        return None
+    from distsched.train.config import parse_workers
+
+    try:
+        size, elastic = parse_workers(text)
+    except ValueError:
+        raise ValueError(f"--workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {text!r}") from None
+    return elastic if elastic is not None else size
+
+
+def _refuse_elastic(cfg: Any, launcher: str) -> None:
+    if cfg is not None and cfg.elastic is not None:
+        lo, hi = cfg.elastic
+        raise ValueError(f"workers [{lo}, {hi}]: an elastic run needs the Ray launcher, not {launcher}")
+
+
 def run(args: argparse.Namespace) -> int:
     from distsched.train.config import load_config
     from distsched.train.run import prepare_run
 
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    workers = _workers_arg(args.workers)
     if args.config is None and args.resume is None:
         raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
     overrides = overridden(args.config, args.sets, args.resume) or {}
-    if args.workers is not None:
-        overrides["workers"] = args.workers
+    if workers is not None:
+        overrides["workers"] = list(workers) if isinstance(workers, tuple) else workers
     overrides = overrides or None
     use_loggers(args.loggers)
     if args.dashboard:
         check_ray_dashboard()
     launcher = _launcher(args)
+    if launcher != "ray" and isinstance(workers, tuple):
+        raise ValueError(f"--workers {args.workers}: an elastic run (MIN:MAX) needs the Ray launcher, "
+                         f"not {launcher}")
 
     if launcher == "torchrun":
         from distsched.train.run import run_torchrun
 
         cfg = load_config(args.config, overrides) if args.config else None
+        _refuse_elastic(cfg, launcher)
         with contextlib.ExitStack() as stack:
             def on_start(folder: Any, run_cfg: Any, resumed: bool) -> None:  # rank 0, once the folder exists
                 stack.enter_context(_progress(folder, run_cfg, "torchrun", resumed, args.no_progress))
@@ -179,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     from distsched.train.run import preflight
 
     cfg = load_config(args.config, overrides) if args.config else None
+    if launcher != "ray":
+        _refuse_elastic(cfg, launcher)
     # the driver checks the config once (data, shards, model, one batch): a config the workers cannot
     # run fails now, before a folder or a cluster exists; a resumed run's config is read back first
     total = preflight(cfg) if cfg is not None and args.resume is None else None
@@ -187,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
 
         check_reachable(args.address)  # nothing answers: one line now, before a run folder exists
     folder, cfg = prepare_run(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, exclusive=True,
-                              workers=args.workers if args.resume else None)  # a new size: resize on resume
+                              workers=workers if args.resume else None)  # a new size: resize on resume
+    if launcher != "ray":
+        _refuse_elastic(cfg, launcher)  # a resumed elastic run (its config.yaml is left as it was)
     if total is None:
         total = preflight(cfg)
     if launcher == "processes":
@@ -203,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         from distsched.cluster.trainer import TrainingFailed, train_on_ray
 
         where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
-        print(f"{where} and {cfg.workers} worker(s)...", flush=True)  # the wait before step 1 has a message
+        print(f"{where} and {_workers_text(cfg)}...", flush=True)  # the wait before step 1 has a message
         try:
             summary = train_on_ray(
                 cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,

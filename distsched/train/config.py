@@ -4,7 +4,7 @@ A config file is one mapping::
 
     name: digits_qsr
     seed: 0
-    workers: 2
+    workers: 2              # or [min, max]: elastic, on Ray Train (distsched.cluster.elastic)
     steps: 400              # or epochs: 5
     batch_size: 32
     model: {name: mlp, hidden: [64]}
@@ -161,7 +161,10 @@ class TrainConfig:
     schedule: dict[str, Any]
     name: str = "run"
     seed: int = 0
-    workers: int = 2
+    #: the number of workers, or ``[min, max]``: an elastic run (Ray launcher) that shrinks when a worker is
+    #: lost and grows when capacity comes back (:mod:`distsched.cluster.elastic`). Read back, ``workers`` is then
+    #: ``max`` (the size a run starts at when the cluster has room) and :attr:`elastic` is ``(min, max)``.
+    workers: int | list[int] = 2
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 32
@@ -186,8 +189,11 @@ class TrainConfig:
     #: the LR at another world size W (a resume at a new ``workers``): ``none`` | ``linear`` (x W/W0) |
     #: ``sqrt`` (x sqrt(W/W0)), W0 the run's first size (:func:`distsched.train.resize.world_lr_factor`).
     world_lr: str = "none"
+    #: ``(min, max)`` of an elastic run (``workers: [min, max]``), else None; set from ``workers``.
+    elastic: tuple[int, int] | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.workers, self.elastic = parse_workers(self.workers)
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ValueError(f"name must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}")
         check_int("seed", self.seed, 0)
@@ -222,6 +228,49 @@ class TrainConfig:
             from distsched.train.controller import build_controller
 
             build_controller(self.controller)
+        if self.elastic is not None:
+            check_elastic(self)
+
+
+def parse_workers(value: Any) -> tuple[int, tuple[int, int] | None]:
+    """``workers`` of a config or ``--workers``: ``N`` -> ``(N, None)``; ``[min, max]``, ``"min:max"`` ->
+    ``(max, (min, max))`` with ``1 <= min <= max`` (``[n, n]`` is a fixed size ``n``)."""
+    text = value
+    if isinstance(value, str):
+        lo, sep, hi = value.partition(":")
+        if sep and lo.strip().isdigit() and hi.strip().isdigit():
+            value = [int(lo), int(hi)]
+        elif value.strip().isdigit():
+            value = int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        lo, hi = value
+        if 1 <= lo <= hi:
+            return (hi, None) if lo == hi else (hi, (lo, hi))
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value, None
+    raise ValueError(f"workers must be an integer >= 1 or [min, max] (MIN:MAX) with 1 <= min <= max, got {text!r}")
+
+
+def check_elastic(cfg: TrainConfig) -> None:
+    """Refuse what an elastic run cannot resize: ``epochs`` (an epoch's length in steps changes with the
+    number of workers), exchanges in flight (``sync.delay > 0``), DP in ``local`` mode (one accountant per
+    shard)."""
+    lo, hi = cfg.elastic or (cfg.workers, cfg.workers)
+    if cfg.steps is None:
+        raise ValueError(f"workers [{lo}, {hi}] (elastic) needs steps, not epochs: an epoch's length in steps "
+                         f"changes with the number of workers")
+    if int(cfg.sync.get("delay", 0) or 0) > 0:
+        raise ValueError(f"workers [{lo}, {hi}] (elastic): sync.delay > 0 keeps exchanges in flight that a "
+                         f"resize cannot carry; use delay 0")
+    if cfg.privacy is not None:
+        from distsched.privacy.config import privacy_config
+        from distsched.privacy.training import resolve_mode
+
+        every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
+        if any(resolve_mode(privacy_config(cfg.privacy).mode, w, every_step) == "local" for w in range(lo, hi + 1)):
+            raise ValueError(f"workers [{lo}, {hi}] (elastic): privacy in local mode (one accountant per shard) "
+                             f"cannot resize; use privacy.mode group (with sync fixed, h 1)")
 
 
 def build_schedule(spec: Mapping[str, Any]) -> Any:
@@ -326,5 +375,9 @@ def config_from_mapping(data: Mapping[str, Any]) -> TrainConfig:
 
 
 def config_to_mapping(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain mapping of ``cfg`` (for ``config.yaml``)."""
-    return to_mapping(cfg)
+    """Plain mapping of ``cfg`` (for ``config.yaml``); an elastic run's ``workers`` is ``[min, max]``."""
+    out = to_mapping(cfg)
+    elastic = out.pop("elastic", None)
+    if elastic is not None:
+        out["workers"] = list(elastic)
+    return out

@@ -38,13 +38,14 @@ def prepare_run(
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     exclusive: bool = False,
-    workers: int | None = None,
+    workers: int | tuple[int, int] | None = None,
 ) -> tuple[RunFolder, TrainConfig]:
     """The run folder and its config.
 
     ``resume``: an existing run folder, its ``config.yaml`` is read back (``cfg`` may set only the
     same number of workers). ``workers`` with ``resume``: resize on resume (:mod:`distsched.train.resize`),
-    ``config.yaml`` then records the new size. Otherwise ``run_dir`` (an exact folder; with ``exclusive``, as the CLI
+    or a ``(min, max)`` range (an elastic run, :mod:`distsched.cluster.elastic`); ``config.yaml`` then records
+    the new size. Otherwise ``run_dir`` (an exact folder; with ``exclusive``, as the CLI
     does, refused when it already holds a run) or a new
     ``<out>/<name>-<timestamp>`` folder, with ``cfg`` written to ``config.yaml``.
     """
@@ -54,10 +55,13 @@ def prepare_run(
         if cfg is not None and cfg.workers != saved.workers:
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
         latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
-        if workers is not None and workers != saved.workers:  # resize on resume
-            _check_resizable(saved, workers)
-            saved = dataclasses.replace(saved, workers=workers)
-            folder.write_config(config_to_mapping(saved))
+        if workers is not None:  # resize on resume (a fixed size), or a new [min, max] range
+            new = dataclasses.replace(saved, workers=list(workers) if isinstance(workers, tuple) else workers)
+            if (new.workers, new.elastic) != (saved.workers, saved.elastic):
+                if new.elastic is None:
+                    _check_resizable(saved, new.workers)
+                saved = new
+                folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
     if cfg is None:
         raise ValueError("a config is required unless resuming (--resume RUN_DIR)")
