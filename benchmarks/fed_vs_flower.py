@@ -301,7 +301,24 @@ def _aggregate(runs: list[dict]) -> dict:
     }
 
 
-def whole_process(executor: str, out: Path, seed: int = 0) -> dict:
+def timed_process(cmd: list[str], env: dict, timeout: float) -> tuple[int | None, str, str, float]:
+    """Run ``cmd`` as its own process group; ``(exit code or None on timeout, stdout, stderr, wall s)``.
+    On timeout the whole group is killed (a Ray cluster the process started included)."""
+    import signal
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err, time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err, time.perf_counter() - t0
+
+
+def whole_process(executor: str, out: Path, seed: int = 0, timeout: float = 1800) -> dict:
     """What a user waits: ``python -m distsched simulate`` on FED-DIGITS, from process start to exit
     (interpreter start, imports, data, Ray start-up when ``executor="ray"``, training, run folder)."""
     import yaml
@@ -312,15 +329,51 @@ def whole_process(executor: str, out: Path, seed: int = 0) -> dict:
     cmd = [sys.executable, "-m", "distsched", "simulate", str(cfg_path), "--executor", executor,
            "--num-actors", "2", "--out", str(out), "--no-progress", "--json"]
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        return {"executor": executor, "error": res.stderr[-500:]}
-    summary = json.loads(res.stdout)
+    rc, stdout, stderr, wall = timed_process(cmd, {**os.environ, "PYTHONPATH": str(ROOT)}, timeout)
+    if rc != 0:
+        return {"executor": executor, "seed": seed, "error": f"exit {rc} after {wall:.0f} s: {stderr[-500:]}"}
+    summary = json.loads(stdout)
     return {"executor": executor, "seed": seed, "process_s": round(wall, 2),
             "final_test_acc": summary["final_test_acc"], "client_updates": summary["client_updates"],
             "load_1min_before": load}
+
+
+def flower_whole_process(python: str, out: Path, seed: int = 0, timeout: float = 1800) -> dict:
+    """Flower's side of the same measurement: the Flower harness (``--flower-worker``) as a whole process
+    in Flower's environment, from process start to exit (interpreter, imports, loading the exported
+    workload, Ray start-up, 30 rounds, Ray shutdown). The workload file is exported before the clock
+    starts (distsched builds it: data split, partition, initial model, cohorts, seeds), so Flower is
+    not charged for building its data and the ratio errs in Flower's favour."""
+    out.mkdir(parents=True, exist_ok=True)
+    data, model_out = out / f"workload_{seed}.npz", out / f"flower_{seed}.npy"
+    export_workload({**FED_DIGITS, "seed": seed}, data)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    cmd = [python, __file__, "--flower-worker", str(data), str(model_out), str(FED_DIGITS["rounds"]),
+           str(FED_DIGITS["partition"]["num_clients"])]
+    load = os.getloadavg()[0]
+    rc, stdout, stderr, wall = timed_process(cmd, env, timeout)
+    if rc != 0:
+        return {"executor": "flower", "seed": seed, "error": f"exit {rc} after {wall:.0f} s: {stderr[-1500:]}"}
+    line = [ln for ln in stdout.splitlines() if ln.startswith("FLOWER_RESULT ")][-1]
+    fl = json.loads(line[len("FLOWER_RESULT ") :])
+    return {"executor": "flower", "seed": seed, "process_s": round(wall, 2),
+            "final_test_acc": fl["final_test_acc"], "client_updates": fl["client_updates"],
+            "in_process_s": round(fl["end_to_end_s"], 2), "load_1min_before": load}
+
+
+def whole_process_table(runs: list[dict]) -> dict:
+    """Median process time per executor and Flower's median over each of distsched's."""
+    import statistics
+
+    med = {}
+    for ex in ("local", "ray", "flower"):
+        times = [r["process_s"] for r in runs if r["executor"] == ex and "error" not in r]
+        if times:
+            med[ex] = statistics.median(times)
+    ratios = {f"flower_over_{ex}": round(med["flower"] / med[ex], 2) for ex in ("local", "ray")
+              if "flower" in med and ex in med}
+    return {"median_process_s": med, **ratios}
 
 
 def main() -> int:
@@ -334,10 +387,12 @@ def main() -> int:
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--whole-process-only", action="store_true",
-                        help="only time `distsched simulate` as whole processes, --executor local and ray "
-                        "(writes benchmarks/results/fed_whole_process.json)")
+                        help="only time whole processes: `distsched simulate` with --executor local and ray, "
+                        "and Flower's harness when its environment exists (unless --skip-flower); writes "
+                        "benchmarks/results/fed_whole_process.json")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fed_vs_flower.json"))
     parser.add_argument("--repeats", type=int, default=3, help="FED-DIGITS runs per framework (seeds 0..n-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="--whole-process-only: seeds FIRST..FIRST+repeats-1")
     parser.add_argument("--flower-worker", nargs=4, metavar=("DATA", "MODEL_OUT", "ROUNDS", "CLIENTS"))
     parser.add_argument("--scale-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -353,15 +408,26 @@ def main() -> int:
         return 0
 
     if args.whole_process_only:
+        flower = not args.skip_flower and Path(args.flower_python).exists()
+        if not args.skip_flower and not flower:
+            print(f"no Flower environment at {args.flower_python}: timing distsched only (see --setup-flower)",
+                  file=sys.stderr)
+        kinds = ["local", "ray", *(["flower"] if flower else [])]
+        uptime_before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
             runs = []
-            for seed in range(args.repeats):
-                for ex in (("local", "ray") if seed % 2 == 0 else ("ray", "local")):
-                    runs.append(whole_process(ex, Path(tmp), seed))
+            for seed in range(args.first_seed, args.first_seed + args.repeats):
+                for ex in kinds[seed % len(kinds):] + kinds[: seed % len(kinds)]:  # rotate: load drift hits all
+                    if ex == "flower":
+                        runs.append(flower_whole_process(args.flower_python, Path(tmp) / "flower", seed))
+                    else:
+                        runs.append(whole_process(ex, Path(tmp), seed))
                     print(json.dumps(runs[-1]), flush=True)
-        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": runs,
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": runs, **whole_process_table(runs),
+               "loadavg_before": uptime_before, "loadavg_after": os.getloadavg(),
                "command": " ".join([".venv/bin/python", "benchmarks/fed_vs_flower.py", *sys.argv[1:]])}
         Path(args.json).with_name("fed_whole_process.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
         return 0
     if args.setup_flower:
         setup_flower(Path(args.flower_python).parents[1])
