@@ -6,6 +6,7 @@ models live in :mod:`distsched.data`).
 >>> summary = simulate("examples/fed_digits.yaml", rounds=3)   # doctest: +SKIP
 """
 
+from distsched.federated.buffered import BufferedClients
 from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distsched.federated.client import LocalWork, client_seed, evaluate, train_client
 from distsched.federated.config import (
@@ -25,10 +26,12 @@ from distsched.federated.sampling import ClientSampler, CohortDraw, Stragglers
 from distsched.federated.simulation import RoundRecord, Simulation, simulate
 from distsched.federated.strategies import (
     STRATEGIES,
+    DifferentialPrivacy,
     FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedBuff,
     FedProx,
     FedYogi,
     Strategy,
@@ -38,6 +41,7 @@ from distsched.federated.worker import ChunkResult, ChunkTask, ClientWorker, to_
 
 __all__ = [
     "STRATEGIES",
+    "BufferedClients",
     "ChunkResult",
     "ChunkTask",
     "ClientConfig",
@@ -46,6 +50,7 @@ __all__ = [
     "CohortDraw",
     "DPConfig",
     "DPFedAvg",
+    "DifferentialPrivacy",
     "DataConfig",
     "Executor",
     "ExecutorFactory",
@@ -55,6 +60,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedConfig",
     "FedProx",
     "FedYogi",

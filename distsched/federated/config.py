@@ -138,11 +138,13 @@ class SamplingConfig:
 @dataclasses.dataclass
 class StrategyConfig:
     name: str = "fedavg"
-    """``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi`` or ``fedadagrad``."""
+    """``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``, ``fedmedian``,
+    ``trimmed_mean``, ``krum`` or ``fedbuff`` (asynchronous; a ``dp`` block wraps any of the first six)."""
     server_lr: float | dict[str, Any] = 1.0
     """Server learning rate by round: a number or a schedule spec."""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Strategy parameters (``mu``; ``momentum``; ``beta1``, ``beta2``, ``tau``)."""
+    """Strategy parameters (``mu``; ``momentum``; ``beta1``, ``beta2``, ``tau``; ``buffer_size``,
+    ``max_concurrency``, ``staleness``, ``staleness_exponent``, ``lr_staleness_exponent``...)."""
 
 
 @dataclasses.dataclass

@@ -158,3 +158,19 @@ class Stragglers:
         if self.policy == "drop":
             return np.where(late, 0.0, 1.0)
         return np.where(late, self.deadline / np.maximum(times, 1e-300), 1.0)
+
+
+def sample_idle(seed: int, wave: int, count: int, busy: np.ndarray, num_clients: int) -> np.ndarray:
+    """``count`` clients drawn uniformly without replacement among those not ``busy`` (sorted ids), for
+    launch ``wave`` of an asynchronous run: the first ``count`` idle ones of ``count + |busy|`` drawn in
+    random order (a uniform ordered sample, so its idle members in order are a uniform sample of the idle
+    clients); with nobody busy it is the fixed cohort :meth:`ClientSampler.sample` draws for round ``wave``.
+    Cost ``O(count + |busy|)``."""
+    busy = np.asarray(busy, dtype=np.int64)
+    if count + len(busy) > num_clients:
+        raise ValueError(f"cannot launch {count} clients with {len(busy)} of {num_clients} busy")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    drawn = round_rng(seed, wave, _COHORT).choice(num_clients, size=count + len(busy), replace=False)
+    idle = drawn[~np.isin(drawn, busy)][:count]
+    return np.sort(idle.astype(np.int64))

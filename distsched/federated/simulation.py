@@ -4,9 +4,15 @@ One round:
 1. draw the cohort (fixed or Poisson, availability, dropout) and drop or down-weight stragglers;
 2. cut the remaining clients into contiguous chunks (one per executor worker by default) and run each
    chunk on a worker, which returns one float64 sum of weighted (clipped) updates;
-3. add the chunk sums in chunk order; FedAvg mean ``sum_k w_k delta_k / sum_k w_k``, or the DP-FedAvg
-   noisy estimate; the strategy steps the global model with the server LR of this round;
-4. account privacy, evaluate every ``eval_every`` rounds, write metrics, checkpoint.
+3. add the chunk sums in chunk order; the strategy turns them into the round's update (FedAvg mean
+   ``sum_k w_k delta_k / sum_k w_k``, or the noisy estimate of the DP wrapper) and steps the global model
+   with the server LR of this round;
+4. the strategy ends the round (the DP wrapper charges the accountant), evaluate every ``eval_every``
+   rounds, write metrics, checkpoint.
+
+With an asynchronous strategy (FedBuff) a round is one server step: clients train on the model version
+current at their launch, with simulated latencies, and the server steps on every ``buffer_size``
+arrivals (:mod:`distsched.federated.buffered`; the executor trains each version's launches in one call).
 
 The result of a round depends on the seed, the round, the cohort and the chunking, never on which
 worker trained a chunk; so the executor (in-process or Ray actors), an actor death (chunk re-run
@@ -38,17 +44,16 @@ from distsched.data import (
     partition_stats,
     plot_partition,
 )
+from distsched.federated.buffered import BufferedClients
 from distsched.federated.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distsched.federated.client import LocalWork, evaluate
 from distsched.federated.config import FedConfig, fed_config, schedule_of
-from distsched.federated.dp import NOT_PRIVATE_METRICS, DPFedAvg, sampling_seed
+from distsched.federated.dp import DPFedAvg, sampling_seed
 from distsched.federated.executor import Executor, ExecutorFactory, InProcessExecutor, WorkerSetup
 from distsched.federated.progress import RoundProgress, write_plots
-from distsched.federated.sampling import ClientSampler, Stragglers, round_rng
-from distsched.federated.strategies import build_strategy
+from distsched.federated.sampling import ClientSampler, Stragglers
+from distsched.federated.strategies import DifferentialPrivacy, Strategy, build_strategy
 from distsched.federated.worker import ChunkTask, to_csr
-
-_NOISE_STREAM = 5
 
 
 @dataclasses.dataclass
@@ -73,6 +78,11 @@ class RoundRecord:
     epsilon: float | None = None
     clip_norm: float | None = None
     unclipped_fraction: float | None = None
+    #: simulated time at the end of the round (time units of ``sampling.speed_sigma``: one local step at speed 1)
+    sim_time: float | None = None
+    #: FedBuff: mean and largest staleness (server steps) of the buffer's updates
+    staleness_mean: float | None = None
+    staleness_max: int | None = None
     #: keys of this record computed without noise (DP runs; see ``federated.dp.NOT_PRIVATE_METRICS``).
     not_private: list[str] | None = None
 
@@ -116,9 +126,18 @@ class Simulation:
         self.local_work = LocalWork(c.local_unit, c.local_work, c.local_work_rule, c.qsr_alpha, c.max_local_work)
         self.client_lr = schedule_of(c.lr, "client.lr")
         self.server_lr = schedule_of(cfg.strategy.server_lr, "strategy.server_lr")
-        self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        strategy = build_strategy(cfg.strategy.name, **cfg.strategy.params)
+        if cfg.dp is not None:  # DP-FedAvg wraps the configured strategy
+            strategy = DifferentialPrivacy.build(
+                strategy, **dataclasses.asdict(cfg.dp), sample_rate=self.sampler.sample_rate,
+                expected_cohort=self.sampler.expected_cohort, rounds=cfg.rounds, seed=cfg.seed,
+            )
+        self.strategy: Strategy = strategy
         #: the strategy aggregates per-client updates itself (robust strategies: median, trimmed mean, Krum)
-        self.per_client = bool(getattr(self.strategy, "per_client", False))
+        self.per_client = self.strategy.per_client
+        self.buffered: BufferedClients | None = None
+        if self.strategy.asynchronous:
+            self.buffered = self._buffered_clients()
         self.model_spec = {
             "name": cfg.model.name,
             "input_shape": self.data.input_shape,
@@ -131,80 +150,70 @@ class Simulation:
         self.params = flat_params(self.model)
         self.x_test = torch.as_tensor(self.data.x_test)
         self.y_test = torch.as_tensor(self.data.y_test)
-        self.dp: DPFedAvg | None = None
-        self.accountant: Any = None
-        self.guard: Any = None
-        if cfg.dp is not None:
-            self._build_dp()
-        if self.per_client and self.dp is not None:
-            raise ValueError(f"strategy.name {cfg.strategy.name!r} aggregates per-client updates: "
-                             "dp (noise on the clipped sum) applies to sum-based strategies only")
         self.round = 0
+        self.sim_time = 0.0
         self.history: list[RoundRecord] = []
 
-    def _build_dp(self) -> None:
-        """DP-FedAvg, its accountant and (with a target epsilon) the budget guard; the noise multiplier is
-        planned to spend the target in ``rounds`` when it is not given."""
-        from distsched.privacy import Accountant, BudgetGuard, plan
+    def _buffered_clients(self) -> BufferedClients:
+        """FedBuff's event queue; ValueError (one line) for sampling options that have no meaning without
+        synchronous rounds, or a ``max_concurrency`` that differs from the cohort size."""
+        s, cfg = self.cfg.sampling, self.cfg
+        for key, bad in (("poisson", s.poisson), ("availability", s.availability < 1.0), ("dropout", s.dropout > 0),
+                         ("deadline", s.deadline is not None), ("fraction", s.fraction is not None)):
+            if bad:
+                raise ValueError(f"sampling.{key}: not with strategy.name {cfg.strategy.name!r} (asynchronous: "
+                                 "give sampling.cohort_size, the clients in flight, and latencies by speed_sigma, "
+                                 "jitter_sigma)")
+        concurrency = self.strategy.max_concurrency
+        if concurrency is not None and concurrency != s.cohort_size:
+            raise ValueError(f"strategy.params.max_concurrency ({concurrency}) must equal sampling.cohort_size "
+                             f"({s.cohort_size}): both are the number of clients in flight")
+        return BufferedClients(self.num_clients, s.cohort_size, self.strategy.buffer_size, self.stragglers,
+                               seed=self.sampler.seed)
 
-        cfg = self.cfg
-        d = cfg.dp
-        z = d.noise_multiplier
-        if z is None:
-            z = plan(
-                delta=d.delta,
-                target_epsilon=d.target_epsilon,
-                sample_rate=self.sampler.sample_rate,
-                steps=cfg.rounds,
-                accountant=d.accountant,
-                solve="noise",
-            ).noise_multiplier
-        self.dp = DPFedAvg(
-            z,
-            d.clip_norm,
-            self.sampler.expected_cohort,
-            adaptive=d.adaptive,
-            target_quantile=d.target_quantile,
-            clip_lr=d.clip_lr,
-            count_noise_std=d.count_noise_std,
-            reproducible=d.reproducible,
-        )
-        self.accountant = Accountant(d.accountant)
-        if d.target_epsilon is not None:
-            self.guard = BudgetGuard(d.target_epsilon, d.delta, self.accountant)
+    # -- DP (the wrapper's parts, None without a dp block) ------------------------------------
+    @property
+    def private(self) -> DifferentialPrivacy | None:
+        """The DP wrapper around the configured strategy, or None."""
+        return self.strategy if isinstance(self.strategy, DifferentialPrivacy) else None
+
+    @property
+    def dp(self) -> DPFedAvg | None:
+        return self.private.mechanism if self.private is not None else None
+
+    @property
+    def accountant(self) -> Any:
+        return self.private.accountant if self.private is not None else None
+
+    @property
+    def guard(self) -> Any:
+        return self.private.guard if self.private is not None else None
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "params": self.params.clone(),
             "strategy": self.strategy.state_dict(),
-            "dp": self.dp.state_dict() if self.dp is not None else None,
-            "accountant": self.accountant.state_dict() if self.accountant is not None else None,
-            "guard": self.guard.state_dict() if self.guard is not None else None,
+            "private": self.private is not None,
+            "sim_time": self.sim_time,
+            "buffered": self.buffered.state_dict() if self.buffered is not None else None,
             "seed": self.cfg.seed,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if int(state["seed"]) != self.cfg.seed:
             raise ValueError(f"seed must equal the checkpoint's seed {state['seed']}, got {self.cfg.seed}")
-        saved_dp, saved_budget = state.get("dp") is not None, state.get("guard") is not None
-        if saved_dp != (self.dp is not None):
+        state = _current_layout(state)
+        if bool(state["private"]) != (self.private is not None):
             raise ValueError(
-                f"dp: the checkpoint was written {'with' if saved_dp else 'without'} DP, the config has "
-                f"{'a' if self.dp is not None else 'no'} dp block; resume with the run's own config.yaml"
-            )
-        if saved_budget and self.guard is None:  # a resumed run never drops its budget
-            raise ValueError(
-                "dp.target_epsilon: the run was started with a privacy budget; resume with the same target"
+                f"dp: the checkpoint was written {'with' if state['private'] else 'without'} DP, the config has "
+                f"{'a' if self.private is not None else 'no'} dp block; resume with the run's own config.yaml"
             )
         self.params = state["params"].clone()
         self.strategy.load_state_dict(state["strategy"])
-        if self.dp is not None:
-            self.dp.load_state_dict(state["dp"])
-            if saved_budget:
-                self.guard.load_state_dict(state["guard"])  # keeps min(saved, new) target
-            else:  # the accountant's history is the spent budget; a new guard reads it from there
-                self.accountant.load_state_dict(state["accountant"])
+        if self.buffered is not None:
+            self.buffered.load_state_dict(state["buffered"])
+        self.sim_time = float(state.get("sim_time", 0.0))
         self.round = int(state["round"])
 
     # -- one round --------------------------------------------------------------------------
@@ -216,12 +225,13 @@ class Simulation:
         work = self.local_work.amount(lr)
         batch = self.cfg.client.batch_size
         steps = np.array([self.local_work.steps(work, int(self.sizes[k]), batch) for k in clients], dtype=np.int64)
-        scale = self.stragglers.weights(self.stragglers.times(r, clients, steps))
+        times = self.stragglers.times(r, clients, steps)
+        scale = self.stragglers.weights(times)
         on_time = scale > 0.0
         late = int((scale < 1.0).sum())
         clients, scale = clients[on_time], scale[on_time]
         n_chunks = self.cfg.chunks_per_round or self.num_actors
-        opts = self.strategy.client_options(r)
+        opts = self.strategy.client_options(r)  # the DP wrapper adds clip_norm and uniform weighting
         tasks = [
             ChunkTask(
                 round=r,
@@ -231,15 +241,26 @@ class Simulation:
                 work=work,
                 batch_size=batch,
                 prox_mu=float(opts.get("prox_mu", 0.0)),
-                clip_norm=self.dp.clip_norm if self.dp else None,
-                weighting="uniform" if self.dp else "samples",
+                clip_norm=opts.get("clip_norm"),
+                weighting=opts.get("weighting", "samples"),
                 per_client=self.per_client,
             )
             for ids, w in zip(np.array_split(clients, n_chunks), np.array_split(scale, n_chunks))
             if len(ids)
         ]
-        info = {"sampled": len(draw.sampled), "dropped": len(draw.dropped), "late": late, "lr": lr, "work": work}
+        info = {"sampled": len(draw.sampled), "dropped": len(draw.dropped), "late": late, "lr": lr, "work": work,
+                "duration": self._round_duration(times)}
         return tasks, info
+
+    def _round_duration(self, times: np.ndarray) -> float:
+        """Simulated length of a synchronous round: the server waits for the slowest client, or until the
+        deadline when late updates are dropped and one is late."""
+        if len(times) == 0:
+            return 0.0
+        s = self.stragglers
+        if s.deadline is not None and s.policy == "drop" and bool((times > s.deadline).any()):
+            return float(s.deadline)
+        return float(times.max())
 
     def combine(self, r: int, results: list[Any]) -> tuple[np.ndarray | None, dict[str, Any]]:
         """Mean update (float64) of the round from the chunk results, in chunk order."""
@@ -256,15 +277,9 @@ class Simulation:
         if self.per_client:  # a robust strategy aggregates the per-client updates itself
             rows = [res.updates for res in results if len(res.clients)]
             return (self.strategy.aggregate(np.concatenate(rows)) if rows else None), info
-        if self.dp is not None:
-            info["clip_norm"] = self.dp.clip_norm
-            info["unclipped_fraction"] = unclipped / trained if trained else float("nan")
-            gen = (torch.Generator().manual_seed(int(round_rng(self.cfg.seed, r, _NOISE_STREAM).integers(2**62)))
-                   if self.dp.reproducible else None)  # None: the secret generator
-            return self.dp.aggregate(total, unclipped, trained, gen), info
-        if weight <= 0.0:
-            return None, info
-        return total / weight, info
+        delta, extra = self.strategy.aggregate_sum(r, total, weight, unclipped, trained)
+        info.update(extra)
+        return delta, info
 
     # -- the loop ---------------------------------------------------------------------------
     def worker_setup(self) -> WorkerSetup:
@@ -311,7 +326,7 @@ class Simulation:
         try:
             stop_reason = "rounds"
             while self.round < last:
-                if not self._budget_allows_a_round():
+                if not self.strategy.allows_round():
                     stop_reason = "privacy budget"
                     break
                 rec = self.run_round(pool, last, t_start)
@@ -352,19 +367,10 @@ class Simulation:
         self.folder = folder
         return folder
 
-    def _budget_allows_a_round(self) -> bool:
-        """False when the next round would take epsilon past the budget (no guard: always True)."""
-        return self.guard is None or self.guard.allows((self.dp.noise_multiplier, self.sampler.sample_rate))
-
-    def _account(self) -> None:
-        """One DP round in the guard (which holds the accountant) or the accountant."""
-        if self.guard is not None:
-            self.guard.record(self.dp.noise_multiplier, self.sampler.sample_rate)
-        else:
-            self.accountant.step(self.dp.noise_multiplier, self.sampler.sample_rate)
-
     def run_round(self, pool: Executor, last: int, t_start: float) -> RoundRecord:
         """Plan round ``self.round``, train it on ``pool``, step the server, account, evaluate; the record."""
+        if self.buffered is not None:
+            return self._run_buffered_round(pool, last, t_start)
         r = self.round
         t0 = time.perf_counter()
         tasks, plan = self.plan_round(r)
@@ -374,9 +380,9 @@ class Simulation:
         server_lr = float(self.server_lr(r))
         if delta is not None:
             self.params = self.strategy.step(self.params, torch.from_numpy(delta).float(), server_lr)
-        if self.dp is not None:
-            self._account()
+        ended = self.strategy.end_round()  # the DP wrapper charges the accountant: epsilon, not_private
         self.round = r + 1
+        self.sim_time += plan["duration"]
         rec = RoundRecord(
             round=self.round,
             sampled=plan["sampled"],
@@ -392,17 +398,63 @@ class Simulation:
             actor_failures=pool.failures - failures_before,
             clip_norm=info.get("clip_norm"),
             unclipped_fraction=info.get("unclipped_fraction"),
-            not_private=list(NOT_PRIVATE_METRICS) if self.dp else None,
+            epsilon=ended.get("epsilon"),
+            not_private=ended.get("not_private"),
+            sim_time=self.sim_time,
         )
-        if self.accountant is not None:
-            rec.epsilon = self.accountant.epsilon(self.cfg.dp.delta)
-        if self.round % self.cfg.eval_every == 0 or self.round == last or not self._budget_allows_a_round():
+        return self._finish_record(rec, last, t_start)
+
+    def _finish_record(self, rec: RoundRecord, last: int, t_start: float) -> RoundRecord:
+        """Evaluate when due (every ``eval_every`` rounds, the last round, before the budget stops the run)."""
+        if self.round % self.cfg.eval_every == 0 or self.round == last or not self.strategy.allows_round():
             rec.test_acc, rec.test_loss = evaluate(self.model, self.params, self.x_test, self.y_test)
             if self.data.task == "lm":  # next-byte prediction: validation loss in bits per byte
                 rec.test_bpb = bits_per_token(rec.test_loss)
         rec.elapsed_s = time.perf_counter() - t_start
         self.history.append(rec)
         return rec
+
+    def _run_buffered_round(self, pool: Executor, last: int, t_start: float) -> RoundRecord:
+        """One FedBuff server step: launch and take arrivals until the buffer is full, train the launches on
+        the current version (one executor call), aggregate the buffer with staleness weights, step with the
+        staleness-scaled server LR (:mod:`distsched.federated.strategies.fedbuff`)."""
+        t, q, fedbuff = self.round, self.buffered, self.strategy
+        t0 = time.perf_counter()
+        lr = float(self.client_lr(t))
+        work = self.local_work.amount(lr)
+        batch = self.cfg.client.batch_size
+
+        def steps_of(clients: np.ndarray) -> np.ndarray:
+            return np.array([self.local_work.steps(work, int(self.sizes[k]), batch) for k in clients], dtype=np.int64)
+
+        arrived = q.fill(t, steps_of)
+        clients, waves = q.take_untrained()  # all launched on version t: train them with x_t
+        n_chunks = self.cfg.chunks_per_round or self.num_actors
+        tasks = [
+            ChunkTask(round=t, clients=ids, weight_scale=np.ones(len(ids)), lr=lr, work=work, batch_size=batch,
+                      prox_mu=float(fedbuff.client_options(t).get("prox_mu", 0.0)), per_client=True, rounds=w)
+            for ids, w in zip(np.array_split(clients, n_chunks), np.array_split(waves, n_chunks)) if len(ids)
+        ]
+        failures_before = pool.failures
+        results = pool.run(tasks, self.params.numpy()) if tasks else []
+        for task, res in zip(tasks, results):
+            q.store(task.clients, task.rounds, res.updates, res.losses)
+        updates, losses = q.collect(arrived)
+        ids = np.array([c for c, _, _ in arrived], dtype=np.int64)
+        staleness = np.array([t - v for _, _, v in arrived], dtype=np.int64)
+        delta = fedbuff.aggregate_buffer(updates, self.sizes[ids], staleness)
+        server_lr = float(self.server_lr(t)) * fedbuff.lr_factor(staleness)
+        self.params = fedbuff.step(self.params, torch.from_numpy(delta).float(), server_lr)
+        self.strategy.end_round()
+        self.round = t + 1
+        self.sim_time = q.now
+        rec = RoundRecord(
+            round=self.round, sampled=len(clients), dropped=0, late=0, trained=len(arrived), client_lr=lr,
+            server_lr=server_lr, local_work=work, train_loss=float(losses.sum()) / len(losses),
+            round_time_s=time.perf_counter() - t0, elapsed_s=0.0, actor_failures=pool.failures - failures_before,
+            sim_time=self.sim_time, staleness_mean=float(staleness.mean()), staleness_max=int(staleness.max()),
+        )
+        return self._finish_record(rec, last, t_start)
 
     def _summary(self, stop_reason: str, t_start: float, t_ready: float, t_end: float, actor_rss: list[int]) -> dict:
         """The run's ``summary.json``: figures, throughput, memory (``actor_rss``: KiB per worker process)."""
@@ -422,11 +474,7 @@ class Simulation:
             "final_test_loss": evals[-1].get("test_loss") if evals else None,
             "final_test_bpb": evals[-1].get("test_bpb") if evals else None,
             "corpus_sha256": self.data.manifest.get("sha256") if self.data.manifest else None,
-            # the accountant holds the whole run's history, resumed rounds included
-            "epsilon": self.accountant.epsilon(self.cfg.dp.delta) if self.accountant is not None else None,
-            "delta": self.cfg.dp.delta if self.cfg.dp else None,
-            "noise_multiplier": self.dp.noise_multiplier if self.dp else None,
-            "private": (not self.dp.reproducible) if self.dp else None,
+            **{"epsilon": None, "delta": None, "noise_multiplier": None, "private": None, **self.strategy.summary()},
             "client_updates": int(sum(r.get("trained", 0) for r in whole)),
             "end_to_end_s": t_end - t_start,
             "startup_s": t_ready - t_start,
@@ -471,3 +519,14 @@ def simulate(
     else:
         cfg = fed_config({**dict(config), **overrides})
     return Simulation(cfg).run(out_dir=out_dir, resume=resume, executor=executor, progress=progress)
+
+
+def _current_layout(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A checkpoint in today's layout (``strategy``, ``private``): one written before DP became a wrapper
+    strategy held the DP state at the top level (``dp``, ``accountant``, ``guard``)."""
+    if "private" in state:
+        return state
+    private = state.get("dp") is not None
+    strategy = ({"inner": state["strategy"], **{k: state.get(k) for k in ("dp", "accountant", "guard")}}
+                if private else state["strategy"])
+    return {**state, "strategy": strategy, "private": private}

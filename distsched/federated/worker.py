@@ -55,8 +55,10 @@ class ChunkTask:
     prox_mu: float = 0.0
     clip_norm: float | None = None
     weighting: str = "samples"
-    #: also return every client's (clipped) update, not only the weighted sum (robust strategies)
+    #: also return every client's (clipped) update, not only the weighted sum (robust strategies, FedBuff)
     per_client: bool = False
+    #: the round each client's seed is drawn for (FedBuff: its launch wave); None: ``round`` for all
+    rounds: np.ndarray | None = None
 
 
 class ClientWorker:
@@ -95,7 +97,7 @@ class ClientWorker:
         rows = np.zeros((n, g_params.numel()), dtype=np.float64) if task.per_client else None
         for i, (client, scale) in enumerate(zip(task.clients.tolist(), task.weight_scale.tolist())):
             idx = torch.as_tensor(self.order[self.offsets[client] : self.offsets[client + 1]])
-            gen.manual_seed(client_seed(self.seed, task.round, client))
+            gen.manual_seed(client_seed(self.seed, task.round if task.rounds is None else int(task.rounds[i]), client))
             steps = self.local_work.steps(task.work, len(idx), task.batch_size)
             delta, loss = train_client(
                 self.model,

@@ -1,4 +1,5 @@
-"""Server strategies, one file each behind :class:`Strategy`; ``build_strategy(name, **params)``."""
+"""Server strategies, one file each behind :class:`Strategy`; ``build_strategy(name, **params)``.
+:class:`DifferentialPrivacy` wraps one of them (the config's ``dp:`` block)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import Any
 
 from distsched._checks import check_choice
 from distsched.federated.strategies.base import Strategy
+from distsched.federated.strategies.differential_privacy import DifferentialPrivacy
 from distsched.federated.strategies.fedadagrad import FedAdagrad
 from distsched.federated.strategies.fedadam import FedAdam
 from distsched.federated.strategies.fedavg import FedAvg
 from distsched.federated.strategies.fedavgm import FedAvgM
+from distsched.federated.strategies.fedbuff import FedBuff
 from distsched.federated.strategies.fedmedian import FedMedian
 from distsched.federated.strategies.fedprox import FedProx
 from distsched.federated.strategies.fedyogi import FedYogi
@@ -19,7 +22,8 @@ from distsched.federated.strategies.trimmed_mean import TrimmedMean
 
 #: name -> strategy class (a new strategy is one file plus one line here).
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum)
+    cls.name: cls
+    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, FedBuff)
 }
 
 
@@ -34,10 +38,12 @@ def build_strategy(name: str, **params: Any) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "DifferentialPrivacy",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedMedian",
     "FedProx",
     "FedYogi",
