@@ -103,6 +103,9 @@ def test_resume_cannot_reset_the_budget(one_worker, tmp_path):
                            ({**privacy, "accountant": "prv"}, "privacy.accountant")]:
         with pytest.raises(ValueError, match=match):
             _run_one(copy, {**CFG, "privacy": changed})
+    no_dp = {k: v for k, v in CFG.items() if k != "privacy"}  # resuming without DP at all: refused too
+    with pytest.raises(ValueError, match="privacy: the checkpoint .* holds privacy state, the config has no privacy"):
+        _run_one(copy, no_dp)
     state = load_rank_state(latest_checkpoint(copy / "checkpoints"), 0)
     assert state["privacy"]["guard"]["target_epsilon"] == TARGET
     assert state["privacy"]["accountant"]["history"][0][2] == summary["steps_done"]

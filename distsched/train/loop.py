@@ -2,8 +2,9 @@
 metrics. It runs unchanged under Ray Train and under torchrun; what differs is the
 :class:`~distsched.train.session.Session` handed to it.
 
-Per step ``t`` (0-based), with ``lr_t = schedule(c.schedule_step(t)) * c.multiplier(t) * engine.lr_factor(t)``
-(``c`` the config's controller, if any; without one the first two factors are ``schedule(t)``)::
+Per step ``t`` (0-based), with ``lr_t = schedule(c.schedule_step(t)) * c.multiplier(t) * world_lr *
+engine.lr_factor(t) * dp_factor`` (``c`` the config's controller, if any; without one the first two factors
+are ``schedule(t)``; the product is set in one place, :meth:`~distsched.train.state.WorkerState.set_lr`)::
 
     loss = train_step(model, optimizer, batch)      # forward, backward, optimizer.step()
     if (t + 1) % log_every == 0:                    # a metrics record: the loss averaged over workers
@@ -16,10 +17,11 @@ Per step ``t`` (0-based), with ``lr_t = schedule(c.schedule_step(t)) * c.multipl
 Two seams for differentially private training: :func:`build_training` (where the optimizer and the
 data loader are made) and :func:`train_step` (where one step is taken).
 
-Resuming: a checkpoint holds each worker's own model and optimizer (models differ between syncs),
-the schedule step, the controller state, the engine (rounds, bytes, round in progress, rule state),
-RNG states, the data position and the metrics window; rank 0 truncates ``metrics.jsonl`` to the
-checkpoint's step, so no step is counted twice and the resumed run equals the uninterrupted one.
+Resuming: a checkpoint is each worker's :class:`~distsched.train.state.WorkerState` (its own model and
+optimizer, the schedule step, the controller, the engine, DP, RNG states, the data position and the
+metrics window); rank 0 truncates ``metrics.jsonl`` to the checkpoint's step, so no step is counted twice
+and the resumed run equals the uninterrupted one. A checkpoint of another number of workers is averaged
+on load (:mod:`distsched.train.resize`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
 from distsched.train.controller import build_controller, update_controller
-from distsched.train.resize import world_lr_factor
 from distsched.train.session import Session
+from distsched.train.state import WorkerState
 from distsched.train.validation import due, validate
 
 
@@ -132,11 +134,6 @@ def _mean_over_workers(loss_sum: float, count: int, world_size: int, device: tor
     return loss_sum / max(count, 1)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
-    for group, lr in zip(optimizer.param_groups, base_lrs):
-        group["lr"] = lr * factor
-
-
 def write_plots(folder: RunFolder) -> list[Path]:
     """``plots/lr.png``, ``period.png``, ``loss.png``, ``rounds.png`` (and ``epsilon.png`` with DP) from
     ``metrics.jsonl``."""
@@ -164,6 +161,37 @@ def write_plots(folder: RunFolder) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class _Run:
+    """What one worker reads but never checkpoints: its config, place in the group, data and outputs."""
+
+    cfg: TrainConfig
+    session: Session
+    folder: RunFolder
+    device: torch.device
+    bundle: DataBundle
+    shards: list[np.ndarray]
+    total: int
+    fault: FaultInjection | None = None
+    echo: bool = False
+    writer: MetricsWriter | None = None
+    #: the step the run (re)starts at, its elapsed time before, and the clock started then.
+    start: int = 0
+    elapsed_before: float = 0.0
+    t0: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def world(self) -> int:
+        return self.session.world_size
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+
 def train_worker(
     cfg: TrainConfig,
     run_dir: str | os.PathLike,
@@ -176,214 +204,241 @@ def train_worker(
 
     torch.distributed must be initialized when ``session.world_size > 1``.
     """
+    run = _open(cfg, run_dir, session, fault, echo)
+    state, loader = _build(run)
+    restore = session.restore_dir()
+    resized_from = None
+    if restore is not None:
+        resized_from = _restore(state, run, Path(restore))
+    else:
+        torch.manual_seed(cfg.seed + 1 + run.rank)  # per-worker randomness (dropout, augmentation)
+    run.start, run.elapsed_before, was_finished = state.step, state.elapsed_s, state.finished
+    state.set_lr(run.start)
+
+    if run.rank == 0 and run.bundle.manifest is not None:  # which corpus this run read (file list, hash)
+        (run.folder.root / "corpus.json").write_text(json.dumps(run.bundle.manifest, indent=1), encoding="utf-8")
+    if run.rank == 0:
+        run.writer = MetricsWriter(run.folder.metrics_path)
+        run.writer.truncate_after("step", run.start)
+
+    run.t0 = time.perf_counter()
+    end, stopped_by_budget = _steps(state, run, loader)
+    if stopped_by_budget and state.window[1] > 0:  # log the steps since the last record
+        c = state.controller  # its factor of step end - 1 (no update since)
+        factor = float(c.multiplier(end - 1)) if c is not None else None
+        _write(run, _record(state, run, end, _window_mean(state, run), state.last_step, factor))
+    elapsed = run.elapsed()
+    state.engine.finalize()  # no-op when the last step synced (it does whenever total_steps is known)
+    summary = _summary(state, run, end, stopped_by_budget, restore is not None, resized_from, elapsed)
+    if not was_finished:
+        _save(state, run, end, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    else:
+        session.report({"step": end})
+    if run.writer is not None:
+        run.writer.close()
+        write_plots(run.folder)
+        run.folder.write_model(state.model.state_dict())
+        run.folder.write_summary(summary)
+    return summary
+
+
+def _open(cfg: TrainConfig, run_dir: str | os.PathLike, session: Session, fault: FaultInjection | None,
+          echo: bool) -> _Run:
+    """Threads, the run folder, the device, the data and the shards, the run's length."""
+    torch.set_num_threads(cfg.threads)
+    if session.world_size != cfg.workers:
+        raise ValueError(f"workers must match the launched world size {session.world_size}, got {cfg.workers}")
+    folder = RunFolder.open(run_dir)
+    device = device_for(session.local_rank)
+    bundle: DataBundle = cfg.data.load(cfg.seed)
+    shards = cfg.data.shards(bundle.targets, session.world_size, cfg.batch_size, cfg.seed)
+    total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
+    return _Run(cfg, session, folder, device, bundle, shards, total, fault=fault, echo=echo)
+
+
+def _build(run: _Run) -> tuple[WorkerState, DataLoader]:
+    """The worker's model, optimizer, schedule x controller, DP (privacy block), sync engine, and its loader."""
     from distsched.control import Controlled
     from distsched.schedules import ScheduledLR
     from distsched.sync import LocalSGD
 
-    torch.set_num_threads(cfg.threads)
-    rank, world = session.rank, session.world_size
-    if world != cfg.workers:
-        raise ValueError(f"workers must match the launched world size {world}, got {cfg.workers}")
-    folder = RunFolder.open(run_dir)
-    device = device_for(session.local_rank)
-
-    bundle: DataBundle = cfg.data.load(cfg.seed)
-    shards = cfg.data.shards(bundle.targets, world, cfg.batch_size, cfg.seed)
-    total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
-
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)  # identical initial replicas
-    model = cfg.model.build(bundle.input_shape, bundle.num_classes).to(device)
+    model = cfg.model.build(run.bundle.input_shape, run.bundle.num_classes).to(run.device)
     # SEAM (control): schedule x controller, read by the optimizer's LR and by the sync rule alike
     controller = build_controller(cfg.controller)
     schedule = build_schedule(cfg.schedule)
     rule, options = build_sync(cfg.sync, warmup_steps=int(getattr(schedule, "warmup_steps", 0)))
     if controller is not None:
         schedule = Controlled(schedule, controller)
-    tr = build_training(cfg, model, bundle.train, shards[rank], rank, float(schedule(0)))
+    tr = build_training(cfg, model, run.bundle.train, run.shards[run.rank], run.rank, float(schedule(0)))
     priv = None  # DP-SGD (privacy block): Opacus optimizer, Poisson batches, accountant, budget guard
     if cfg.privacy is not None:
-        from distsched.privacy import NOT_PRIVATE_METRICS, PerExampleLoss, attach_privacy, run_epsilon
+        from distsched.privacy import attach_privacy
 
         every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
-        priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, bundle.train, shards, rank,
-                                         batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
+        priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, run.bundle.train, run.shards, run.rank,
+                                         batch_size=cfg.batch_size, total_steps=run.total, seed=cfg.seed,
                                          sync_every_step=every_step)
         tr.optimizer, tr.sampler = priv.optimizer, tr.loader.batch_sampler
     optimizer = tr.optimizer
     scheduler = ScheduledLR(optimizer, schedule, multipliers=[1.0] * len(optimizer.param_groups))  # LR = schedule
-    engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=total, **options)
+    engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=run.total, **options)
+    state = WorkerState(model, optimizer, scheduler, engine, tr.sampler, privacy=priv, controller=controller,
+                        world_size=run.world, base_world=run.world, world_lr=cfg.world_lr)
+    return state, tr.loader
 
-    start, elapsed_before, window, finished = 0, 0.0, (0.0, 0), False
-    # (lr, H, sigma) of the last step taken: the stop-at-budget record needs it even when that step ran
-    # before a restart, so it travels in the checkpoint with the loss window it belongs to.
-    last_step: tuple[float | None, int | None, float | None] = (None, None, None)
-    restore = session.restore_dir()
-    base_world, resized_from = world, None
-    if restore is not None:
-        state = ckpt.load_rank_state(restore, rank) if (Path(restore) / ckpt.rank_file(rank)).exists() else None
-        if state is None or int(state["world_size"]) != world:  # resize on resume: average on load
-            from distsched.train.resize import resize_rank_state
 
-            old_world = int(ckpt.read_meta(restore).get("world_size", 1))
-            if priv is not None and priv.mode == "local":
-                raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its "
-                                 f"own {old_world} workers, got {world}")
-            old_shards = cfg.data.shards(bundle.targets, old_world, cfg.batch_size, cfg.seed)
-            states = [ckpt.load_rank_state(restore, r) for r in range(old_world)]
-            state = resize_rank_state(states, world, rank, len(old_shards[0]) // cfg.batch_size,
-                                      len(shards[rank]) // cfg.batch_size)
-            resized_from = old_world
-        base_world = int(state.get("base_world", state["world_size"]))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if controller is not None and state.get("controller") is None:
-            raise ValueError(f"controller: the checkpoint {restore} has no controller state (a run without one)")
-        if controller is None and state.get("controller") is not None:
-            raise ValueError(f"controller: the checkpoint {restore} holds controller state, the config has no "
-                             f"controller block")
-        if controller is not None:  # before the scheduler, whose LR reads the controller
-            controller.load_state_dict(state["controller"])
-        scheduler.load_state_dict(state["scheduler"])
-        engine.load_state_dict(state["engine"])
-        if priv is not None:
-            if not state.get("privacy"):
-                raise ValueError(f"privacy: the checkpoint {restore} has no privacy state (a run without DP)")
-            priv.load_state_dict(state["privacy"])  # the budget already spent: a resumed run cannot reset it
-        tr.sampler.load_state_dict(state["sampler"])
-        if state["rng"] is not None:
-            ckpt.restore_rng(state["rng"])
-        else:  # resized: fresh per-rank randomness, determined by (seed, rank, step)
-            torch.manual_seed(cfg.seed + 1 + rank + 1_000_003 * int(state["step"]))
-        start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        window, finished = tuple(state["window"]), bool(state["finished"])
-        last_step = tuple(state.get("last_step", last_step))
-    else:
-        torch.manual_seed(cfg.seed + 1 + rank)  # per-worker randomness (dropout, augmentation)
-    world_factor = world_lr_factor(cfg.world_lr, world, base_world)  # 1.0 unless resized with a rule
-    _set_lr(optimizer, scheduler.get_last_lr(),
-            world_factor * engine.lr_factor(start) * (priv.lr_factor if priv else 1.0))
+def _restore(state: WorkerState, run: _Run, restore: Path) -> int | None:
+    """Load this rank's checkpoint from ``restore`` (averaged from every old rank's when the run was saved
+    at another number of workers: resize on resume); returns the old number of workers if resized."""
+    cfg, rank, world = run.cfg, run.rank, run.world
+    saved = ckpt.load_rank_state(restore, rank) if (restore / ckpt.rank_file(rank)).exists() else None
+    resized_from = None
+    if saved is None or int(saved["world_size"]) != world:  # resize on resume: average on load
+        from distsched.train.resize import resize_rank_state
 
-    if rank == 0 and bundle.manifest is not None:  # which corpus this run read (file list, content hash)
-        (folder.root / "corpus.json").write_text(json.dumps(bundle.manifest, indent=1), encoding="utf-8")
-    writer = MetricsWriter(folder.metrics_path) if rank == 0 else None
-    if writer is not None:
-        writer.truncate_after("step", start)
+        old_world = int(ckpt.read_meta(restore).get("world_size", 1))
+        if state.privacy is not None and state.privacy.mode == "local":
+            raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its "
+                             f"own {old_world} workers, got {world}")
+        old_shards = cfg.data.shards(run.bundle.targets, old_world, cfg.batch_size, cfg.seed)
+        states = [ckpt.load_rank_state(restore, r) for r in range(old_world)]
+        saved = resize_rank_state(states, world, rank, len(old_shards[0]) // cfg.batch_size,
+                                  len(run.shards[rank]) // cfg.batch_size)
+        resized_from = old_world
+    state.load_state_dict(saved, where=restore)
+    if saved["rng"] is None:  # resized: fresh per-rank randomness, determined by (seed, rank, step)
+        torch.manual_seed(cfg.seed + 1 + rank + 1_000_003 * int(saved["step"]))
+    return resized_from
 
-    def snapshot(step: int, elapsed: float, done: bool) -> dict[str, Any]:
-        return {
-            "step": step, "world_size": world, "base_world": base_world, "finished": done, "elapsed_s": elapsed,
-            "window": window,
-            "last_step": last_step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "engine": engine.state_dict(), "sampler": tr.sampler.state_dict(), "rng": ckpt.capture_rng(),
-            "privacy": priv.state_dict() if priv is not None else None,
-            "controller": controller.state_dict() if controller is not None else None,
-        }
 
-    def save(step: int, elapsed: float, done: bool, metrics: Mapping[str, Any]) -> None:
-        state = snapshot(step, elapsed, done)
-        session.save(step, lambda d: ckpt.save_rank_state(d, rank, state), metrics)
-
-    t0 = time.perf_counter()
+def _steps(state: WorkerState, run: _Run, loader: DataLoader) -> tuple[int, bool]:
+    """Steps ``run.start .. total - 1``; returns ``(end, stopped_by_budget)``: the step count reached, and
+    whether the DP budget stopped the run before ``total``."""
+    cfg, priv, controller, engine = run.cfg, state.privacy, state.controller, state.engine
     last: dict[str, Any] = {}
-    batches = iter(tr.loader)
-    loss_fn = priv.loss_fn(PerExampleLoss(token_cross_entropy)) if priv is not None else token_cross_entropy
-    model.train()
-    end, stopped_by_budget = total, False
-    for t in range(start, total):
-        if fault is not None:
-            fault.maybe_fire(rank, t)
+    batches = iter(loader)
+    loss_fn: Any = token_cross_entropy
+    if priv is not None:  # ghost clipping: Opacus' loss wrapper around the per-example loss
+        from distsched.privacy import PerExampleLoss
+
+        loss_fn = priv.loss_fn(PerExampleLoss(token_cross_entropy))
+    state.model.train()
+    for t in range(run.start, run.total):
+        if run.fault is not None:
+            run.fault.maybe_fire(run.rank, t)
         if priv is not None and not priv.allows_next_step():  # the step would exceed the budget: stop here
-            end, stopped_by_budget = t, True
-            break
-        lr_t = float(optimizer.param_groups[0]["lr"])  # applied: schedule x controller x compensation (x DP)
-        h_t = engine.current_period
+            return t, True
+        lr_t = float(state.optimizer.param_groups[0]["lr"])  # applied (see WorkerState.set_lr)
         factor_t = float(controller.multiplier(t)) if controller is not None else None
-        sigma_t = priv.noise_multiplier if priv is not None else None
-        last_step = (lr_t, h_t, sigma_t)
-        loss = train_step(model, optimizer, next(batches), device, loss_fn)
+        state.last_step = (lr_t, engine.current_period, priv.noise_multiplier if priv is not None else None)
+        loss = train_step(state.model, state.optimizer, next(batches), run.device, loss_fn)
         if priv is not None:
             priv.after_step()
-        window = (window[0] + loss, window[1] + 1)
+        state.window = (state.window[0] + loss, state.window[1] + 1)
         done = t + 1
         mean_loss = None
-        if done % cfg.log_every == 0 or done == total:
-            mean_loss = _mean_over_workers(window[0], window[1], world, device)  # the one loss collective
-            window = (0.0, 0)
+        if done % cfg.log_every == 0 or done == run.total:
+            mean_loss = _window_mean(state, run)  # the one loss collective
             if controller is not None:  # same value on every rank: same decisions, same LR everywhere
                 update_controller(controller, mean_loss, t)
         engine.step(t, loss)  # a new round's H is read from the controlled schedule
-        scheduler.step()
-        _set_lr(optimizer, scheduler.get_last_lr(),
-                world_factor * engine.lr_factor(t + 1) * (priv.lr_factor if priv else 1.0))
+        state.scheduler.step()
+        state.set_lr(t + 1)
         if mean_loss is not None:
-            last = {
-                "step": done, "epoch": tr.sampler.epoch + tr.sampler.batch / tr.sampler.batches_per_epoch,
-                "lr": lr_t, "H": h_t, "loss": mean_loss, "rounds": engine.rounds, "bytes": engine.bytes_sent,
-                "time_s": elapsed_before + time.perf_counter() - t0,
-            }
-            if priv is not None:
-                last.update(epsilon=run_epsilon(priv), sigma=sigma_t, lr_factor=priv.lr_factor,
-                            not_private=list(NOT_PRIVATE_METRICS))
-            if controller is not None:
-                last["controller_factor"] = factor_t
-            if bundle.test is not None and due(done, cfg.eval_every, total):  # a collective: every rank
-                last.update(validate(model, bundle.test, device, rank, world))  # the averaged model
-            if writer is not None:
-                writer.write(last)
-                if echo:
-                    print(
-                        f"step {done}/{total}  lr {lr_t:.4g}  H {h_t}  loss {mean_loss:.4f}  "
-                        f"rounds {engine.rounds}  bytes {engine.bytes_sent}"
-                        + (f"  epsilon {last['epsilon']:.3f}" if "epsilon" in last else "")
-                        + (f"  factor {factor_t:.4g}" if factor_t is not None else ""), flush=True,
-                    )
-        if done % cfg.checkpoint.every == 0 and done < total:
-            save(done, elapsed_before + time.perf_counter() - t0, False, {"step": done, "loss": last.get("loss")})
+            last = _record(state, run, done, mean_loss, state.last_step, factor_t, epoch=_epoch(state.sampler))
+            if run.bundle.test is not None and due(done, cfg.eval_every, run.total):  # a collective: every rank
+                last.update(validate(state.model, run.bundle.test, run.device, run.rank, run.world))  # averaged model
+            _write(run, last, progress=True)
+        if done % cfg.checkpoint.every == 0 and done < run.total:
+            _save(state, run, done, run.elapsed(), False, {"step": done, "loss": last.get("loss")})
+    return run.total, False
 
-    if stopped_by_budget and window[1] > 0:  # log the steps since the last record
-        lr_last, h_last, sigma_last = last_step
-        last = {"step": end, "lr": lr_last, "H": h_last,
-                "loss": _mean_over_workers(window[0], window[1], world, device),
-                "rounds": engine.rounds, "bytes": engine.bytes_sent, "epsilon": run_epsilon(priv), "sigma": sigma_last,
-                "lr_factor": priv.lr_factor, "time_s": elapsed_before + time.perf_counter() - t0,
-                "not_private": list(NOT_PRIVATE_METRICS)}
-        if controller is not None:  # the factor of step end - 1 (no update since)
-            last["controller_factor"] = float(controller.multiplier(end - 1))
-        window = (0.0, 0)
-        if writer is not None:
-            writer.write(last)
-    elapsed = elapsed_before + time.perf_counter() - t0
-    engine.finalize()  # no-op when the last step synced (it does whenever total_steps is known)
-    final_eps = run_epsilon(priv) if priv is not None else None  # collective in local mode: max over workers
-    summary: dict[str, Any] = {}
-    if rank == 0:
-        records = read_metrics(folder.metrics_path)
-        final = records[-1] if records else {}
-        summary = {
-            "name": cfg.name, "workers": world, "total_steps": total, "steps_done": int(final.get("step", start)),
-            "final_loss": final.get("loss"), "sync_rounds": engine.rounds, "bytes_sent": engine.bytes_sent,
-            "bytes_sent_all_workers": engine.bytes_sent * world, "wall_time_s": round(elapsed, 3),
-            "resumed_from_step": start if restore is not None else None, "device": str(device),
-            "resized_from_workers": resized_from,
-            "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
-            "run_dir": str(folder.root),
-        }
-        if priv is not None:
-            summary.update(epsilon=final_eps, delta=priv.delta, privacy_mode=priv.mode, private=not priv.reproducible,
-                           noise_multiplier=float(priv.noise.schedule(0)), stopped_by_budget=stopped_by_budget,
-                           steps_done=end)
-        if bundle.test is not None:
-            summary.update(evaluate(model, bundle.test, device))
-        if bundle.manifest is not None:
-            summary["corpus_sha256"] = bundle.manifest.get("sha256")
-    if not finished:
-        save(end, elapsed, True, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    else:
-        session.report({"step": end})
-    if writer is not None:
-        writer.close()
-        write_plots(folder)
-        folder.write_model(model.state_dict())
-        folder.write_summary(summary)
+
+def _window_mean(state: WorkerState, run: _Run) -> float:
+    """The loss averaged over the workers and the steps since the last record (a collective); empties the window."""
+    mean = _mean_over_workers(state.window[0], state.window[1], run.world, run.device)
+    state.window = (0.0, 0)
+    return mean
+
+
+def _epoch(sampler: Any) -> float:
+    return sampler.epoch + sampler.batch / sampler.batches_per_epoch
+
+
+def _record(state: WorkerState, run: _Run, step: int, loss: float,
+            taken: tuple[float | None, int | None, float | None], factor: float | None,
+            epoch: float | None = None) -> dict[str, Any]:
+    """The metrics record after ``step`` steps: ``taken`` the (lr, H, sigma) of its last step, ``factor``
+    the controller's multiplier then. With DP, ``epsilon`` is a collective in local mode (every rank calls)."""
+    lr, h, sigma = taken
+    record: dict[str, Any] = {"step": step}
+    if epoch is not None:
+        record["epoch"] = epoch
+    record.update(lr=lr, H=h, loss=loss, rounds=state.engine.rounds, bytes=state.engine.bytes_sent,
+                  time_s=run.elapsed())
+    if state.privacy is not None:
+        from distsched.privacy import NOT_PRIVATE_METRICS, run_epsilon
+
+        record.update(epsilon=run_epsilon(state.privacy), sigma=sigma, lr_factor=state.privacy.lr_factor,
+                      not_private=list(NOT_PRIVATE_METRICS))
+    if state.controller is not None:
+        record["controller_factor"] = factor
+    return record
+
+
+def _write(run: _Run, record: dict[str, Any], progress: bool = False) -> None:
+    """Rank 0: append ``record`` to ``metrics.jsonl`` (and, for a ``progress`` record, echo it when asked)."""
+    if run.writer is None:
+        return
+    run.writer.write(record)
+    if run.echo and progress:
+        factor = record.get("controller_factor")
+        print(
+            f"step {record['step']}/{run.total}  lr {record['lr']:.4g}  H {record['H']}  loss {record['loss']:.4f}  "
+            f"rounds {record['rounds']}  bytes {record['bytes']}"
+            + (f"  epsilon {record['epsilon']:.3f}" if "epsilon" in record else "")
+            + (f"  factor {factor:.4g}" if factor is not None else ""), flush=True,
+        )
+
+
+def _save(state: WorkerState, run: _Run, step: int, elapsed: float, done: bool, metrics: Mapping[str, Any]) -> None:
+    """Collective: every worker writes its :class:`WorkerState` after ``step`` steps."""
+    state.step, state.elapsed_s, state.finished = step, elapsed, done
+    saved = state.state_dict()
+    run.session.save(step, lambda d: ckpt.save_rank_state(d, run.rank, saved), metrics)
+
+
+def _summary(state: WorkerState, run: _Run, end: int, stopped_by_budget: bool, resumed: bool,
+             resized_from: int | None, elapsed: float) -> dict[str, Any]:
+    """Rank 0's ``summary.json`` (other ranks: {}); with DP a collective in local mode (epsilon)."""
+    priv, final_eps = state.privacy, None
+    if priv is not None:
+        from distsched.privacy import run_epsilon
+
+        final_eps = run_epsilon(priv)  # collective in local mode: max over workers
+    if run.rank != 0:
+        return {}
+    records = read_metrics(run.folder.metrics_path)
+    final = records[-1] if records else {}
+    engine, world = state.engine, run.world
+    summary: dict[str, Any] = {
+        "name": run.cfg.name, "workers": world, "total_steps": run.total,
+        "steps_done": int(final.get("step", run.start)), "final_loss": final.get("loss"),
+        "sync_rounds": engine.rounds, "bytes_sent": engine.bytes_sent,
+        "bytes_sent_all_workers": engine.bytes_sent * world,
+        "wall_time_s": round(elapsed, 3), "resumed_from_step": run.start if resumed else None,
+        "device": str(run.device), "resized_from_workers": resized_from,
+        "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+        "run_dir": str(run.folder.root),
+    }
+    if priv is not None:
+        summary.update(epsilon=final_eps, delta=priv.delta, privacy_mode=priv.mode, private=not priv.reproducible,
+                       noise_multiplier=float(priv.noise.schedule(0)), stopped_by_budget=stopped_by_budget,
+                       steps_done=end)
+    if run.bundle.test is not None:
+        summary.update(evaluate(state.model, run.bundle.test, run.device))
+    if run.bundle.manifest is not None:
+        summary["corpus_sha256"] = run.bundle.manifest.get("sha256")
     return summary
