@@ -295,13 +295,14 @@ def time_to_target(evals: list[dict[str, float]], target: float) -> float | None
     return None
 
 
-def _mean_sd(xs: list[float], fmt: str) -> str:
-    """``mean`` for one value; ``mean +- sample std [min-max]`` for several."""
+def _mean_sd(xs: list[float], fmt: str, spread: bool = True) -> str:
+    """``mean`` for one value; ``mean +- sample std [min-max]`` for several (no range: ``spread=False``)."""
     mean = sum(xs) / len(xs)
     if len(xs) == 1:
         return format(mean, fmt)
     sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-    return f"{mean:{fmt}} +- {sd:{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+    text = f"{mean:{fmt}} +- {sd:{fmt.lstrip('+')}}"
+    return f"{text} [{min(xs):{fmt}}-{max(xs):{fmt}}]" if spread else text
 
 
 def _to_reference(mine: list[dict[str, Any]], ref: dict[int, dict[str, Any]]) -> tuple[str, str]:
@@ -335,7 +336,7 @@ def paired_gaps(records: list[dict[str, Any]], name: str, ref: str) -> str | Non
             gaps.append(r["final_bpb"] - other[0]["final_bpb"])
     if not gaps:
         return None
-    return f"{_mean_sd(gaps, '+.3f').split(' [')[0]} [{', '.join(f'{g:+.3f}' for g in gaps)}]"
+    return f"{_mean_sd(gaps, '+.3f', spread=False)} [{', '.join(f'{g:+.3f}' for g in gaps)}]"
 
 
 def table(records: list[dict[str, Any]], probes: dict[str, dict[str, float]]) -> str:
