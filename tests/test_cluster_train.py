@@ -131,7 +131,12 @@ def test_interrupted_run_resumes_from_cli(ray_cluster, reference, tmp_path):
     _assert_same_run(folder, ref)
 
 
+@pytest.mark.slow
 def test_finished_run_resumes_as_finished(ray_cluster, reference):
+    """Slow (one more Ray Train launch). Covered fast by the parts: the worker loop (the same under every
+    launcher) resuming a finished run takes no step and keeps its records and results
+    (tests/test_console.py::test_processes_launcher_checks_the_config_once_on_the_driver), and the Ray
+    launcher's ``--resume`` from the CLI (test_interrupted_run_resumes_from_cli)."""
     folder, _ = reference
     before_records = _records(folder)
     before = yaml.safe_load(folder.summary_path.read_text())

@@ -5,6 +5,7 @@ run folder, the launcher's name and the wall-clock times, the two outputs are id
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -68,7 +69,8 @@ def test_processes_launcher_checks_the_config_once_on_the_driver(tmp_path, monke
     """The driver's preflight (data, shards, model, one batch) runs once per command, for a new run and
     for a resume; the workers build their own model. Counted with a user model factory that logs the pid
     of every process that builds it. Before: the driver built it 3 times (the command, the header, and
-    run_processes) for a new run, twice on a resume."""
+    run_processes) for a new run, twice on a resume. The resume is of the finished run: no step is taken,
+    its records and results stay as they were (the worker loop is the Ray launcher's too)."""
     from distsched.cli import main
 
     (tmp_path / "counted_model.py").write_text(_COUNTED_MODEL)
@@ -89,6 +91,11 @@ def test_processes_launcher_checks_the_config_once_on_the_driver(tmp_path, monke
     assert main(["train", str(cfg_path), "--launcher", "processes", "--run-dir", str(run), "--no-progress"]) == 0
     assert builds() == (1, 1)  # (driver, worker)
     assert "steps 4/4  final loss" in capsys.readouterr().out
+    records, before = (run / "metrics.jsonl").read_text(), json.loads((run / "summary.json").read_text())
     assert main(["train", "--resume", str(run), "--launcher", "processes", "--no-progress"]) == 0
     assert builds() == (1, 1)
     assert "steps 4/4  final loss" in capsys.readouterr().out
+    after = json.loads((run / "summary.json").read_text())
+    assert (run / "metrics.jsonl").read_text() == records and after["resumed_from_step"] == 4
+    for key in ("steps_done", "final_loss", "test_accuracy", "test_loss", "sync_rounds", "bytes_sent", "run_dir"):
+        assert after[key] == before[key], key
