@@ -11,12 +11,21 @@ time. The bookkeeping is also timed alone. Target: overhead <= 5%.
     .venv/bin/python benchmarks/privacy_step_time.py          # writes benchmarks/results/privacy_step_time.json
 
 ``--modes``: the clipping modes (``privacy.clipping``: hooks, functorch, ew, ghost, and what auto picks)
-against plain Opacus hooks and non-private training, on the digits MLP and on a small embedding LM
-(vocabulary 2048, context 16, Embedding 64 -> Linear 256 -> Linear 2048, batch 64: the transformer LM of the
-realistic-workload issue does not exist yet). Each contender runs in its own process (one torch thread);
-step time is the median over blocks, peak memory the rise of the process's peak RSS during training.
+against plain Opacus hooks and non-private training, on ``--models``: the digits MLP (``mlp``), a small
+embedding LM (``lm``: vocabulary 2048, context 16, Embedding 64 -> Linear 256 -> Linear 2048) and the ``gpt``
+transformer of ``examples/lm_dp.yaml`` (``gpt``: bytes, context 64, 2 layers, dim 128, 0.47 M parameters; a
+target per position), batch ``--batch`` (64). Each contender runs in its own process (one torch thread);
+step time is the median over blocks. Memory, two ways: the peak of live tensor memory during one step above
+what is live before it (torch's profiler; what ``torch.cuda.max_memory_allocated`` measures on a GPU), and
+the rise of the process's peak RSS during training (also counts the allocator's fragmentation and lazily
+loaded code; coarse at this scale).
 
     .venv/bin/python benchmarks/privacy_step_time.py --modes  # writes benchmarks/results/privacy_clipping_modes.json
+    .venv/bin/python benchmarks/privacy_step_time.py --modes --models gpt --steps 1 --repeats 3
+    .venv/bin/python benchmarks/privacy_step_time.py --modes --models lm,gpt --contenders non-private,opacus-ghost,ghost
+
+``opacus-ghost``: Opacus' own ghost clipping (``make_private(grad_sample_mode="ghost")``), against which
+distsched's ghost optimizer (:mod:`distsched.privacy.ghost`) is measured.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+CONTENDERS = "non-private,opacus-hooks,hooks,functorch,ew,ghost,auto"
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +68,45 @@ def _lm() -> nn.Module:
     return nn.Sequential(nn.Embedding(2048, 64), nn.Flatten(), nn.Linear(16 * 64, 256), nn.ReLU(), nn.Linear(256, 2048))
 
 
+def _gpt() -> nn.Module:
+    from distsched.data.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(256, 64, layers=2, heads=4, dim=128)  # examples/lm_dp.yaml's model: bytes, context 64, 0.47 M
+
+
 def _workload(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     if name == "mlp":
         x, y = _data()
         return _model(), x[:batch], y[:batch]
     g = torch.Generator().manual_seed(0)
+    if name == "gpt":  # next-byte prediction: a target per position
+        return _gpt(), torch.randint(0, 256, (batch, 64), generator=g), torch.randint(0, 256, (batch, 64), generator=g)
     return _lm(), torch.randint(0, 2048, (batch, 16), generator=g), torch.randint(0, 2048, (batch,), generator=g)
+
+
+def _peak_tensor_mib(model, opt, loss_fn, x, y) -> float:
+    """Peak of live tensor memory torch allocates during one step, above what is live before it (torch's CPU
+    allocator as its profiler records it; on a GPU, ``torch.cuda.max_memory_allocated`` measures the same)."""
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    opt.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss_fn(model(x), y).backward()
+        opt.step()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text())["traceEvents"]
+    finally:
+        os.unlink(path)
+    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
+    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]
+    return (max(m["Total Allocated"] for m in mem) - start) / 2**20
 
 
 def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) -> dict:
@@ -73,16 +116,22 @@ def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) 
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distsched.privacy import private_training
+    from distsched.data import token_cross_entropy
+    from distsched.privacy import PerExampleLoss, private_training
 
     model, x, y = _workload(model_name, batch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn: nn.Module = PerExampleLoss(token_cross_entropy)  # the mean over every target, as the training loop
     mode = contender
     if contender == "opacus-hooks":
         model, opt, _ = PrivacyEngine(accountant="rdp").make_private(
             module=model, optimizer=opt, data_loader=DataLoader(TensorDataset(x, y), batch_size=batch),
             noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False)
+    elif contender == "opacus-ghost":  # Opacus' own ghost clipping (PrivacyEngine, grad_sample_mode="ghost")
+        model, opt, loss_fn, _ = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=opt, data_loader=DataLoader(TensorDataset(x, y), batch_size=batch),
+            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode="ghost",
+            criterion=loss_fn)
     elif contender != "non-private":
         pt = private_training(model, opt, sample_rate=0.01, expected_batch_size=batch, max_grad_norm=1.0,
                               delta=1e-5, noise=1.0, noise_seed=0, clipping=contender)
@@ -100,8 +149,9 @@ def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) 
     block()
     times = [block() for _ in range(repeats)]
     rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    peak = _peak_tensor_mib(model, opt, loss_fn, x, y)
     return {"model": model_name, "contender": contender, "mode": mode, "ms_per_step": statistics.median(times) * 1e3,
-            "peak_rss_rise_mib": rise, "batch": batch}
+            "peak_rss_rise_mib": rise, "peak_tensor_mib": peak, "batch": batch}
 
 
 def modes_main(args: argparse.Namespace) -> None:
@@ -109,22 +159,30 @@ def modes_main(args: argparse.Namespace) -> None:
     import sys
 
     rows = []
-    for model_name in ("mlp", "lm"):
-        for contender in ("non-private", "opacus-hooks", "hooks", "functorch", "ew", "ghost", "auto"):
+    models = args.models.split(",")
+    for model_name in models:
+        for contender in args.contenders.split(","):
             cmd = [sys.executable, __file__, "--one", model_name, contender, "--steps", str(args.steps),
                    "--repeats", str(args.repeats), "--batch", str(args.batch)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  {model_name} {contender}: {rows[-1]['ms_per_step']:.1f} ms/step", file=sys.stderr, flush=True)
     print(f"{'model':<5} {'contender':<13} {'mode':<10} {'ms/step':>9} {'vs Opacus':>10} {'vs non-private':>15} "
-          f"{'peak RSS rise MiB':>18}")
+          f"{'peak tensor MiB':>16} {'vs non-private':>15} {'RSS rise MiB':>13} {'vs non-private':>15}")
     for r in rows:
-        ref = next(o for o in rows if o["model"] == r["model"] and o["contender"] == "opacus-hooks")
+        ref = next((o for o in rows if o["model"] == r["model"] and o["contender"] == "opacus-hooks"), r)
         base = next(o for o in rows if o["model"] == r["model"] and o["contender"] == "non-private")
-        r["vs_opacus_hooks"] = r["ms_per_step"] / ref["ms_per_step"]
+        r["vs_opacus_hooks"] = r["ms_per_step"] / ref["ms_per_step"]  # 1.0 when Opacus hooks did not run
         r["vs_non_private"] = r["ms_per_step"] / base["ms_per_step"]
+        r["tensor_vs_non_private"] = r["peak_tensor_mib"] / base["peak_tensor_mib"]
+        r["rss_vs_non_private"] = r["peak_rss_rise_mib"] / base["peak_rss_rise_mib"]
         print(f"{r['model']:<5} {r['contender']:<13} {r['mode']:<10} {r['ms_per_step']:>9.3f} "
-              f"{r['vs_opacus_hooks']:>9.2f}x {r['vs_non_private']:>14.2f}x {r['peak_rss_rise_mib']:>18.1f}")
-    out = Path(args.out).with_name("privacy_clipping_modes.json")
+              f"{r['vs_opacus_hooks']:>9.2f}x {r['vs_non_private']:>14.2f}x {r['peak_tensor_mib']:>16.2f} "
+              f"{r['tensor_vs_non_private']:>14.2f}x {r['peak_rss_rise_mib']:>13.1f} {r['rss_vs_non_private']:>14.2f}x")
+    tag = "" if models == ["mlp", "lm"] and args.contenders == CONTENDERS else "_" + "_".join(models)
+    if args.contenders != CONTENDERS:
+        tag += "_" + "_".join(c.replace("-", "") for c in args.contenders.split(","))
+    out = Path(args.out).with_name(f"privacy_clipping_modes{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "steps": args.steps, "repeats": args.repeats, "batch": args.batch}, indent=2))
@@ -139,6 +197,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "privacy_step_time.json"))
     ap.add_argument("--modes", action="store_true", help="compare the clipping modes (see the module docstring)")
     ap.add_argument("--batch", type=int, default=64, help="--modes: batch size")
+    ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt")
+    ap.add_argument("--contenders", default=CONTENDERS, help="--modes: comma-separated, of " + CONTENDERS
+                    + ",opacus-ghost (non-private is needed for the ratios)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
