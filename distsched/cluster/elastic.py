@@ -24,7 +24,7 @@ group from its AutoscalingCoordinator's view of the nodes' *total* resources, re
 (``TICK_INTERVAL_S``), so on one node a lost worker always comes back at the old size whatever others
 hold, and its resize kills the running group (the steps since the last checkpoint are lost). Tried on a
 two-node loopback cluster (``ray.cluster_utils.Cluster``, token auth on), its first group started at 1 of 2
-workers and its resource requests timed out (``GetTimeoutError``) while the driver was idle.
+workers, and in a second try its resource requests to the coordinator timed out (``GetTimeoutError``, 5 s).
 """
 
 from __future__ import annotations
