@@ -373,11 +373,7 @@ def private_training(
     check_choice("mode", mode, MODES)
     q = check_sample_rate(sample_rate)
     check_positive("expected_batch_size", expected_batch_size)
-    per_layer = not isinstance(max_grad_norm, (int, float))
-    if per_layer:
-        max_grad_norm = per_layer_norms(opacus_params(optimizer), 0.0, list(max_grad_norm))  # type: ignore[arg-type]
-    else:
-        check_positive("max_grad_norm", max_grad_norm)  # type: ignore[arg-type]
+    max_grad_norm, per_layer = _thresholds(optimizer, max_grad_norm)
     check_delta(delta)
     check_model(model)
     schedule = noise if isinstance(noise, NoiseSchedule) else ConstantNoise(check_positive("noise_multiplier", noise))
@@ -390,39 +386,8 @@ def private_training(
     generator = noise_generator(device, seed)  # Opacus draws the noise on the params' device
     opts = {"noise_multiplier": schedule(0), "max_grad_norm": max_grad_norm,
             "expected_batch_size": expected_batch_size, "generator": generator, "secure_mode": not reproducible}
-    if per_layer:  # Opacus' per-layer optimizers: hooks, functorch, ew (group: hooks, ew); auto -> hooks
-        clip = check_per_layer(clipping, mode)
-    elif clipping == "auto" and mode == "group":  # no ghost clipping across workers
-        clip = "hooks" if supports(model, "hooks") else "functorch"
-    else:
-        clip = resolve_clipping(model, clipping)
-    if clip == "ghost" and mode == "group":
-        raise ValueError("clipping 'ghost' is not available in group mode; use hooks, functorch or auto")
-    inner: nn.Module = model
-    if mode == "group":
-        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-
-        inner = DPDDP(model)  # DPDDP broadcasts rank 0's parameters
-    gsm: nn.Module
-    if clip == "ghost":
-        from distsched.privacy.ghost import GhostDPOptimizer  # Opacus' ghost optimizer, less two copies
-
-        gsm = GradSampleModuleFastGradientClipping(inner, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-        dp_opt: DPOptimizer = GhostDPOptimizer(optimizer, **opts)
-    else:
-        if clip == "ew":
-            from opacus.grad_sample import GradSampleModuleExpandedWeights
-
-            gsm = GradSampleModuleExpandedWeights(inner)
-        else:
-            gsm = GradSampleModule(inner, force_functorch=clip == "functorch")
-        if per_layer:  # max_grad_norm: the list of C_i; the optimizer's max_grad_norm is sqrt(sum C_i^2)
-            from opacus.optimizers import DPPerLayerOptimizer, SimpleDistributedPerLayerOptimizer
-
-            cls = SimpleDistributedPerLayerOptimizer if mode == "group" else DPPerLayerOptimizer
-            dp_opt = cls(optimizer, **opts)
-        else:
-            dp_opt = DistributedDPOptimizer(optimizer, **opts) if mode == "group" else DPOptimizer(optimizer, **opts)
+    clip = _clipping_mode(model, clipping, mode, per_layer)
+    gsm, dp_opt = _wrap(model, optimizer, clip, mode, max_grad_norm, opts, per_layer)
     acc = Accountant(accountant, eps_error=eps_error)
     dp_opt.attach_step_hook(acc.optimizer_hook(q))
     guard = BudgetGuard(target_epsilon, delta, acc) if target_epsilon is not None else None
@@ -437,6 +402,63 @@ def private_training(
     )
     _guard_step(training)
     return training
+
+
+def _thresholds(optimizer: torch.optim.Optimizer, max_grad_norm: float | Sequence[float]) -> tuple[Any, bool]:
+    """``(C, False)`` for a flat threshold, or ``([C_i], True)`` checked against the optimizer's tensors."""
+    if isinstance(max_grad_norm, (int, float)):
+        check_positive("max_grad_norm", max_grad_norm)
+        return max_grad_norm, False
+    return per_layer_norms(opacus_params(optimizer), 0.0, list(max_grad_norm)), True
+
+
+def _clipping_mode(model: nn.Module, clipping: str, mode: str, per_layer: bool) -> str:
+    """The per-example clipping mode to use: per-layer clipping takes Opacus' per-layer optimizers' modes (hooks,
+    functorch, ew; group: hooks, ew; auto -> hooks); ``auto`` in ``group`` mode skips ghost (hooks, else
+    functorch); ghost in ``group`` mode is refused."""
+    if per_layer:
+        clip = check_per_layer(clipping, mode)
+    elif clipping == "auto" and mode == "group":  # no ghost clipping across workers
+        clip = "hooks" if supports(model, "hooks") else "functorch"
+    else:
+        clip = resolve_clipping(model, clipping)
+    if clip == "ghost" and mode == "group":
+        raise ValueError("clipping 'ghost' is not available in group mode; use hooks, functorch or auto")
+    return clip
+
+
+def _wrap(model: nn.Module, optimizer: torch.optim.Optimizer, clip: str, mode: str, max_grad_norm: Any,
+          opts: dict[str, Any], per_layer: bool) -> tuple[nn.Module, DPOptimizer]:
+    """Opacus' per-example gradient module of kind ``clip`` (around DPDDP in ``group`` mode) and its DP optimizer."""
+    inner: nn.Module = model
+    if mode == "group":
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        inner = DPDDP(model)  # DPDDP broadcasts rank 0's parameters
+    gsm: nn.Module
+    if clip == "ghost":
+        from distsched.privacy.ghost import GhostDPOptimizer  # Opacus' ghost optimizer, less two copies
+
+        gsm = GradSampleModuleFastGradientClipping(inner, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        return gsm, GhostDPOptimizer(optimizer, **opts)
+    if clip == "ew":
+        from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+        gsm = GradSampleModuleExpandedWeights(inner)
+    else:
+        gsm = GradSampleModule(inner, force_functorch=clip == "functorch")
+    return gsm, _dp_optimizer(optimizer, mode, opts, per_layer)
+
+
+def _dp_optimizer(optimizer: torch.optim.Optimizer, mode: str, opts: dict[str, Any], per_layer: bool) -> DPOptimizer:
+    """Opacus' DP optimizer over per-example gradients: per-layer (``max_grad_norm`` the list of ``C_i``; the
+    optimizer's is ``sqrt(sum C_i^2)``) or flat; the distributed one in ``group`` mode."""
+    if per_layer:
+        from opacus.optimizers import DPPerLayerOptimizer, SimpleDistributedPerLayerOptimizer
+
+        cls = SimpleDistributedPerLayerOptimizer if mode == "group" else DPPerLayerOptimizer
+        return cls(optimizer, **opts)
+    return DistributedDPOptimizer(optimizer, **opts) if mode == "group" else DPOptimizer(optimizer, **opts)
 
 
 def _guard_step(training: PrivateTraining) -> None:

@@ -182,6 +182,33 @@ def _world(group: Any) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def _checked_args(model: Any, rule: Any, schedule: Any, optimizer: Any, average_momentum: bool,
+                  lr_compensation: LRCompensation | tuple[int, float] | None, total_steps: int | None,
+                  bucket_bytes: int, outer_optimizer: Any) -> tuple[LRCompensation | None, int | None]:
+    """:class:`LocalSGD`'s arguments checked (one ``ValueError`` naming the argument); returns
+    ``(lr_compensation, total_steps)`` normalized."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(getattr(rule, "next_period", None)):
+        raise ValueError(f"rule must have next_period(step, lr, loss, total_steps), got {type(rule).__name__}")
+    if getattr(rule, "uses_lr", True) and schedule is None:
+        raise ValueError(f"schedule must be given for rule {type(rule).__name__}, which reads the LR; got None")
+    if schedule is not None and not callable(schedule):
+        raise ValueError(f"schedule must be callable step -> lr, got {type(schedule).__name__}")
+    if average_momentum and optimizer is None:
+        raise ValueError("optimizer must be given when average_momentum=True, got None")
+    if total_steps is not None:
+        total_steps = check_int("total_steps", total_steps, 1)
+    check_int("bucket_bytes", bucket_bytes, 1)
+    if isinstance(lr_compensation, tuple):
+        lr_compensation = LRCompensation(*lr_compensation)
+    if lr_compensation is not None and not isinstance(lr_compensation, LRCompensation):
+        raise ValueError(f"lr_compensation must be LRCompensation, (h_ref, power) or None, got {lr_compensation!r}")
+    if outer_optimizer is not None and not callable(outer_optimizer):
+        raise ValueError(f"outer_optimizer must be callable params -> Optimizer, got {outer_optimizer!r}")
+    return lr_compensation, total_steps
+
+
 class LocalSGD:
     """Average ``model`` across the workers of ``group`` when ``rule`` says so.
 
@@ -245,23 +272,8 @@ class LocalSGD:
         delay: int = 0,
         mix: float = 0.0,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(getattr(rule, "next_period", None)):
-            raise ValueError(f"rule must have next_period(step, lr, loss, total_steps), got {type(rule).__name__}")
-        if getattr(rule, "uses_lr", True) and schedule is None:
-            raise ValueError(f"schedule must be given for rule {type(rule).__name__}, which reads the LR; got None")
-        if schedule is not None and not callable(schedule):
-            raise ValueError(f"schedule must be callable step -> lr, got {type(schedule).__name__}")
-        if average_momentum and optimizer is None:
-            raise ValueError("optimizer must be given when average_momentum=True, got None")
-        if total_steps is not None:
-            total_steps = check_int("total_steps", total_steps, 1)
-        check_int("bucket_bytes", bucket_bytes, 1)
-        if isinstance(lr_compensation, tuple):
-            lr_compensation = LRCompensation(*lr_compensation)
-        if lr_compensation is not None and not isinstance(lr_compensation, LRCompensation):
-            raise ValueError(f"lr_compensation must be LRCompensation, (h_ref, power) or None, got {lr_compensation!r}")
+        lr_compensation, total_steps = _checked_args(model, rule, schedule, optimizer, average_momentum,
+                                                     lr_compensation, total_steps, bucket_bytes, outer_optimizer)
         self.fragments = check_int("fragments", fragments, 1)
         self.codec = compression if isinstance(compression, LRCompression) else make_codec(compression)
         if isinstance(self.codec, LRCompression) and schedule is None:
@@ -285,12 +297,17 @@ class LocalSGD:
         # full precision, blocking: the flat buffers are all_reduced in place (the plain engine)
         self._inplace = self.world_size == 1 or (self.codec is None and self.delay == 0)
 
-        F = self.fragments
-        self._frag_of = assign_fragments(model, F)
-        used = set(self._frag_of.values())
-        if F > 1 and len(used) < F:
-            raise ValueError(f"fragments must be <= the number of modules with parameters, got {F}")
+        self._frag_of = assign_fragments(model, self.fragments)
+        if self.fragments > 1 and len(set(self._frag_of.values())) < self.fragments:
+            raise ValueError(f"fragments must be <= the number of modules with parameters, got {self.fragments}")
+        self._init_counters()
+        self._init_buffers(broadcast_init)
+        self._init_outer(outer_optimizer)
+        self._start(0)
 
+    def _init_counters(self) -> None:
+        """Counters, the round in progress and the per-fragment bookkeeping, as before any step."""
+        F = self.fragments
         self.rounds = 0
         self.fragment_syncs = 0
         self.bytes_sent = 0
@@ -313,28 +330,31 @@ class LocalSGD:
         self._signature: list[list[tuple]] = [[] for _ in range(F)]
         self._loss_bucket: list[int | None] = [None] * F
 
-        for f in range(F):
+    def _init_buffers(self, broadcast_init: bool) -> None:
+        """The flat buffers of every fragment; rank 0's values broadcast (``broadcast_init``); the
+        compressed modes' anchors."""
+        for f in range(self.fragments):
             self._build(f, self._collect(f))
         if broadcast_init and self.world_size > 1:
-            for f in range(F):
+            for f in range(self.fragments):
                 for b in self._buckets[f]:
                     dist.broadcast(b.flat, src=self._global_rank0(), group=self.group)
         if not self._inplace and self.codec is not None:
             self._init_anchors(averaged=not broadcast_init)
 
-        self._anchors: list[list[torch.Tensor]] = [[] for _ in range(F)]
+    def _init_outer(self, outer_optimizer: OuterFactory | None) -> None:
+        """DiLoCo: per fragment, the global model's copy and its outer optimizer (none: plain averaging)."""
+        self._anchors: list[list[torch.Tensor]] = [[] for _ in range(self.fragments)]
         self.outer_optimizers: list[torch.optim.Optimizer] = []
         self._outer_factory = outer_optimizer
-        if outer_optimizer is not None:
-            if not callable(outer_optimizer):
-                raise ValueError(f"outer_optimizer must be callable params -> Optimizer, got {outer_optimizer!r}")
-            for f in range(F):
-                self._anchors[f] = [p.detach().clone() for p in self._outer_params(f)]
-                opt = outer_optimizer(self._anchors[f])
-                if not isinstance(opt, torch.optim.Optimizer):
-                    raise ValueError(f"outer_optimizer must return a torch Optimizer, got {type(opt).__name__}")
-                self.outer_optimizers.append(opt)
-        self._start(0)
+        if outer_optimizer is None:
+            return
+        for f in range(self.fragments):
+            self._anchors[f] = [p.detach().clone() for p in self._outer_params(f)]
+            opt = outer_optimizer(self._anchors[f])
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise ValueError(f"outer_optimizer must return a torch Optimizer, got {type(opt).__name__}")
+            self.outer_optimizers.append(opt)
 
     # ------------------------------------------------------------------ public API
     @property
