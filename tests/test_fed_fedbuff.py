@@ -159,3 +159,18 @@ def test_fedbuff_accuracy_is_comparable_to_fedavg_on_digits(tmp_path):
     assert sum(h.trained for h in fedavg.history) == sum(h.trained for h in fedbuff.history) == 600
     assert acc[1] >= acc[0] - 0.05, acc
     assert fedbuff.sim_time < fedavg.sim_time / 2  # nobody waits for the slowest of a cohort
+
+
+@pytest.mark.slow
+def test_fedbuff_on_ray_actors_equals_in_process(ray_cluster, tmp_path):
+    """Each version's launches are chunks like a synchronous round's: two Ray actors give the in-process run."""
+    from distsched.cluster import ray_executor
+
+    cfg = _config(rounds=4, num_actors=2, chunks_per_round=None,
+                  sampling={"cohort_size": 8, "speed_sigma": 0.6, "jitter_sigma": 0.3},
+                  strategy={"name": "fedbuff", "params": {"buffer_size": 3}})
+    local = Simulation(fed_config(cfg))
+    local.run(out_dir=tmp_path, progress=False, plots=False)
+    ray = Simulation(fed_config(cfg))
+    ray.run(out_dir=tmp_path, progress=False, plots=False, executor=ray_executor())
+    assert torch.equal(local.params, ray.params) and _rows(local) == _rows(ray)

@@ -1,9 +1,11 @@
 """Checkpoints of a simulation: everything a resumed run needs to continue bit for bit.
 
-Global model, server optimizer (strategy) state, DP clipping norm and accountant/guard history,
-the number of completed rounds and the seed. All randomness of a round (cohort, dropout, jitter,
+Global model, server optimizer (strategy) state (with DP: the inner strategy's, the clipping norm and the
+accountant/guard history), FedBuff's event queue (clients in flight, their trained updates, simulated
+time), the number of completed rounds and the seed. All randomness of a round (cohort, dropout, jitter,
 client batches, DP noise) is drawn from generators seeded by ``(seed, round, stream)``, so the
-seed and the round *are* the RNG state; nothing else carries over between rounds.
+seed and the round *are* the RNG state (FedBuff's launches draw from ``(seed, wave)``, the wave in its
+queue's state).
 
 ``round_NNNNNN.pt`` is written atomically (temporary name, fsync, rename) with tensors and plain
 types only, and loaded with ``torch.load(weights_only=True)``; its SHA-256 is in
