@@ -1,6 +1,8 @@
-"""The simulator on the real Ray fixture: aggregation against a direct weighted mean, 1 vs 2 actors,
-the in-process executor against Ray bit for bit, resume, a real actor kill, DP-FedAvg accounting
-against Opacus, the budget guard, and the CLI."""
+"""The simulator on the real Ray fixture: 1 vs 2 actors, the in-process executor against Ray bit for
+bit, a real actor death mid-chunk (and a kill, slow), DP-FedAvg accounting against Opacus, and the CLI.
+What does not depend on the executor (aggregation against a direct weighted mean, one chunk against
+four, resume, the budget guard) runs on the in-process executor, which equals Ray bit for bit
+(test_in_process_executor_equals_ray_bit_for_bit)."""
 
 from __future__ import annotations
 
@@ -65,12 +67,12 @@ def reference_run(ray_cluster, tmp_path_factory):
     return sim, summary
 
 
-def test_one_round_equals_direct_weighted_mean(ray_cluster, tmp_path):
+def test_one_round_equals_direct_weighted_mean(tmp_path):
     cfg = _config(rounds=1, strategy={"name": "fedavg"}, sampling={"cohort_size": 7})
     cfg["client"] = {**cfg["client"], "local_work_rule": "constant"}
     sim = Simulation(cfg)
     start = sim.params.clone()
-    sim.run(executor=RAY, out_dir=tmp_path, progress=False, plots=False)
+    sim.run(out_dir=tmp_path, progress=False, plots=False)  # in-process: the aggregation is the executor's caller's
     # reference: every sampled client trained here, in-process, and averaged by sample counts
     cohort = sim.sampler.sample(0).sampled
     x, y = torch.as_tensor(sim.data.x_train), torch.as_tensor(sim.data.y_train)
@@ -94,10 +96,11 @@ def test_actor_count_does_not_change_the_result(reference_run, tmp_path):
     one = Simulation(_config(num_actors=1))
     one.run(executor=RAY, out_dir=tmp_path / "a", progress=False, plots=False)
     assert torch.equal(one.params, ref.params)
-    # one chunk instead of four: float64 sums grouped differently (~1e-16 relative), then cast to
-    # float32 and stepped by FedAdam; equal to float32 rounding
+    # one chunk instead of four (in-process: chunking, not the executor, groups the sums): float64 sums
+    # grouped differently (~1e-16 relative), then cast to float32 and stepped by FedAdam; equal to
+    # float32 rounding
     single = Simulation(_config(num_actors=1, chunks_per_round=None))
-    single.run(executor=RAY, out_dir=tmp_path / "b", progress=False, plots=False)
+    single.run(out_dir=tmp_path / "b", progress=False, plots=False)
     assert torch.allclose(single.params, ref.params, atol=1e-6, rtol=0)
 
 
@@ -113,15 +116,12 @@ def test_in_process_executor_equals_ray_bit_for_bit(reference_run, tmp_path):
 
 def test_resume_gives_identical_results(reference_run, tmp_path):
     ref, ref_summary = reference_run
-    first = Simulation(_config())
-    first.run(
-        executor=RAY,
-        out_dir=tmp_path, progress=False, plots=False, stop_after=5
-    )  # "crashes" after round 5, last checkpoint at 4
+    first = Simulation(_config())  # in-process, against the Ray reference
+    first.run(out_dir=tmp_path, progress=False, plots=False, stop_after=5)  # "crashes" after round 5 (checkpoint at 4)
     run_dir = first.folder.root
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000002.pt", "round_000004.pt"]
     resumed = Simulation(_config())
-    summary = resumed.run(executor=RAY, resume=run_dir, progress=False, plots=False)
+    summary = resumed.run(resume=run_dir, progress=False, plots=False)
     assert resumed.round == 6
     assert torch.equal(resumed.params, ref.params)
     assert _rows(run_dir) == _rows(ref_summary["run_dir"])
@@ -129,7 +129,11 @@ def test_resume_gives_identical_results(reference_run, tmp_path):
     assert summary["final_test_acc"] == ref_summary["final_test_acc"]
 
 
+@pytest.mark.slow
 def test_killed_actor_is_replaced_and_round_completes(reference_run, tmp_path):
+    """Slow (a whole 6-round run on a fresh pool); test_actor_dying_mid_chunk_changes_nothing covers the
+    same property fast: a dead actor's chunks re-run on a replacement, the failures are counted in the
+    metrics, and the rounds (records and parameters) equal the uninterrupted run's."""
     import ray
 
     ref, ref_summary = reference_run
@@ -197,6 +201,10 @@ def test_actor_dying_mid_chunk_changes_nothing(reference_run, tmp_path):
     assert not marker.exists() and summary["actor_failures"] >= 1
     expected = torch.load(Path(ref_summary["run_dir"]) / "checkpoints" / "round_000002.pt", weights_only=False)
     assert torch.equal(sim.params, expected["params"])
+    rows = _rows(summary["run_dir"])
+    assert sum(r["actor_failures"] for r in rows) == summary["actor_failures"]  # counted in the round's record
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "actor_failures"} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(_rows(ref_summary["run_dir"])[:2])
 
 
 def test_run_folder_and_participation(reference_run):
@@ -246,7 +254,7 @@ def test_dp_fedavg_epsilon_matches_opacus(ray_cluster, tmp_path):
     assert (Path(summary["run_dir"]) / "plots" / "epsilon.png").exists()
 
 
-def test_budget_guard_stops_before_exceeding(ray_cluster, tmp_path):
+def test_budget_guard_stops_before_exceeding(tmp_path):
     from opacus.accountants import RDPAccountant
 
     def eps(rounds):
@@ -257,7 +265,7 @@ def test_budget_guard_stops_before_exceeding(ray_cluster, tmp_path):
     target = (eps(2) + eps(3)) / 2  # allows 2 rounds, not 3
     cfg = _dp_config(rounds=10)
     cfg["dp"] = {**cfg["dp"], "target_epsilon": target}
-    summary = Simulation(cfg).run(executor=RAY, out_dir=tmp_path, progress=False, plots=False)
+    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False, plots=False)  # in-process
     assert summary["stop_reason"] == "privacy budget" and summary["rounds"] == 2
     assert summary["epsilon"] <= target
 
