@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,10 +64,16 @@ print(int(ray.cluster_resources()["CPU"]), flush=True)
 
 @pytest.mark.slow
 def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
+    """The embedded default starts its own cluster even with RAY_ADDRESS set and a cluster recorded by
+    ``ray start`` (``$RAY_TMPDIR/ray/ray_current_cluster``; before, ``ray.init()`` joined that one, or
+    failed with "When connecting to an existing cluster, num_cpus ... must not be provided")."""
     home = tmp_path / "home"
     home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="dsr", dir="/tmp"))  # short: Ray's socket paths must fit
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(home, RAY_ADDRESS="127.0.0.1:1"))
+                              text=True, env=_env(home, RAY_ADDRESS="127.0.0.1:1", RAY_TMPDIR=str(ray_tmp)))
     try:
         address = driver.stdout.readline().strip()
         assert address.startswith("127.0.0.1:"), driver.stderr.read()[-3000:] if not address else address
@@ -74,7 +82,7 @@ def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
 
         # a second driver joins with the token file alone (no RAY_AUTH_MODE in its environment)
         joined = subprocess.run([sys.executable, "-c", _JOIN, address], capture_output=True, text=True,
-                                env=_env(home), timeout=300)
+                                env=_env(home, RAY_TMPDIR=str(ray_tmp)), timeout=300)
         assert joined.returncode == 0 and joined.stdout.strip() == "1", joined.stderr[-3000:]
 
         time.sleep(3)  # let Ray start its agents
@@ -87,3 +95,4 @@ def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
     while alive(cluster) and time.monotonic() < deadline:
         time.sleep(0.25)
     assert not alive(cluster), [Path(f"/proc/{p}/cmdline").read_text()[:80] for p in alive(cluster)]
+    shutil.rmtree(ray_tmp, ignore_errors=True)

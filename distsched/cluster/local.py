@@ -13,7 +13,8 @@ Joining: Ray enables token authentication for an explicit address only when ``RA
 is set; :func:`connect` sets it whenever a token is at hand (``token_file``, ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, Ray's own variables and default path), and checks
 first that ``HOST:PORT`` answers (one line in seconds instead of minutes of retries). The embedded
-default ignores ``RAY_ADDRESS`` (saying so in one line): only an explicit address joins a cluster.
+default ignores ``RAY_ADDRESS`` (saying so in one line) and the cluster that ``ray start`` recorded in
+``<tmp>/ray/ray_current_cluster`` (``ray.init(address="local")``): only an explicit address joins a cluster.
 The token file is kept at mode 0600. A watchdog process (:mod:`distsched.cluster.watchdog`) stops
 the embedded cluster if the driver dies without shutting it down.
 """
@@ -94,6 +95,7 @@ def connect(
         # Token authentication stays on (Ray's default); only its start-up notice that it is on is muted.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ctx = ray.init(
+            address="local",  # a new cluster, even when `ray start` left one recorded on this machine
             num_cpus=cpus,
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
