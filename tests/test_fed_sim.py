@@ -1,8 +1,8 @@
 """The simulator on the real Ray fixture: 1 vs 2 actors, the in-process executor against Ray bit for
-bit, a real actor death mid-chunk (and a kill, slow), DP-FedAvg accounting against Opacus, and the CLI.
-What does not depend on the executor (aggregation against a direct weighted mean, one chunk against
-four, resume, the budget guard) runs on the in-process executor, which equals Ray bit for bit
-(test_in_process_executor_equals_ray_bit_for_bit)."""
+bit, a real actor death mid-chunk (and a kill, slow), and the CLI. What does not depend on the executor
+(aggregation against a direct weighted mean, one chunk against four, resume, DP-FedAvg accounting
+against Opacus, the budget guard) runs on the in-process executor, which runs the same client code and
+equals Ray bit for bit (test_in_process_executor_equals_ray_bit_for_bit)."""
 
 from __future__ import annotations
 
@@ -236,13 +236,13 @@ def _dp_config(**over):
     return cfg
 
 
-def test_dp_fedavg_epsilon_matches_opacus(ray_cluster, tmp_path):
+def test_dp_fedavg_epsilon_matches_opacus(tmp_path):
     from opacus.accountants import RDPAccountant
 
     cfg = _dp_config()
     del cfg["dp"]["noise_multiplier"]
     cfg["dp"]["target_epsilon"] = 6.0  # the noise multiplier is planned to spend 6.0 in the 4 rounds
-    summary = Simulation(cfg).run(executor=RAY, out_dir=tmp_path, progress=False)
+    summary = Simulation(cfg).run(out_dir=tmp_path, progress=False)  # in-process: the accounting is the server's
     assert summary["rounds"] == 4 and summary["stop_reason"] == "rounds"
     acc = RDPAccountant()
     acc.history = [(summary["noise_multiplier"], 20 / 200, 4)]
