@@ -99,6 +99,7 @@ def build(
     *,
     exclude: Sequence[str] = (),
     fixed: Sequence[str] = (),
+    at: str | None = None,
 ) -> T:
     """The block ``spec = {name: <registry key>, <parameters>}`` built as ``registry[name](**parameters)``.
 
@@ -106,8 +107,10 @@ def build(
     mapping, no ``name``, an unknown name, an unknown or missing parameter, a flag that is not
     true/false, and the constructor's own ``ValueError`` (prefixed ``where.``). ``exclude``: keys of
     the block that are not the constructor's (read by the caller); ``fixed``: constructor parameters
-    the config may not set.
+    the config may not set; ``at``: where the parameters sit when not beside ``name`` (errors then name
+    ``<at>.<key>``, e.g. ``strategy.params.mu``).
     """
+    at = at or where
     known = ", ".join(sorted(registry))
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where} must be a mapping with a 'name' key (one of: {known}), got {spec!r}")
@@ -123,17 +126,18 @@ def build(
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         allowed = ", ".join(sorted([*params, *exclude]))
-        raise ValueError(f"unknown key {where}.{unknown[0]} for {where} {name!r} (allowed: {allowed})")
+        raise ValueError(f"unknown key {at}.{unknown[0]} for {where} {name!r} (allowed: {allowed})")
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
     if missing:
-        raise ValueError(f"missing required key {where}.{missing[0]} for {where} {name!r}")
+        raise ValueError(f"missing required key {at}.{missing[0]} for {where} {name!r}")
     for k, v in kwargs.items():
         if isinstance(params[k].default, bool) and not isinstance(v, bool):
-            raise ValueError(f"{where}.{k}: expected true or false, got {v!r}")
+            raise ValueError(f"{at}.{k}: expected true or false, got {v!r}")
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}.{exc}") from None
+        msg = str(exc)  # a constructor that already names the key keeps its message
+        raise ValueError(msg if msg.startswith(f"{at}.") else f"{at}.{msg}") from None
 
 
 def _type_name(tp: Any) -> str:

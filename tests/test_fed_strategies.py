@@ -92,6 +92,18 @@ def test_strategy_errors():
         build_strategy("fedavg", mu=1.0)
 
 
+@pytest.mark.parametrize(("name", "params", "message"), [
+    ("fedsgd", {}, r"^unknown strategy 'fedsgd' in strategy.name \(known: fedadagrad, fedadam, .*\)$"),
+    ("fedavg", {"mu": 1.0}, r"^unknown key strategy.params.mu for strategy 'fedavg' \(allowed: \)$"),
+    ("fedprox", {"mu": -1.0}, r"^strategy.params.mu must be >= 0, got -1"),
+    ("krum", {"keep": 0}, r"^strategy.params.keep must be an integer >= 1, got 0$"),  # named once, not twice
+])
+def test_strategies_are_built_like_every_other_block(name, params, message):
+    """``config.build``'s one-line errors (as for sync rules and controllers), keys named where they sit."""
+    with pytest.raises(ValueError, match=message):
+        build_strategy(name, **params)
+
+
 @pytest.mark.parametrize("prox_mu", [0.0, 0.5])
 def test_train_client_matches_torch_sgd(prox_mu):
     torch.manual_seed(0)

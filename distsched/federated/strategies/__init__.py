@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distsched._checks import check_choice
+from distsched.config import build
 from distsched.federated.strategies.base import Strategy
 from distsched.federated.strategies.differential_privacy import DifferentialPrivacy
 from distsched.federated.strategies.fedadagrad import FedAdagrad
@@ -28,12 +28,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(name: str, **params: Any) -> Strategy:
-    """The strategy called ``name`` with its parameters (``TypeError`` on unknown ones becomes ``ValueError``)."""
-    check_choice("strategy.name", name, tuple(STRATEGIES))
-    try:
-        return STRATEGIES[name](**params)
-    except TypeError as exc:
-        raise ValueError(f"strategy.params for {name!r}: {exc}") from None
+    """The strategy called ``name`` with its parameters (the config's ``strategy.params``), built by
+    :func:`distsched.config.build` from :data:`STRATEGIES`, as sync rules and controllers are: an unknown
+    name, an unknown or missing parameter, a flag that is not true/false and the strategy's own check
+    raise one ``ValueError`` naming ``strategy.name`` or ``strategy.params.<key>``."""
+    return build(STRATEGIES, {"name": name, **params}, "strategy", at="strategy.params")
 
 
 __all__ = [
