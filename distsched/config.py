@@ -125,7 +125,7 @@ def build(
     kwargs = {k: v for k, v in spec.items() if k != "name" and k not in exclude}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        allowed = ", ".join(sorted([*params, *exclude]))
+        allowed = ", ".join(sorted([*params, *exclude])) or "none"
         raise ValueError(f"unknown key {at}.{unknown[0]} for {where} {name!r} (allowed: {allowed})")
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
     if missing:

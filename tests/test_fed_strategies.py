@@ -94,7 +94,7 @@ def test_strategy_errors():
 
 @pytest.mark.parametrize(("name", "params", "message"), [
     ("fedsgd", {}, r"^unknown strategy 'fedsgd' in strategy.name \(known: fedadagrad, fedadam, .*\)$"),
-    ("fedavg", {"mu": 1.0}, r"^unknown key strategy.params.mu for strategy 'fedavg' \(allowed: \)$"),
+    ("fedavg", {"mu": 1.0}, r"^unknown key strategy.params.mu for strategy 'fedavg' \(allowed: none\)$"),
     ("fedprox", {"mu": -1.0}, r"^strategy.params.mu must be >= 0, got -1"),
     ("krum", {"keep": 0}, r"^strategy.params.keep must be an integer >= 1, got 0$"),  # named once, not twice
 ])
