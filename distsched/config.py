@@ -100,6 +100,8 @@ def build(
     exclude: Sequence[str] = (),
     fixed: Sequence[str] = (),
     at: str | None = None,
+    kind: str | None = None,
+    convert: Callable[[str, Any], Any] | None = None,
 ) -> T:
     """The block ``spec = {name: <registry key>, <parameters>}`` built as ``registry[name](**parameters)``.
 
@@ -108,9 +110,12 @@ def build(
     true/false, and the constructor's own ``ValueError`` (prefixed ``where.``). ``exclude``: keys of
     the block that are not the constructor's (read by the caller); ``fixed``: constructor parameters
     the config may not set; ``at``: where the parameters sit when not beside ``name`` (errors then name
-    ``<at>.<key>``, e.g. ``strategy.params.mu``).
+    ``<at>.<key>``, e.g. ``strategy.params.mu``); ``kind``: what the block is, when ``where`` is a path
+    (a nested schedule at ``schedule.schedules[0]`` is a ``schedule``); ``convert(key, value)``: each
+    parameter's value as the constructor takes it, after the checks (its errors pass through as raised).
     """
     at = at or where
+    kind = kind or where
     known = ", ".join(sorted(registry))
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where} must be a mapping with a 'name' key (one of: {known}), got {spec!r}")
@@ -118,7 +123,7 @@ def build(
         raise ValueError(f"{where} needs a 'name' key (one of: {known})")
     name = spec["name"]
     if not isinstance(name, str) or name not in registry:
-        raise ValueError(f"unknown {where} {name!r} in {where}.name (known: {known})")
+        raise ValueError(f"unknown {kind} {name!r} in {where}.name (known: {known})")
     factory = registry[name]
     params = {n: p for n, p in inspect.signature(factory).parameters.items()
               if n != "self" and n not in fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -126,13 +131,15 @@ def build(
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         allowed = ", ".join(sorted([*params, *exclude])) or "none"
-        raise ValueError(f"unknown key {at}.{unknown[0]} for {where} {name!r} (allowed: {allowed})")
+        raise ValueError(f"unknown key {at}.{unknown[0]} for {kind} {name!r} (allowed: {allowed})")
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
     if missing:
-        raise ValueError(f"missing required key {at}.{missing[0]} for {where} {name!r}")
+        raise ValueError(f"missing required key {at}.{missing[0]} for {kind} {name!r}")
     for k, v in kwargs.items():
         if isinstance(params[k].default, bool) and not isinstance(v, bool):
             raise ValueError(f"{at}.{k}: expected true or false, got {v!r}")
+    if convert is not None:
+        kwargs = {k: convert(k, v) for k, v in kwargs.items()}
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -86,3 +86,8 @@ def test_standard_library_factory_refused(tmp_path: Path, capsys: pytest.Capture
     _one_line(capsys, ["train", _write(tmp_path / "c.yaml", cfg), "--out", str(tmp_path / "runs"), "--launcher",
                        "processes"], "standard library")
     assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_train_bad_schedule_key(capsys: pytest.CaptureFixture) -> None:
+    _one_line(capsys, ["train", "examples/digits_qsr.yaml", "--set", "schedule.bogus=1"],
+              "unknown key schedule.bogus for schedule")

@@ -55,8 +55,8 @@ def test_nested_values_are_read_as_yaml(capsys):
     [
         (["schedule", "cosine", "--set", "lr=0.1", "--set", "total_steps=0"], "total_steps must be an integer >= 1"),
         (["schedule", "cosine", "--set", "lr=0.1", "--set", "min_lr=0.5", "--set", "total_steps=5"], "min_lr"),
-        (["schedule", "cosin"], "unknown schedule name 'cosin'"),
-        (["schedule", "cosine", "--set", "lr=0.1", "--set", "T_max=5"], "unknown key 'T_max'"),
+        (["schedule", "cosin"], "unknown schedule 'cosin' in schedule.name"),
+        (["schedule", "cosine", "--set", "lr=0.1", "--set", "T_max=5"], "unknown key schedule.T_max"),
         (["schedule", "cosine", "--set", "lr"], "KEY=VALUE"),
         (["schedule", "constant", "--set", "lr=0.1", "--steps", "0"], "steps"),
         (["schedule"], "name is required"),
@@ -77,7 +77,7 @@ def test_subprocess_exit_code_and_no_traceback():
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "distsched schedule: error: pct_start must be in (0.0, 1.0), got 1.5"
+    assert proc.stderr.strip() == "distsched schedule: error: schedule.pct_start must be in (0.0, 1.0), got 1.5"
 
 
 def test_showcase_writes_a_png(tmp_path, capsys):

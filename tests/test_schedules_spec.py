@@ -91,3 +91,40 @@ def test_package_docstring_examples_run():
 
     result = doctest.testmod(distsched.schedules)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_nested_schedule_errors_name_the_full_key_path():
+    """A nested schedule's unknown key is named by its full path, in the shared one-line form (issue 11,
+    item 4); the old message said ``unknown key 'x' ... in schedule.schedules[1]``."""
+    spec = {"name": "join", "boundaries": [5],
+            "schedules": [{"name": "constant", "lr": 0.1}, {"name": "cosine", "lr": 0.1, "total_steps": 9, "x": 1}]}
+    with pytest.raises(ValueError) as err:
+        S.from_spec(spec)
+    assert str(err.value) == ("unknown key schedule.schedules[1].x for schedule 'cosine' "
+                              "(allowed: lr, min_lr, total_steps, warmup_mode, warmup_start_factor, warmup_steps)")
+    spec["schedules"][1] = {"name": "nope"}
+    with pytest.raises(ValueError, match=r"^unknown schedule 'nope' in schedule\.schedules\[1\]\.name \(known: "):
+        S.from_spec(spec)
+    with pytest.raises(ValueError, match=r"^missing required key schedule\.schedule\.total_steps for schedule"):
+        S.from_spec({"name": "scale", "factor": 0.5, "schedule": {"name": "cosine", "lr": 0.1}})
+
+
+def test_one_error_shape_across_the_four_block_kinds():
+    """Sync rules, controllers, strategies and schedules share ``distsched.config.build``'s messages."""
+    import re
+
+    from distsched.federated.strategies import build_strategy
+    from distsched.train.config import build_rule, build_schedule
+    from distsched.train.controller import build_controller
+
+    blocks = [
+        (lambda extra: build_rule({"name": "fixed", "h": 2, **extra}), "sync", "sync", "fixed"),
+        (lambda extra: build_controller({"name": "plateau", **extra}), "controller", "controller", "plateau"),
+        (lambda extra: build_strategy("fedavg", **extra), "strategy", "strategy.params", "fedavg"),
+        (lambda extra: build_schedule({"name": "constant", "lr": 0.1, **extra}), "schedule", "schedule", "constant"),
+    ]
+    for make, kind, at, name in blocks:
+        with pytest.raises(ValueError) as err:
+            make({"bogus": 1})
+        assert re.fullmatch(rf"unknown key {re.escape(at)}\.bogus for {kind} '{name}' \(allowed: [a-z_, ]+\)",
+                            str(err.value)), str(err.value)

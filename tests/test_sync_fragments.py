@@ -158,7 +158,7 @@ def test_engine_option_errors(kwargs, match):
 
 
 def test_outer_sgd_schedule_errors():
-    with pytest.raises(ValueError, match=r"unknown schedule name 'nope' in lr"):
+    with pytest.raises(ValueError, match=r"unknown schedule 'nope' in lr\.name"):
         OuterSGD(lr={"name": "nope"})
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.5"):
         OuterSGD(momentum=lambda r: 1.5).at(0)
@@ -196,7 +196,7 @@ def test_config_compression_from_the_lr():
      ({"fragments": 0}, r"sync.fragments must be an integer >= 1, got 0"),
      ({"delay": "2"}, r"sync.delay must be an integer >= 0, got '2'"),
      ({"mix": 1}, r"sync.mix must be in \[0.0, 1.0\), got 1"),
-     ({"outer": {"lr": {"name": "nope"}}}, r"unknown schedule name 'nope' in lr")],
+     ({"outer": {"lr": {"name": "nope"}}}, r"unknown schedule 'nope' in lr\.name")],
 )
 def test_config_sync_block_errors(extra, match):
     from distsched.train.config import build_sync

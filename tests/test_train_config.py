@@ -43,7 +43,7 @@ def _write(tmp_path, **changes) -> Path:
         ({"data": {"name": "digits", "partition": "dirichlet"}}, "partition"),
         ({"data": {"name": "mnist"}}, "data.name"),
         ({"optimizer": {"name": "sgd", "momentum": 1.5}}, "momentum"),
-        ({"schedule": {"name": "cosine", "lr": 0.1, "total_stepz": 20}}, "'total_stepz'"),
+        ({"schedule": {"name": "cosine", "lr": 0.1, "total_stepz": 20}}, "unknown key schedule.total_stepz"),
         ({"sync": {"name": "qsr", "h_base": 2, "alfa": 0.1}}, "unknown key sync.alfa for sync 'qsr'"),
         ({"sync": {"name": "sometimes"}}, "unknown sync 'sometimes' in sync.name"),
         ({"sync": {"name": "qsr", "h_base": 2}}, "missing required key sync.alpha for sync 'qsr'"),

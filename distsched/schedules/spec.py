@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from distsched.config import build
 from distsched.schedules.base import Schedule
 from distsched.schedules.catalogue import CATALOGUE, NAMES
 from distsched.schedules.compose import Warmup
@@ -58,42 +59,27 @@ def _number(value: Any, ann: str) -> Any:
 
 
 def from_spec(spec: Mapping[str, Any] | Schedule, *, _where: str = "schedule") -> Schedule:
-    """Build a schedule from ``{name: ..., <parameters>}``.
+    """Build a schedule from ``{name: ..., <parameters>}``: ``CATALOGUE[name](**parameters)`` by
+    :func:`distsched.config.build`.
 
     A ``warmup_steps`` key (with optional ``warmup_mode``, ``warmup_start_factor``) on a schedule that
     has no such parameter of its own wraps it in :class:`Warmup`, in front. ``total_steps`` is the whole
     run, warmup included, for every schedule (as HF and timm): ``{cosine, total_steps: 100,
     warmup_steps: 10}`` lasts 100 steps, the cosine taking the last 90, and ends at ``min_lr``.
-    Unknown names, unknown keys and missing keys raise ``ValueError`` naming them; values are
-    validated by the schedule itself.
+    Unknown names, unknown keys and missing keys raise the shared one-line ``ValueError`` naming the full
+    key path (``schedule.schedules[1].lr``); values are validated by the schedule itself.
     """
     if isinstance(spec, Schedule):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{_where} must be a mapping with a 'name' key, got {spec!r}")
-    if "name" not in spec:
-        raise ValueError(f"{_where} needs a 'name' key (one of: {_known()})")
-    name = spec["name"]
-    if name not in CATALOGUE:
-        raise ValueError(f"unknown schedule name {name!r} in {_where} (known: {_known()})")
-    cls = CATALOGUE[name]
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    params = {k: v for k, v in spec.items() if k != "name"}
-    wrap = {WARMUP_KEYS[k]: params.pop(k) for k in list(params) if k in WARMUP_KEYS and k not in fields}
-    unknown = [k for k in params if k not in fields]
-    if unknown:
-        allowed = ", ".join(sorted(fields) + sorted(k for k in WARMUP_KEYS if k not in fields))
-        raise ValueError(f"unknown key {unknown[0]!r} for schedule {name!r} in {_where} (allowed: {allowed})")
-    missing = [k for k, f in fields.items() if k not in params and f.default is dataclasses.MISSING]
-    if missing:
-        raise ValueError(f"missing required key {missing[0]!r} for schedule {name!r} in {_where}")
-    kwargs = {k: _convert(v, str(fields[k].type), f"{_where}.{k}") for k, v in params.items()}
-    try:
-        schedule = cls(**kwargs)
-    except ValueError as exc:
-        if _where == "schedule":
-            raise
-        raise ValueError(f"{_where} ({name}): {exc}") from None
+    cls = CATALOGUE.get(spec.get("name")) if isinstance(spec, Mapping) and isinstance(spec.get("name"), str) else None
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls) if f.init} if cls is not None else {}
+    own_warmup = tuple(k for k in WARMUP_KEYS if k not in types)
+
+    def convert(key: str, value: Any) -> Any:
+        return _convert(value, types[key], f"{_where}.{key}")
+
+    schedule = build(CATALOGUE, spec, _where, kind="schedule", exclude=own_warmup, convert=convert)
+    wrap = {WARMUP_KEYS[k]: spec[k] for k in own_warmup if k in spec}
     if wrap:
         if "warmup_steps" not in wrap:
             raise ValueError(f"{_where}: warmup_mode/warmup_start_factor need warmup_steps")
