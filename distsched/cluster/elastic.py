@@ -139,11 +139,9 @@ def train_elastic(
     from distsched.cluster.progress import Progress
     from distsched.cluster.trainer import (
         POLL_INTERVAL_S,
-        TrainingFailed,
         _resume_step,
         _set_aside_damaged_snapshot,
         finish_summary,
-        fit_group,
         planned_steps,
         read_resizes,
     )
@@ -177,24 +175,16 @@ def train_elastic(
             size = _wait_for(lambda: group_size(settled_slots(free), 0, lo, hi), wait_s, lo, hi)
             if os.path.exists(stop_file):
                 os.remove(stop_file)
-            watch = _GrowthWatch(free, size, hi, stop_file, poll_s, settle_s)
-            segments.append(size)
-            seg_cfg = dataclasses.replace(cfg, workers=size)
             if on_event is not None:
                 on_event("starting", {"workers": size})
-            watch.start()
-            try:
-                outcome = fit_group(seg_cfg, folder, resume=resumed, use_gpu=use_gpu, per_worker=per_worker,
-                                    max_failures=0, fault=fault,
-                                    elastic={"stop_file": stop_file, "total_steps": total_steps})
-            except TrainingFailed as exc:
-                if not exc.retryable or (max_failures >= 0 and failures >= max_failures):
-                    raise
-                failures += 1
-                outcome = "lost"
-            finally:
-                watch.halt.set()
-                watch.join()
+            outcome, lost = _run_segment(
+                dataclasses.replace(cfg, workers=size), folder, _GrowthWatch(free, size, hi, stop_file, poll_s,
+                                                                             settle_s),
+                resume=resumed, use_gpu=use_gpu, per_worker=per_worker, fault=fault,
+                elastic={"stop_file": stop_file, "total_steps": total_steps},
+                may_retry=max_failures < 0 or failures < max_failures)
+            failures += lost
+            segments.append(size)
             cause = "lost" if outcome == "lost" else "grown" if outcome == "stopped" else "finished"
             if on_event is not None:
                 on_event("ended", {"workers": size, "cause": cause})
@@ -209,6 +199,26 @@ def train_elastic(
     resizes = _annotate(read_resizes(folder), ends)
     return finish_summary(folder, started, workers_range=[lo, hi], segments=segments, resizes=resizes,
                           lost_worker_restarts=failures)
+
+
+def _run_segment(seg_cfg: TrainConfig, folder: RunFolder, watch: _GrowthWatch, *, resume: bool, use_gpu: bool,
+                 per_worker: dict[str, float], fault: FaultInjection | None, elastic: dict[str, Any],
+                 may_retry: bool) -> tuple[str, int]:
+    """One fixed-size Ray Train group, watched for capacity: ``(outcome, 1 if a worker was lost else 0)``,
+    outcome ``finished | stopped | lost``; a failure that is not retryable (or past ``max_failures``) raises."""
+    from distsched.cluster.trainer import TrainingFailed, fit_group
+
+    watch.start()
+    try:
+        return fit_group(seg_cfg, folder, resume=resume, use_gpu=use_gpu, per_worker=per_worker,
+                         max_failures=0, fault=fault, elastic=elastic), 0
+    except TrainingFailed as exc:
+        if not exc.retryable or not may_retry:
+            raise
+        return "lost", 1
+    finally:
+        watch.halt.set()
+        watch.join()
 
 
 def _wait_for(size_now: Callable[[], int | None], wait_s: float, lo: int, hi: int) -> int:
