@@ -91,3 +91,13 @@ def test_standard_library_factory_refused(tmp_path: Path, capsys: pytest.Capture
 def test_train_bad_schedule_key(capsys: pytest.CaptureFixture) -> None:
     _one_line(capsys, ["train", "examples/digits_qsr.yaml", "--set", "schedule.bogus=1"],
               "unknown key schedule.bogus for schedule")
+
+
+def test_simulate_bad_client_lr_schedule_names_its_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A federated schedule's error names where it sits (client.lr), not a generic ``schedule``."""
+    cfg = yaml.safe_load(Path("examples/fed_digits.yaml").read_text())
+    cfg["client"]["lr"] = {"name": "constant", "lr": 0.1, "bogus": 1}
+    out = tmp_path / "o"
+    _one_line(capsys, ["simulate", _write(tmp_path / "f.yaml", cfg), "--out", str(out), "--executor", "local"],
+              "client.lr.bogus")
+    assert not out.exists()

@@ -232,4 +232,4 @@ def schedule_of(spec: float | Mapping[str, Any], key: str) -> Any:
         return S.constant(lr=float(spec))
     if not isinstance(spec, Mapping):
         raise ValueError(f"{key} must be a number or a schedule mapping, got {spec!r}")
-    return S.from_spec(spec)
+    return S.from_spec(spec, _where=key)
