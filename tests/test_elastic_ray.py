@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,24 @@ def test_resize_history_drops_what_a_rollback_undid(tmp_path: Path) -> None:
                                         "restart_s": 1.5}]
 
 
+def test_growth_watch_waits_for_the_group_to_hold_its_own_slots(tmp_path: Path) -> None:
+    """Until rank 0 logs a step of the segment, the slots the group is about to take read as free: no
+    request to grow then (it restarted the group at its own size after every checkpoint)."""
+    from distsched.cluster.elastic import _GrowthWatch
+
+    metrics, stop = tmp_path / "metrics.jsonl", tmp_path / "stop"
+    metrics.write_text('{"step": 10}\n', encoding="utf-8")
+    watch = _GrowthWatch(lambda: 1, size=1, hi=2, stop_file=str(stop), poll_s=0.01, settle_s=0.0,
+                         metrics_path=metrics)
+    watch.start()
+    time.sleep(0.3)
+    assert not stop.exists()  # one slot "free", but the group has not placed itself yet
+    with metrics.open("a", encoding="utf-8") as f:
+        f.write('{"step": 20}\n')
+    watch.join(timeout=5)
+    assert stop.read_text() == "2" and not watch.is_alive()
+
+
 # ---------------------------------------------------------------------------------------- end to end
 def _final_states(root: Path, world: int) -> list[dict]:
     return [load_rank_state(root / "checkpoints" / checkpoint_name(STEPS), r) for r in range(world)]
@@ -154,11 +173,11 @@ def _cut_back(run: Path, step: int) -> None:
     (run / "summary.json").unlink(missing_ok=True)
 
 
-def _reference(tmp_path: Path, resizes: list[dict]) -> Path:
+def _reference(tmp_path: Path, resizes: list[dict], cfg: dict = CFG) -> Path:
     """The same run without Ray: 2 workers from the start, resized by ``--resume --workers`` at each
     recorded step (a rollback to that checkpoint, as the elastic run did)."""
     path = tmp_path / "ref.yaml"
-    path.write_text(yaml.safe_dump({**CFG, "workers": 2}), encoding="utf-8")
+    path.write_text(yaml.safe_dump({**cfg, "workers": 2}), encoding="utf-8")
     run = tmp_path / "ref"
     assert main(["train", str(path), "--launcher", "processes", "--run-dir", str(run), "--no-progress"]) == 0
     for event in resizes:
@@ -221,3 +240,56 @@ def test_worker_lost_then_back(ray_cluster, tmp_path: Path) -> None:
             torch.testing.assert_close(got["model"][name], want["model"][name], rtol=0, atol=0)
         assert got["engine"]["rounds"] == want["engine"]["rounds"]
         assert got["sampler"] == want["sampler"]
+
+
+DP_CFG = {**CFG, "sync": {"name": "fixed", "h": 1},
+          "privacy": {"target_epsilon": 4.0, "delta": 1.0e-5, "max_grad_norm": 1.0, "accountant": "rdp",
+                      "mode": "group", "reproducible": True}}
+
+
+@pytest.mark.slow  # two Ray Train worker groups and two spawned reference runs; fast cover: resize-on-resume's DP tests
+@pytest.mark.timeout(1500)
+def test_dp_group_mode_worker_lost_for_good(ray_cluster, tmp_path: Path) -> None:
+    """DP in group mode: rank 1 dies for good (its CPU taken by another user until the end), the run
+    finishes at 1 worker without restarting at its own size; the accountant charged the new sample rate
+    from the resize step (a new segment), so the steps, epsilon and the model equal the run resized by
+    hand, and the budget held."""
+    import ray
+
+    from distsched.cluster.elastic import train_elastic
+    from distsched.train import FaultInjection, prepare_run
+
+    @ray.remote(num_cpus=1)
+    class Tenant:
+        def pid(self) -> int:
+            return os.getpid()
+
+    held: list = []
+
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "ended" and info["cause"] == "lost":  # the lost worker's CPU is taken for good
+            held.append(Tenant.remote())
+            ray.get(held[-1].pid.remote(), timeout=300)
+
+    try:
+        folder, cfg = prepare_run(config_from_mapping(DP_CFG), run_dir=tmp_path / "elastic", exclusive=True)
+        summary = train_elastic(cfg, folder, progress=False, settle_s=0.0, poll_s=0.2, on_event=on_event,
+                                fault=FaultInjection(rank=1, step=KILL_AT, marker=str(tmp_path / "killed")))
+    finally:
+        for tenant in held:
+            ray.kill(tenant)
+    assert summary["segments"] == [2, 1] and summary["lost_worker_restarts"] == 1
+    (shrink,) = summary["resizes"]
+    assert (shrink["old_workers"], shrink["new_workers"], shrink["cause"]) == (2, 1, "lost")
+    assert summary["workers"] == 1
+    ref = _reference(tmp_path, summary["resizes"], DP_CFG)
+    want = json.loads((ref / "summary.json").read_text())
+    # the budget, planned for 400 steps at 2 workers, runs out a little earlier at 1: no step past it
+    assert summary["steps_done"] == want["steps_done"] <= STEPS
+    assert summary["epsilon"] == pytest.approx(want["epsilon"], rel=1e-12)
+    assert 0 < summary["epsilon"] <= 4.0
+    last = checkpoint_name(summary["steps_done"])
+    got_state = load_rank_state(folder.root / "checkpoints" / last, 0)
+    ref_state = load_rank_state(ref / "checkpoints" / last, 0)
+    for name in ref_state["model"]:
+        torch.testing.assert_close(got_state["model"][name], ref_state["model"][name], rtol=0, atol=0)

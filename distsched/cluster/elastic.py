@@ -78,13 +78,20 @@ def settled_slots(count: Callable[[], int], stable_s: float = 1.0, interval_s: f
 
 class _GrowthWatch(threading.Thread):
     """While a segment of ``size`` workers runs, poll the free slots; when ``size + free`` exceeds ``size``
-    (and ``size < hi``), write the stop file with the new size, once."""
+    (and ``size < hi``), write the stop file with the new size, once.
+
+    Free slots count only once the group holds its own: after ``settle_s`` and after rank 0 logged a step
+    of this segment (``metrics_path`` grew: every rank joined the process group, so its resources are
+    placed). Before that, the slots the group is about to take read as free (a request to grow to the
+    size it already has, then a restart at the same size after every checkpoint)."""
 
     def __init__(self, count: Callable[[], int], size: int, hi: int, stop_file: str, poll_s: float,
-                 settle_s: float) -> None:
+                 settle_s: float, metrics_path: str | os.PathLike | None = None) -> None:
         super().__init__(daemon=True, name="distsched-elastic-watch")
         self.count, self.size, self.hi, self.stop_file = count, size, hi, stop_file
         self.poll_s, self.settle_s = poll_s, settle_s
+        self.metrics_path = metrics_path
+        self.metrics_at_start = _size_of(metrics_path)
         self.halt = threading.Event()
         self.requested_at: float | None = None
 
@@ -92,6 +99,9 @@ class _GrowthWatch(threading.Thread):
         if self.size >= self.hi or self.halt.wait(self.settle_s):  # the group's own placement first
             return
         while not self.halt.wait(self.poll_s):
+            if self.metrics_path is not None and _size_of(self.metrics_path) <= self.metrics_at_start:
+                # the group has not logged a step of this segment yet
+                continue
             try:
                 free = self.count()
             except Exception:  # noqa: BLE001 - the cluster is going away; the driver sees the segment end
@@ -179,7 +189,7 @@ def train_elastic(
                 on_event("starting", {"workers": size})
             outcome, lost = _run_segment(
                 dataclasses.replace(cfg, workers=size), folder, _GrowthWatch(free, size, hi, stop_file, poll_s,
-                                                                             settle_s),
+                                                                             settle_s, folder.metrics_path),
                 resume=resumed, use_gpu=use_gpu, per_worker=per_worker, fault=fault,
                 elastic={"stop_file": stop_file, "total_steps": total_steps},
                 may_retry=max_failures < 0 or failures < max_failures)
@@ -219,6 +229,16 @@ def _run_segment(seg_cfg: TrainConfig, folder: RunFolder, watch: _GrowthWatch, *
     finally:
         watch.halt.set()
         watch.join()
+
+
+def _size_of(path: str | os.PathLike | None) -> int:
+    """The file's size in bytes; 0 when absent or without a path."""
+    if path is None:
+        return 0
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _wait_for(size_now: Callable[[], int | None], wait_s: float, lo: int, hi: int) -> int:
