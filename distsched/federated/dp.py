@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from distsched._checks import check_non_negative, check_positive, check_range
-from distsched.privacy.randomness import noise_generator, secret_seed
+
+# distsched.privacy is imported where DP is used, not here: importing any of it loads the package, hence
+# Opacus (seconds of start-up), which a simulation without a dp block never needs (tests/test_fed_imports.py).
 
 #: round-record keys computed from the clients' data without noise: not for publication.
 NOT_PRIVATE_METRICS: tuple[str, ...] = ("train_loss", "unclipped_fraction")
@@ -40,7 +42,11 @@ NOT_PRIVATE_METRICS: tuple[str, ...] = ("train_loss", "unclipped_fraction")
 
 def sampling_seed(seed: int, dp_reproducible: bool | None) -> int:
     """The cohort sampler's seed: the config's without DP or with ``dp.reproducible``, else a secret one."""
-    return seed if dp_reproducible is None or dp_reproducible else secret_seed()
+    if dp_reproducible is None or dp_reproducible:
+        return seed
+    from distsched.privacy.randomness import secret_seed  # DP only (see the imports)
+
+    return secret_seed()
 
 
 class DPFedAvg:
@@ -69,6 +75,8 @@ class DPFedAvg:
         count_noise_std: float | None = None,
         reproducible: bool = False,
     ) -> None:
+        from distsched.privacy.randomness import noise_generator  # DP only (see the imports)
+
         self.reproducible = bool(reproducible)
         self._secret = noise_generator()  # never saved: a resumed run draws fresh noise
         self.noise_multiplier = check_positive("dp.noise_multiplier", noise_multiplier)

@@ -79,27 +79,22 @@ def load_run(run_dir: str | os.PathLike) -> RunCurves:
 
 def dashboard(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """Write ``RUN_DIR/plots/dashboard.png`` (or ``path``): see :func:`dashboard_figure`. Returns the path."""
-    import matplotlib.pyplot as plt
-
     out = Path(path) if path is not None else Path(run_dir) / "plots" / "dashboard.png"
     fig = dashboard_figure(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
 def dashboard_figure(run_dir: str | os.PathLike) -> Any:
     """The dashboard's matplotlib figure, four panels: LR and H on twin axes (client LR and local work for
     a federated run), train/val loss, bytes sent, and with DP epsilon with its target line (accuracy
-    otherwise, else the sync rounds)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    otherwise, else the sync rounds). A pyplot-free ``Figure`` (see :mod:`distsched.report.plots`)."""
+    from matplotlib.figure import Figure
 
     run = load_run(run_dir)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=110)
+    fig = Figure(figsize=(11, 7), dpi=110)
+    axes = fig.subplots(2, 2)
     (a_lr, a_loss), (a_comm, a_last) = axes
     federated = run.xlabel == "round"
 
@@ -177,10 +172,7 @@ def summary_row(run: RunCurves) -> dict[str, Any]:
 def compare(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     """Overlay the runs' training loss against step (or round) and against bytes sent; returns the PNG's
     path and one :func:`summary_row` per run."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     runs = [load_run(d) for d in run_dirs]
     names = [r.name for r in runs]
@@ -189,7 +181,8 @@ def compare(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> t
             r.name = str(Path(d))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, (a_step, a_bytes) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
+    fig = Figure(figsize=(12, 4.5), dpi=110)
+    a_step, a_bytes = fig.subplots(1, 2)
     for r in runs:
         loss = r.get("train_loss")
         if loss:
@@ -212,5 +205,4 @@ def compare(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> t
     fig.suptitle(f"{len(runs)} runs")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out, [summary_row(r) for r in runs]

@@ -1,4 +1,8 @@
-"""PNG line plots with matplotlib's Agg backend (no display needed)."""
+"""PNG line plots with matplotlib's Agg backend (no display needed).
+
+Figures here are :class:`matplotlib.figure.Figure` objects, not pyplot's: nothing registers them globally (no
+``plt.close``), ``savefig`` renders them with Agg whatever the backend, and ``matplotlib.pyplot`` (a second
+of import with its backend machinery) is never loaded."""
 
 from __future__ import annotations
 
@@ -19,14 +23,12 @@ def line_plot(
 ) -> Path:
     """Draw each ``label -> (x, y)`` series on one axis and save a PNG; returns the path. Every plot has
     a title: without one, :func:`auto_title` makes it from the labels."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.subplots()
     for label, (x, y) in series.items():
         if step_style:
             ax.step(list(x), list(y), where="post", label=label)
@@ -42,7 +44,6 @@ def line_plot(
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
