@@ -16,7 +16,14 @@ import torch
 from distsched.cli import main
 from distsched.train import config_from_mapping
 from distsched.train.checkpoint import checkpoint_name, load_rank_state, read_meta
-from distsched.train.resize import average_tree, resharded_position, resize_rank_state, world_lr_factor
+from distsched.train.resize import (
+    average_tree,
+    check_resizable,
+    resharded_position,
+    resize_rank_state,
+    world_lr_factor,
+)
+from distsched.train.run import prepare_run
 
 
 def test_world_lr_factor_closed_forms() -> None:
@@ -61,6 +68,44 @@ BASE = {
     "schedule": {"name": "cosine", "lr": 0.1, "total_steps": STEPS},
     "checkpoint": {"every": 4, "keep": 5},
 }
+
+
+def _dp(workers: int, mode: str, h: int) -> dict:
+    return dict(BASE, workers=workers, sync={"name": "fixed", "h": h},
+                privacy={"noise_multiplier": 1.0, "delta": 1e-5, "mode": mode})
+
+
+@pytest.mark.parametrize(("mode", "h", "old", "new", "refused"), [
+    ("local", 4, 2, 1, True),   # leaving local mode: which shard's accountant would the one worker keep?
+    ("auto", 4, 1, 2, True),    # entering it (auto without a sync every step): one accountant for two shards
+    ("local", 4, 2, 3, True),   # the shards, hence their sample rates, change
+    ("auto", 1, 2, 3, False),   # group mode: one accountant for the group, whatever its size
+    ("group", 1, 2, 1, False),  # group -> single: the same accountant
+    ("local", 4, 2, 2, False),  # no resize
+])
+def test_check_resizable_refuses_local_mode_before_or_after(mode: str, h: int, old: int, new: int,
+                                                            refused: bool) -> None:
+    cfg = config_from_mapping(_dp(old, mode, h))
+    if refused:
+        with pytest.raises(ValueError, match=f"local mode .* from {old} to {new} workers"):
+            check_resizable(cfg, old, new)
+    else:
+        check_resizable(cfg, old, new)
+    check_resizable(config_from_mapping(dict(BASE, workers=old, sync={"name": "fixed", "h": h})), old, new)
+
+
+def test_resize_into_local_mode_is_refused_before_config_yaml_is_touched(tmp_path: Path) -> None:
+    # a one-worker DP run (single mode) resumed at two workers without a sync every step (local mode): was
+    # refused only by the workers, after config.yaml had been rewritten at the new size
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(_dp(1, "auto", 4)))
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="local mode"):
+        prepare_run(resume=run, workers=2)
+    assert (run / "config.yaml").read_text() == before
 
 
 def _run_then_resize(tmp_path: Path, cfg: dict, workers: int) -> Path:

@@ -174,16 +174,10 @@ def _refuse_elastic(cfg: Any, launcher: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distsched.train.config import load_config
-    from distsched.train.run import prepare_run
-
     workers = _workers_arg(args.workers)
     if args.config is None and args.resume is None:
         raise ValueError("a CONFIG.yaml is required unless --resume RUN_DIR is given")
-    overrides = overridden(args.config, args.sets, args.resume) or {}
-    if workers is not None:
-        overrides["workers"] = list(workers) if isinstance(workers, tuple) else workers
-    overrides = overrides or None
+    overrides = _overrides(args, workers)
     use_loggers(args.loggers)
     if args.dashboard:
         check_ray_dashboard()
@@ -191,23 +185,56 @@ def run(args: argparse.Namespace) -> int:
     if launcher != "ray" and isinstance(workers, tuple):
         raise ValueError(f"--workers {args.workers}: an elastic run (MIN:MAX) needs the Ray launcher, "
                          f"not {launcher}")
-
     if launcher == "torchrun":
-        from distsched.train.run import run_torchrun
+        return _train_torchrun(args, overrides)
+    folder, cfg, total = _prepare(args, launcher, overrides, workers)
+    if launcher == "processes":
+        from distsched.train.run import run_processes
 
-        cfg = load_config(args.config, overrides) if args.config else None
-        _refuse_elastic(cfg, launcher)
-        with contextlib.ExitStack() as stack:
-            def on_start(folder: Any, run_cfg: Any, resumed: bool) -> None:  # rank 0, once the folder exists
-                stack.enter_context(_progress(folder, run_cfg, "torchrun", resumed, args.no_progress))
+        # the same header and live progress as the Ray launcher, read from the run's metrics.jsonl
+        with _progress(folder, cfg, "processes", args.resume is not None, args.no_progress, total):
+            summary = run_processes(cfg, folder, checked=True)
+    else:
+        summary = _train_ray(args, folder, cfg, total)
+        if summary is None:
+            return 1
+    _print_summary(summary)
+    write_dashboard(str(folder.root))
+    return 0
 
-            summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, on_start=on_start)
-        if summary:
-            _print_summary(summary)
-            write_dashboard(summary.get("run_dir"))
-        return 0
 
-    from distsched.train.run import preflight
+def _overrides(args: argparse.Namespace, workers: int | tuple[int, int] | None) -> dict | None:
+    """The config keys that ``--set`` and ``--workers`` change (None: none)."""
+    overrides = overridden(args.config, args.sets, args.resume) or {}
+    if workers is not None:
+        overrides["workers"] = list(workers) if isinstance(workers, tuple) else workers
+    return overrides or None
+
+
+def _train_torchrun(args: argparse.Namespace, overrides: dict | None) -> int:
+    """This process's part of a torchrun job; rank 0 shows the header, the progress and the summary."""
+    from distsched.train.config import load_config
+    from distsched.train.run import run_torchrun
+
+    cfg = load_config(args.config, overrides) if args.config else None
+    _refuse_elastic(cfg, "torchrun")
+    with contextlib.ExitStack() as stack:
+        def on_start(folder: Any, run_cfg: Any, resumed: bool) -> None:  # rank 0, once the folder exists
+            stack.enter_context(_progress(folder, run_cfg, "torchrun", resumed, args.no_progress))
+
+        summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, on_start=on_start)
+    if summary:
+        _print_summary(summary)
+        write_dashboard(summary.get("run_dir"))
+    return 0
+
+
+def _prepare(args: argparse.Namespace, launcher: str, overrides: dict | None,
+             workers: int | tuple[int, int] | None) -> tuple[Any, Any, int]:
+    """The checked config, its run folder (new, or reopened with ``--resume``) and the run's total steps,
+    for the ``ray`` and ``processes`` launchers: every check that can fail runs before the folder exists."""
+    from distsched.train.config import load_config
+    from distsched.train.run import preflight, prepare_run
 
     cfg = load_config(args.config, overrides) if args.config else None
     if launcher != "ray":
@@ -225,33 +252,27 @@ def run(args: argparse.Namespace) -> int:
         _refuse_elastic(cfg, launcher)  # a resumed elastic run (its config.yaml is left as it was)
     if total is None:
         total = preflight(cfg)
-    if launcher == "processes":
-        from distsched.train.run import run_processes
+    return folder, cfg, total
 
-        # the same header and live progress as the Ray launcher, read from the run's metrics.jsonl
-        with _progress(folder, cfg, "processes", args.resume is not None, args.no_progress, total):
-            summary = run_processes(cfg, folder, checked=True)
-    else:
-        from distsched.cluster.trainer import _resume_step
 
-        _print_header(folder, cfg, "ray", total, _resume_step(folder) if args.resume else 0)
-        from distsched.cluster.trainer import TrainingFailed, train_on_ray
+def _train_ray(args: argparse.Namespace, folder: Any, cfg: Any, total: int) -> dict | None:
+    """The run on a Ray cluster (embedded, or joined at ``--address``): its summary, or None when training
+    failed (the reason, and how to resume when that can help, are on stderr)."""
+    from distsched.cluster.trainer import TrainingFailed, _resume_step, train_on_ray
 
-        where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
-        print(f"{where} and {_workers_text(cfg)}...", flush=True)  # the wait before step 1 has a message
-        try:
-            summary = train_on_ray(
-                cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
-                token_file=args.token_file, total_steps=total,
-            )
-        except KeyboardInterrupt:
-            print(f"\nstopped; resume with: distsched train --resume {folder.root}", flush=True)
-            raise
-        except TrainingFailed as exc:
-            hint = f"; resume with: distsched train --resume {folder.root}" if exc.retryable else ""
-            sys.stderr.write(f"distsched train: training failed: {exc}{hint}\n")
-            return 1
-    _print_summary(summary)
-    write_dashboard(str(folder.root))
-    return 0
+    _print_header(folder, cfg, "ray", total, _resume_step(folder) if args.resume else 0)
+    where = f"joining the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
+    print(f"{where} and {_workers_text(cfg)}...", flush=True)  # the wait before step 1 has a message
+    try:
+        return train_on_ray(
+            cfg, folder, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
+            max_failures=args.max_failures, resume=args.resume is not None, progress=not args.no_progress,
+            token_file=args.token_file, total_steps=total,
+        )
+    except KeyboardInterrupt:
+        print(f"\nstopped; resume with: distsched train --resume {folder.root}", flush=True)
+        raise
+    except TrainingFailed as exc:
+        hint = f"; resume with: distsched train --resume {folder.root}" if exc.retryable else ""
+        sys.stderr.write(f"distsched train: training failed: {exc}{hint}\n")
+        return None

@@ -296,12 +296,10 @@ def _restore(state: WorkerState, run: _Run, restore: Path) -> int | None:
     saved = ckpt.load_rank_state(restore, rank) if (restore / ckpt.rank_file(rank)).exists() else None
     resized_from = None
     if saved is None or int(saved["world_size"]) != world:  # resize on resume: average on load
-        from distsched.train.resize import resize_rank_state
+        from distsched.train.resize import check_resizable, resize_rank_state
 
         old_world = int(ckpt.read_meta(restore).get("world_size", 1))
-        if state.privacy is not None and state.privacy.mode == "local":
-            raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its "
-                             f"own {old_world} workers, got {world}")
+        check_resizable(cfg, old_world, world)
         old_shards = cfg.data.shards(run.bundle.targets, old_world, cfg.batch_size, cfg.seed)
         states = [ckpt.load_rank_state(restore, r) for r in range(old_world)]
         saved = resize_rank_state(states, world, rank, len(old_shards[0]) // cfg.batch_size,

@@ -23,9 +23,12 @@ The LR follows a declared world-size rule (:func:`world_lr_factor`), relative to
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from distsched.train.config import TrainConfig
 
 WORLD_LR_RULES = ("none", "linear", "sqrt")
 
@@ -39,6 +42,22 @@ def world_lr_factor(rule: str, world: int, base_world: int) -> float:
         raise ValueError(f"world sizes must be >= 1, got {world} and {base_world}")
     ratio = world / base_world
     return 1.0 if rule == "none" else ratio if rule == "linear" else math.sqrt(ratio)
+
+
+def check_resizable(cfg: TrainConfig, old_world: int, new_world: int) -> None:
+    """Refuse a resize the loop cannot do: DP in ``local`` mode (one accountant per shard, charged at its
+    shard's sample rate) at the old or the new number of workers. Checked before anything is written
+    (:func:`~distsched.train.run.prepare_run`) and by each worker that restores the checkpoint."""
+    if cfg.privacy is None or old_world == new_world:
+        return
+    from distsched.privacy.config import privacy_config
+    from distsched.privacy.training import resolve_mode
+
+    mode = privacy_config(cfg.privacy).mode
+    every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
+    if "local" in (resolve_mode(mode, old_world, every_step), resolve_mode(mode, new_world, every_step)):
+        raise ValueError(f"privacy: local mode (one accountant per shard) cannot be resized from {old_world} to "
+                         f"{new_world} workers; resume the run at its own {old_world} workers")
 
 
 def average_tree(trees: list[Any]) -> Any:

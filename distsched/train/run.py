@@ -24,6 +24,7 @@ from distsched.report import RunFolder
 from distsched.train.checkpoint import latest_checkpoint
 from distsched.train.config import TrainConfig, config_from_mapping, config_to_mapping
 from distsched.train.loop import FaultInjection, train_worker
+from distsched.train.resize import check_resizable
 from distsched.train.session import LocalSession
 
 DEFAULT_OUT = "runs"
@@ -59,7 +60,7 @@ def prepare_run(
             new = dataclasses.replace(saved, workers=list(workers) if isinstance(workers, tuple) else workers)
             if (new.workers, new.elastic) != (saved.workers, saved.elastic):
                 if new.elastic is None:
-                    _check_resizable(saved, new.workers)
+                    check_resizable(saved, saved.workers, new.workers)
                 saved = new
                 folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
@@ -72,20 +73,6 @@ def prepare_run(
         folder = RunFolder.create(Path(out if out is not None else DEFAULT_OUT).resolve(), cfg.name)
     folder.write_config(config_to_mapping(cfg))
     return folder, cfg
-
-
-def _check_resizable(saved: TrainConfig, workers: int) -> None:
-    """Refuse, before anything is written, a resize the loop cannot do: DP in ``local`` mode (one
-    accountant per shard)."""
-    if saved.privacy is None:
-        return
-    from distsched.privacy.config import privacy_config
-    from distsched.privacy.training import resolve_mode
-
-    every_step = saved.sync.get("name") == "fixed" and saved.sync.get("h") == 1
-    if resolve_mode(privacy_config(saved.privacy).mode, saved.workers, every_step) == "local":
-        raise ValueError(f"privacy: a run in local mode (one accountant per shard) resumes only at its own "
-                         f"{saved.workers} workers, got {workers}")
 
 
 def preflight(cfg: TrainConfig) -> int:
