@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from opacus.accountants import RDPAccountant
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from distsched.privacy import ConstantNoise, private_training
 
@@ -167,6 +168,42 @@ def _scenario_guard(rank, mode):
             "restored_allows": pt2.allows_next_step(), "restored_steps": pt2.accountant.steps}
 
 
+#: an empty first draw on rank 0 and not on rank 1 (group and local mode, several clipping modes): q N / W = 1
+Q_EMPTY = 1.0 / (N // WORLD)
+EMPTY_CASES = [("group", "hooks", CLIP), ("group", "functorch", CLIP), ("group", "ew", CLIP),
+               ("group", "hooks", PER_LAYER), ("local", "hooks", CLIP)]
+
+
+def _empty_draw_seed() -> int:
+    """The first seed whose Poisson draw 0 is empty on rank 0 and not on rank 1 (a pure function of the seed)."""
+    from distsched.privacy import PoissonBatches
+
+    return next(s for s in range(10_000) if not PoissonBatches(_shard(0), Q_EMPTY, seed=s, rank=0).draw(0)
+                and PoissonBatches(_shard(1), Q_EMPTY, seed=s, rank=1).draw(0))
+
+
+def _scenario_empty_draw(rank, mode, clipping, clip):
+    """One step from the Poisson loader through the loop's train_step; rank 0's batch is empty (0 examples)."""
+    from distsched.data import token_cross_entropy
+    from distsched.privacy import PerExampleLoss, PoissonBatches, poisson_loader, run_epsilon
+    from distsched.train.loop import train_step
+
+    x, y = _data()
+    seed, model = _empty_draw_seed(), _model()
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=Q_EMPTY,
+                          expected_batch_size=Q_EMPTY * N / WORLD, max_grad_norm=clip, delta=1e-5, noise=1.3,
+                          mode=mode, target_epsilon=50.0, noise_seed=100 + rank, clipping=clipping)
+    before = [p.detach().clone() for p in pt.model.parameters()]
+    batch = next(iter(poisson_loader(TensorDataset(x, y), _shard(rank), Q_EMPTY, seed=seed, rank=rank)))
+    assert pt.allows_next_step()  # a collective (MIN over the ranks)
+    loss = train_step(pt.model, pt.optimizer, batch, torch.device("cpu"),
+                      pt.loss_fn(PerExampleLoss(token_cross_entropy)), empty_step=pt.empty_step)
+    pt.after_step()
+    return {"draw": PoissonBatches(_shard(rank), Q_EMPTY, seed=seed, rank=rank).draw(0), "loss": loss,
+            "before": before, "after": [p.detach().clone() for p in pt.model.parameters()],
+            "history": pt.accountant.history, "epsilon": run_epsilon(pt)}
+
+
 def _worker(rank: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -180,6 +217,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             "group_coupling": _scenario_group_coupling(rank),
             "group_per_layer": _scenario_group_exact(rank, PER_LAYER),
             "group_noise_per_layer": _scenario_group_noise(rank, PER_LAYER),
+            "empty_draw": [_scenario_empty_draw(rank, *case) for case in EMPTY_CASES],
         }
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
@@ -286,3 +324,34 @@ def test_group_lr_coupling_uses_the_global_noise_std_of_single_mode(runs):
         assert got["noise_std"] == pytest.approx(2.0 * CLIP / (0.1 * N), rel=1e-12)
         assert got["factor"] > 0.0
     assert runs[0]["group_coupling"]["factor"] == runs[1]["group_coupling"]["factor"]
+
+
+@pytest.mark.parametrize("k", range(len(EMPTY_CASES)), ids=[f"{m}-{c}-{'layer' if isinstance(t, list) else 'flat'}"
+                                                          for m, c, t in EMPTY_CASES])
+def test_an_empty_draw_on_one_rank_is_a_noise_only_step_and_every_rank_joins(runs, k):
+    """Rank 0's first Poisson draw is empty: it takes the noise-only step without a forward pass and still joins
+    the gradient all-reduce (group) or steps alone (local); both charge (sigma, q) for the step."""
+    mode, _, clip = EMPTY_CASES[k]
+    r0, r1 = runs[0]["empty_draw"][k], runs[1]["empty_draw"][k]
+    assert r0["draw"] == [] and r1["draw"] and np.isnan(r0["loss"]) and np.isfinite(r1["loss"])
+    sensitivity = float(np.linalg.norm(clip))
+    gen = torch.Generator().manual_seed(100)  # rank 0's noise generator (reproducible mode)
+    noise0 = [torch.normal(0.0, 1.3 * sensitivity, size=p.shape, generator=gen) for p in r0["before"]]
+    if mode == "group":  # one update for the group: (rank 0's noise + the clipped sum of rank 1's draw) / (q N)
+        x, y = _data()
+        model = _model()
+        clipped = [torch.zeros_like(p) for p in model.parameters()]
+        for i in r1["draw"]:
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+            grads = [p.grad.detach().clone() for p in model.parameters()]
+            clipped = [a + g for a, g in zip(clipped, _clipped(grads, clip))]
+        want = [b - LR * (n + c) / (Q_EMPTY * N) for b, n, c in zip(r0["before"], noise0, clipped)]
+        for got in (r0["after"], r1["after"]):
+            for p, w in zip(got, want):
+                torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+    else:  # local: rank 0's own noise-only step over its expected batch q N_k
+        for p, b, n in zip(r0["after"], r0["before"], noise0):
+            torch.testing.assert_close(p, b - LR * n / (Q_EMPTY * N / WORLD), rtol=1e-5, atol=1e-6)
+    assert r0["history"] == r1["history"] == [(1.3, Q_EMPTY, 1)]
+    assert r0["epsilon"] == r1["epsilon"] == pytest.approx(_opacus_eps([(1.3, Q_EMPTY, 1)]), rel=1e-12)

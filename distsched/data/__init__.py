@@ -11,7 +11,7 @@ library, task ``"lm"``: targets ``(B, T)``); ``mlp``, ``cnn`` and ``gpt``. One l
 :func:`token_cross_entropy`.
 """
 
-from distsched.data.batches import ShardBatches
+from distsched.data.batches import ShardBatches, examples_in
 from distsched.data.datasets import (
     ArrayData,
     DataBundle,
@@ -68,6 +68,7 @@ __all__ = [
     "dirichlet",
     "evaluate",
     "evaluate_tensors",
+    "examples_in",
     "flat_params",
     "gpt",
     "iid",

@@ -1,8 +1,9 @@
-"""A resumable batch sampler over one worker's shard of the training set."""
+"""A resumable batch sampler over one worker's shard of the training set; the size of a collated batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,3 +50,14 @@ class ShardBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def examples_in(batch: Any) -> int:
+    """The number of examples of a collated batch: the length of its first tensor's batch dimension."""
+    if torch.is_tensor(batch):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)) and batch:
+        return examples_in(batch[0])
+    raise TypeError(f"a collated batch holds tensors; got {type(batch).__name__}")

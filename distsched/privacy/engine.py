@@ -29,18 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import wrap_collate_with_empty
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from opacus.optimizers.utils import params as opacus_params
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data._utils.collate import default_collate
 
 from distsched._checks import check_choice, check_int, check_positive
 from distsched.privacy.accounting import Accountant, check_delta, check_sample_rate
 from distsched.privacy.clipping import check_per_layer, per_layer_norms, resolve_clipping, supports
 from distsched.privacy.coupling import NoiseAwareLR
+from distsched.privacy.empty import EmptyBatchCollate
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
 from distsched.privacy.randomness import noise_generator
@@ -116,11 +115,12 @@ def poisson_loader(
     dataset: Dataset, indices: Sequence[int] | np.ndarray, sample_rate: float, seed: int = 0, rank: int = 0,
     collate_fn: Any = None,
 ) -> DataLoader:
-    """An endless DataLoader of Poisson batches over ``indices``; empty batches keep the tensors' structure
-    (Opacus' ``wrap_collate_with_empty``). Its sampler is ``loader.batch_sampler``."""
+    """An endless DataLoader of Poisson batches over ``indices``; an empty draw, the first one included, is a
+    batch of 0 examples with the data's shapes and dtypes (:class:`~distsched.privacy.empty.EmptyBatchCollate`).
+    Its sampler is ``loader.batch_sampler``."""
     sampler = PoissonBatches(indices, sample_rate, seed, rank)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=0,
-                      collate_fn=wrap_collate_with_empty(collate_fn=collate_fn or default_collate))
+                      collate_fn=EmptyBatchCollate.for_dataset(dataset, sampler.indices, collate_fn))
 
 
 @dataclasses.dataclass
@@ -211,6 +211,23 @@ class PrivateTraining:
             nxt = float(self.noise.schedule(self.noise.step_count + 1))
             self.lr_controller.observe(self.optimizer, next_noise_multiplier=nxt)
         self.noise.step()
+
+    def empty_step(self) -> None:
+        """``optimizer.step()`` for an empty Poisson draw, without a forward or backward pass (Opacus' functorch,
+        ExpandedWeights and ghost modes refuse a batch of 0 examples): per-example gradients of 0 rows, so the
+        clipped sum is 0 and the update is the noise alone, ``N(0, sigma^2 C^2) / B_expected`` (``group``: the
+        noise added once on rank 0, every rank joins the gradient all-reduce). The guard checks it and the
+        accountant charges ``(sigma, q)`` as for any step: the Poisson mechanism includes its empty draws."""
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        for p in opt.params:
+            if self.clipping == "ghost":  # Opacus' ghost optimizer takes p.grad as the clipped sum
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = p.new_zeros((0, *p.shape))
+        if self.clipping == "ghost":
+            self._ghost_backwards = 1  # the (empty) clipped pass, for _check_ghost
+        opt.step()
 
     def charge_of_next_step(self) -> tuple[float, float]:
         """``(sigma, q)`` the accountant's hook will record for the coming ``optimizer.step()``: Opacus

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from opacus.data_loader import wrap_collate_with_empty
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchSplittingSampler
 from torch import nn
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from distsched._checks import check_int, check_positive
 from distsched.privacy.accounting import check_delta
+from distsched.privacy.empty import EmptyBatchCollate
 from distsched.privacy.engine import PoissonBatches, PrivateTraining, private_training
 from distsched.privacy.noise import noise_schedule_from_spec
 from distsched.privacy.planner import plan, steps_for_epochs
@@ -135,7 +135,7 @@ def make_private(
         batches = BatchSplittingSampler(sampler=batches, max_batch_size=max_physical_batch_size,
                                         optimizer=training.optimizer)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=0,
-                        collate_fn=wrap_collate_with_empty(collate_fn=data_loader.collate_fn))
+                        collate_fn=EmptyBatchCollate.for_dataset(dataset, poisson.indices, data_loader.collate_fn))
     _hook_step(training, poisson)
     training.optimizer.privacy = training  # type: ignore[attr-defined]
     if criterion is not None:

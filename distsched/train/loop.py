@@ -32,7 +32,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distsched.data import DataBundle, ShardBatches, evaluate, token_cross_entropy
+from distsched.data import DataBundle, ShardBatches, evaluate, examples_in, token_cross_entropy
 from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
 from distsched.train.config import TrainConfig, build_schedule, build_sync
@@ -113,10 +113,15 @@ def build_training(
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, device: torch.device,
-               loss_fn: Any = token_cross_entropy) -> float:
+               loss_fn: Any = token_cross_entropy, empty_step: Callable[[], None] | None = None) -> float:
     """SEAM (privacy): one optimizer step on one batch; returns the batch's mean loss. ``loss_fn``: the mean
-    cross-entropy over every target, or DP's wrapper of it (ghost clipping)."""
+    cross-entropy over every target, or DP's wrapper of it (ghost clipping). A batch of 0 examples (an empty
+    Poisson draw, DP only) takes ``empty_step`` (DP's noise-only step) instead of a forward pass; its loss, a
+    mean over no example, is nan (the loop weighs each loss by its examples)."""
     x, y = batch
+    if empty_step is not None and examples_in(y) == 0:
+        empty_step()
+        return math.nan
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)  # a label per example, or a target per position (task "lm")
@@ -126,12 +131,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any, d
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _mean_over_workers(loss_sum: float, count: int, world_size: int, device: torch.device) -> float:
+def _mean_over_workers(loss_sum: float, count: int, world_size: int, device: torch.device) -> float | None:
+    """``sum_k loss_sum_k / sum_k count_k`` over the workers (a collective); None when no worker counted any."""
     if world_size > 1:
         t = torch.tensor([loss_sum, float(count)], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         loss_sum, count = float(t[0]), int(t[1])
-    return loss_sum / max(count, 1)
+    return loss_sum / count if count > 0 else None
 
 
 def write_plots(folder: RunFolder) -> list[Path]:
@@ -223,7 +229,7 @@ def train_worker(
 
     run.t0 = time.perf_counter()
     end, stopped_by_budget = _steps(state, run, loader)
-    if stopped_by_budget and state.window[1] > 0:  # log the steps since the last record
+    if stopped_by_budget and state.window_steps > 0:  # log the steps since the last record (same on every rank)
         c = state.controller  # its factor of step end - 1 (no update since)
         factor = float(c.multiplier(end - 1)) if c is not None else None
         _write(run, _record(state, run, end, _window_mean(state, run), state.last_step, factor))
@@ -294,7 +300,7 @@ def _restore(state: WorkerState, run: _Run, restore: Path) -> int | None:
     at another number of workers: resize on resume); returns the old number of workers if resized."""
     cfg, rank, world = run.cfg, run.rank, run.world
     saved = ckpt.load_rank_state(restore, rank) if (restore / ckpt.rank_file(rank)).exists() else None
-    resized_from = None
+    resized_from, legacy = None, saved is not None and "window_steps" not in saved
     if saved is None or int(saved["world_size"]) != world:  # resize on resume: average on load
         from distsched.train.resize import check_resizable, resize_rank_state
 
@@ -302,10 +308,13 @@ def _restore(state: WorkerState, run: _Run, restore: Path) -> int | None:
         check_resizable(cfg, old_world, world)
         old_shards = cfg.data.shards(run.bundle.targets, old_world, cfg.batch_size, cfg.seed)
         states = [ckpt.load_rank_state(restore, r) for r in range(old_world)]
+        legacy = "window_steps" not in states[0]
         saved = resize_rank_state(states, world, rank, len(old_shards[0]) // cfg.batch_size,
                                   len(run.shards[rank]) // cfg.batch_size)
         resized_from = old_world
     state.load_state_dict(saved, where=restore)
+    if legacy:  # a checkpoint from before: window = (sum of step means, steps), batch_size examples a step
+        state.window = (state.window[0] * cfg.batch_size, state.window[1] * cfg.batch_size)
     if saved["rng"] is None:  # resized: fresh per-rank randomness, determined by (seed, rank, step)
         torch.manual_seed(cfg.seed + 1 + rank + 1_000_003 * int(saved["step"]))
     return resized_from
@@ -331,20 +340,26 @@ def _steps(state: WorkerState, run: _Run, loader: DataLoader) -> tuple[int, bool
         lr_t = float(state.optimizer.param_groups[0]["lr"])  # applied (see WorkerState.set_lr)
         factor_t = float(controller.multiplier(t)) if controller is not None else None
         state.last_step = (lr_t, engine.current_period, priv.noise_multiplier if priv is not None else None)
-        loss = train_step(state.model, state.optimizer, next(batches), run.device, loss_fn)
+        batch = next(batches)
+        n = examples_in(batch[1])  # 0: an empty Poisson draw (DP), a noise-only step
+        loss = train_step(state.model, state.optimizer, batch, run.device, loss_fn,
+                          empty_step=priv.empty_step if priv is not None else None)
         if priv is not None:
             priv.after_step()
-        state.window = (state.window[0] + loss, state.window[1] + 1)
+        if n > 0:  # the window's loss is the mean over its examples: sum(loss_t n_t) / sum(n_t)
+            state.window = (state.window[0] + loss * n, state.window[1] + n)
+        state.window_steps += 1
         done = t + 1
+        logged = done % cfg.log_every == 0 or done == run.total
         mean_loss = None
-        if done % cfg.log_every == 0 or done == run.total:
-            mean_loss = _window_mean(state, run)  # the one loss collective
-            if controller is not None:  # same value on every rank: same decisions, same LR everywhere
+        if logged:
+            mean_loss = _window_mean(state, run)  # the one loss collective; None: no example in the window
+            if controller is not None and mean_loss is not None:  # same value on every rank: same decisions
                 update_controller(controller, mean_loss, t)
-        engine.step(t, loss)  # a new round's H is read from the controlled schedule
+        engine.step(t, loss if n > 0 else None)  # a new round's H is read from the controlled schedule
         state.scheduler.step()
         state.set_lr(t + 1)
-        if mean_loss is not None:
+        if logged:
             last = _record(state, run, done, mean_loss, state.last_step, factor_t, epoch=_epoch(state.sampler))
             if run.bundle.test is not None and due(done, cfg.eval_every, run.total):  # a collective: every rank
                 last.update(validate(state.model, run.bundle.test, run.device, run.rank, run.world))  # averaged model
@@ -354,10 +369,11 @@ def _steps(state: WorkerState, run: _Run, loader: DataLoader) -> tuple[int, bool
     return run.total, False
 
 
-def _window_mean(state: WorkerState, run: _Run) -> float:
-    """The loss averaged over the workers and the steps since the last record (a collective); empties the window."""
+def _window_mean(state: WorkerState, run: _Run) -> float | None:
+    """The loss averaged over the examples of every worker's steps since the last record (a collective; None
+    when they hold no example: every draw was empty); empties the window."""
     mean = _mean_over_workers(state.window[0], state.window[1], run.world, run.device)
-    state.window = (0.0, 0)
+    state.window, state.window_steps = (0.0, 0), 0
     return mean
 
 
@@ -365,7 +381,7 @@ def _epoch(sampler: Any) -> float:
     return sampler.epoch + sampler.batch / sampler.batches_per_epoch
 
 
-def _record(state: WorkerState, run: _Run, step: int, loss: float,
+def _record(state: WorkerState, run: _Run, step: int, loss: float | None,
             taken: tuple[float | None, int | None, float | None], factor: float | None,
             epoch: float | None = None) -> dict[str, Any]:
     """The metrics record after ``step`` steps: ``taken`` the (lr, H, sigma) of its last step, ``factor``
@@ -392,9 +408,10 @@ def _write(run: _Run, record: dict[str, Any], progress: bool = False) -> None:
         return
     run.writer.write(record)
     if run.echo and progress:
-        factor = record.get("controller_factor")
+        factor, loss = record.get("controller_factor"), record.get("loss")
+        loss_text = f"{loss:.4f}" if loss is not None else "-"  # None: no example since the last record
         print(
-            f"step {record['step']}/{run.total}  lr {record['lr']:.4g}  H {record['H']}  loss {record['loss']:.4f}  "
+            f"step {record['step']}/{run.total}  lr {record['lr']:.4g}  H {record['H']}  loss {loss_text}  "
             f"rounds {record['rounds']}  bytes {record['bytes']}"
             + (f"  epsilon {record['epsilon']:.3f}" if "epsilon" in record else "")
             + (f"  factor {factor:.4g}" if factor is not None else ""), flush=True,

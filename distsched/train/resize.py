@@ -131,5 +131,6 @@ def resize_rank_state(states: list[dict[str, Any]], new_world: int, new_rank: in
         out["privacy"] = priv
     total = (sum(float(s["window"][0]) for s in states), sum(int(s["window"][1]) for s in states))
     out["window"] = total if new_rank == 0 else (0.0, 0)
+    out["window_steps"] = int(s0.get("window_steps", s0["window"][1]))  # steps since the record: every rank's
     out["rng"] = None  # the loop reseeds: seed + 1 + rank + step (deterministic, new per rank)
     return out

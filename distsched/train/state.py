@@ -55,8 +55,10 @@ class WorkerState:
     step: int = 0
     elapsed_s: float = 0.0
     finished: bool = False
-    #: (sum, count) of the losses since the last metrics record.
+    #: (sum of loss x examples, examples) of this worker's steps since the last metrics record, and the number of
+    #: those steps (the same on every worker; a step on an empty Poisson draw adds to it alone).
     window: tuple[float, int] = (0.0, 0)
+    window_steps: int = 0
     #: (lr, H, sigma) of the last step taken: a stop-at-budget record needs it even when that step ran before
     #: a restart, so it travels with the loss window it belongs to.
     last_step: tuple[float | None, int | None, float | None] = (None, None, None)
@@ -86,7 +88,7 @@ class WorkerState:
         return {
             "step": self.step, "world_size": self.world_size, "base_world": self.base_world,
             "finished": self.finished, "elapsed_s": self.elapsed_s, "window": self.window,
-            "last_step": self.last_step,
+            "window_steps": self.window_steps, "last_step": self.last_step,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "engine": self.engine.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": ckpt.capture_rng(),
@@ -113,6 +115,7 @@ class WorkerState:
             ckpt.restore_rng(state["rng"])
         self.step, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
         self.window, self.finished = tuple(state["window"]), bool(state["finished"])
+        self.window_steps = int(state.get("window_steps", self.window[1]))  # before: one count per step
         self.last_step = tuple(state.get("last_step", self.last_step))
 
     def _check_parts(self, state: dict[str, Any], where: Any) -> None:
