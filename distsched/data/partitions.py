@@ -311,7 +311,8 @@ def partition_figure(parts: Sequence[np.ndarray], labels: np.ndarray, num_classe
     edges = np.arange(len(subset) + 1) - 0.5
     for c in range(num_classes):  # one filled step patch per label, not a bar per client (500 patches: ~1 s)
         top = bottom + subset[:, c]
-        ax2.stairs(top, edges, baseline=bottom, fill=True, label=str(c), color=f"C{c % 10}")
+        patch = ax2.stairs(top, edges, baseline=bottom, fill=True, label=str(c), color=f"C{c % 10}")
+        patch.sticky_edges.y[:] = bottom  # autoscale as stacked bars do: every bar's bottom is a sticky edge
         bottom = top
     ax2.set_title(f"label mix of the first {len(subset)} of {len(counts)} clients" if len(subset) < len(counts)
                   else f"label mix of all {len(counts)} clients")
