@@ -156,3 +156,27 @@ def test_make_private_loop_takes_an_empty_first_draw_with_empty_step():
         torch.testing.assert_close(p.detach(), b - LR * torch.normal(0.0, SIGMA * CLIP, size=p.shape, generator=gen),
                                    rtol=1e-6, atol=1e-7)  # expected batch q N = 1
     assert opt.privacy.accountant.history == [(SIGMA, q, 1)] and opt.privacy.noise.step_count == 1
+
+
+@pytest.mark.parametrize(("clipping", "per_layer"), CASES)
+def test_an_empty_step_leaves_nothing_behind_for_the_next_step(clipping, per_layer):
+    """With (almost) no noise, a step on a batch after an empty draw is the step on that batch alone: no stale
+    per-example gradients (ExpandedWeights adds to an existing ``grad_sample``) or clipped sums carry over."""
+    x, y = _data().tensors[0][:10], _data().tensors[1][:10]
+    params = []
+    for first_empty in (True, False):
+        model = _model()
+        clip = [0.4, 0.3, 0.2, 0.1] if per_layer else CLIP
+        pt = private_training(model, torch.optim.SGD(model.parameters(), lr=LR), sample_rate=0.25,
+                              expected_batch_size=10.0, max_grad_norm=clip, delta=DELTA, noise=1e-9, noise_seed=0,
+                              clipping=clipping)
+        loss_fn = pt.loss_fn(PerExampleLoss(token_cross_entropy))
+        if first_empty:
+            train_step(pt.model, pt.optimizer, [x[:0], y[:0]], torch.device("cpu"), loss_fn, empty_step=pt.empty_step)
+            pt.after_step()
+        train_step(pt.model, pt.optimizer, [x, y], torch.device("cpu"), loss_fn, empty_step=pt.empty_step)
+        pt.after_step()
+        params.append([p.detach().clone() for p in pt.model.parameters()])
+    assert pt.accountant.history == [(1e-9, 0.25, 1)]
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
