@@ -11,6 +11,7 @@ inside its enclosing function and on its own. No function or method in ``distsch
 from __future__ import annotations
 
 import ast
+import re
 import textwrap
 from pathlib import Path
 
@@ -90,3 +91,33 @@ def test_process_group_set_up_and_nccl_default_live_in_sync_backend_only():
     # the NCCL environment default is set in one place (launch/nccl.env is the shell launchers' own copy)
     assert _files_containing("TORCH_NCCL_ASYNC_ERROR_HANDLING") == ["distsched/sync/backend.py"]
     assert _files_containing("NCCL_ENV_DEFAULTS") == ["distsched/sync/backend.py"]
+
+
+def _readme_table() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    return [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| part ")]
+
+
+def _named_paths(cell: str) -> list[str]:
+    """``distsched/...`` paths of a table cell: ``distsched/x/`` (`a.py`, `b/`) names x/a.py and x/b/;
+    ``{a,b}.py`` names a.py and b.py."""
+    paths: list[str] = []
+    for m in re.finditer(r"`(distsched/[^`]*)`(\s*\(([^)]*)\))?", cell):
+        base, inner = m.group(1), m.group(3)
+        braces = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", base)
+        paths += [braces.group(1) + part + braces.group(3) for part in braces.group(2).split(",")] if braces else [base]
+        if inner:
+            paths += [base + name for name in re.findall(r"`([^`]+)`", inner)]
+    return paths
+
+
+def test_readme_where_things_live_names_every_package_and_only_what_exists():
+    rows = _readme_table()
+    named = [path for row in rows for path in _named_paths(row.split(" | ")[-1])]
+    missing = [path for path in named if not (ROOT / path.split(":")[0]).exists()]
+    assert not missing, f"README 'Where things live' names what does not exist: {missing}"
+    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    listed = {path.split("/")[1] for path in named}
+    assert [p for p in packages if p not in listed] == [], "packages of distsched/ missing from the README table"
+    assert {"cli.py", "config.py", "_checks.py"} <= listed
