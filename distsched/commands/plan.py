@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distsched.privacy import Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from distsched.privacy import epsilon_curve, plan, scale_batch_and_noise
+    from distsched.privacy import plan
 
     if args.steps is not None and args.epochs is not None:
         raise ValueError(f"give one of --steps or --epochs, not both (got --steps {args.steps} --epochs {args.epochs})")
@@ -59,35 +63,55 @@ def run(args: argparse.Namespace) -> int:
             interval=args.interval,
         )
         if args.plot:
-            from distsched.report import line_plot
-
-            xs, ys = epsilon_curve(p.history(), p.delta, p.accountant, points=40 if p.accountant == "prv" else 200)
-            series = {"epsilon spent": (xs, ys)}
-            if p.target_epsilon is not None:
-                series["target"] = ([0, p.steps], [p.target_epsilon, p.target_epsilon])
-            line_plot(args.plot, series, title=f"DP-SGD plan ({p.accountant}, delta={p.delta:g})",
-                      ylabel="epsilon")
+            _plot(args.plot, p)
     result = p.to_dict()
     scaling = None
     if args.batch_scaling:
-        if p.batch_size is None or p.dataset_size is None:
-            raise ValueError("--batch-scaling needs --batch-size and --dataset-size (or --solve batch)")
-        if type(p.noise_schedule).__name__ != "ConstantNoise":
-            raise ValueError(f"--batch-scaling needs constant noise, got --noise-schedule {args.noise_schedule}")
-        try:
-            factors = tuple(float(k) for k in args.batch_scaling.split(","))
-        except ValueError:
-            msg = f"--batch-scaling must be numbers separated by commas, got {args.batch_scaling!r}"
-            raise ValueError(msg) from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            scaling = scale_batch_and_noise(batch_size=p.batch_size, noise_multiplier=p.noise_multiplier,
-                                            dataset_size=p.dataset_size, steps=p.steps, delta=p.delta,
-                                            factors=factors, accountant=p.accountant)
+        scaling = _batch_scaling(p, args.batch_scaling, args.noise_schedule)
         result["batch_scaling"] = scaling
     if args.json:
         print(json.dumps(result))
         return 0
+    _print_plan(p, args.plot, scaling)
+    return 0
+
+
+def _plot(path: str, p: Plan) -> None:
+    """Epsilon spent over the plan's steps, and the target as a line, in ``path``."""
+    from distsched.privacy import epsilon_curve
+    from distsched.report import line_plot
+
+    xs, ys = epsilon_curve(p.history(), p.delta, p.accountant, points=40 if p.accountant == "prv" else 200)
+    series = {"epsilon spent": (xs, ys)}
+    if p.target_epsilon is not None:
+        series["target"] = ([0, p.steps], [p.target_epsilon, p.target_epsilon])
+    line_plot(path, series, title=f"DP-SGD plan ({p.accountant}, delta={p.delta:g})", ylabel="epsilon")
+
+
+def _batch_scaling(p: Plan, factors_text: str, noise_schedule: str | None) -> list[dict[str, Any]]:
+    """``--batch-scaling K1,K2,...``: the plan at ``B' = k B``, ``sigma' = k sigma`` for each ``k``
+    (:func:`~distsched.privacy.scale_batch_and_noise`)."""
+    import warnings
+
+    from distsched.privacy import scale_batch_and_noise
+
+    if p.batch_size is None or p.dataset_size is None:
+        raise ValueError("--batch-scaling needs --batch-size and --dataset-size (or --solve batch)")
+    if type(p.noise_schedule).__name__ != "ConstantNoise":
+        raise ValueError(f"--batch-scaling needs constant noise, got --noise-schedule {noise_schedule}")
+    try:
+        factors = tuple(float(k) for k in factors_text.split(","))
+    except ValueError:
+        raise ValueError(f"--batch-scaling must be numbers separated by commas, got {factors_text!r}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return scale_batch_and_noise(batch_size=p.batch_size, noise_multiplier=p.noise_multiplier,
+                                     dataset_size=p.dataset_size, steps=p.steps, delta=p.delta,
+                                     factors=factors, accountant=p.accountant)
+
+
+def _print_plan(p: Plan, plot: str | None, scaling: list[dict[str, Any]] | None) -> None:
+    """The plan as a two-column table, then the batch-noise scaling table if any."""
     rows = [
         ("solved for", p.solved),
         ("accountant", p.accountant),
@@ -103,12 +127,11 @@ def run(args: argparse.Namespace) -> int:
     ]
     for name, value in rows:
         print(f"{name:<18}{value}")
-    if args.plot:
-        print(f"{'plot':<18}{args.plot}")
+    if plot:
+        print(f"{'plot':<18}{plot}")
     if scaling is not None:
         print("\nbatch-noise scaling at fixed steps (sigma C / B unchanged):")
         print(f"{'k':>6} {'batch size':>11} {'sigma':>10} {'sample rate':>12} {'epsilon':>12}")
         for r in scaling:
             print(f"{r['factor']:>6g} {r['batch_size']:>11d} {r['noise_multiplier']:>10.5g} "
                   f"{r['sample_rate']:>12.5g} {r['epsilon']:>12.6g}")
-    return 0
