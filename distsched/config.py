@@ -2,7 +2,9 @@
 
 ``from_mapping(Cls, data)`` builds a (nested) dataclass and fails with one line naming the key
 (``train.sync.h_base``) on an unknown key, a missing required key or a wrong type. Value ranges are
-checked by the dataclasses' own ``__post_init__`` through :mod:`distsched._checks`.
+checked by the dataclasses' own ``__post_init__`` through :mod:`distsched._checks`. A field whose YAML
+form is a spec with its own grammar (a schedule, a sync block) is declared with :func:`spec_field`: it is
+read by its own ``load`` and written back by its own ``dump``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,32 @@ def build(
         raise ValueError(msg if msg.startswith(f"{at}.") else f"{at}.{msg}") from None
 
 
+def spec_field(load: Callable[[Any, str], Any], dump: Callable[[Any], Any], **field_options: Any) -> Any:
+    """A dataclass field whose YAML form is a spec with its own grammar (``{name: cosine, ...}``).
+
+    :func:`from_mapping` reads it with ``load(value, key)`` (its one-line errors name ``key``; ``load``
+    also takes ``None`` and an already typed value) and :func:`to_mapping` writes it with ``dump(value)``.
+    The spec as read is kept beside the object: while the field still holds the value read from it,
+    :func:`to_mapping` writes that spec back verbatim (the user's keys, order and spelling, not every
+    default), so a run folder's ``config.yaml`` shows what was written. ``field_options`` go to
+    :func:`dataclasses.field` (``default``, ``default_factory``...).
+    """
+    return dataclasses.field(metadata={"load": load, "dump": dump}, **field_options)
+
+
+#: attribute of an object built by :func:`from_mapping` holding ``{field: (spec as read, value)}``.
+_AS_READ = "_spec_as_read"
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    """``f``'s annotation, evaluated in ``cls``'s module as :func:`typing.get_type_hints` does, one field at a
+    time (a :func:`spec_field` may be annotated with a class imported only for type checking)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return typing.get_type_hints(type("_F", (), {"__annotations__": {f.name: f.type},
+                                                  "__module__": cls.__module__}))[f.name]
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -213,7 +241,6 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     ``ValueError`` naming the dotted key."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     dotted = (prefix + ".") if prefix else ""
     unknown = [k for k in data if k not in fields]
@@ -223,25 +250,43 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{dotted}{name}")
+            load = f.metadata.get("load")
+            key = f"{dotted}{name}"
+            kwargs[name] = load(data[name], key) if load else _coerce(data[name], _field_type(cls, f), key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ValueError(f"missing required key {dotted}{name}")
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(f"{dotted}{msg}" if prefix and not msg.startswith(prefix) else msg) from None
+    as_read = {name: (copy.deepcopy(data[name]), kwargs[name])
+               for name, f in fields.items() if "load" in f.metadata and name in data}
+    if as_read:
+        object.__setattr__(obj, _AS_READ, as_read)
+    return obj
 
 
 def to_mapping(obj: Any) -> Any:
-    """A dataclass (nested) back to plain dicts/lists, for ``config.yaml`` in the run folder."""
+    """A dataclass (nested) back to plain dicts/lists, for ``config.yaml`` in the run folder; a
+    :func:`spec_field` is written as its spec (verbatim as read, while it holds the value read)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _field_to_mapping(obj, f) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_mapping(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_mapping(v) for k, v in obj.items()}
     return obj
+
+
+def _field_to_mapping(obj: Any, f: dataclasses.Field) -> Any:
+    value = getattr(obj, f.name)
+    spec, read = getattr(obj, _AS_READ, {}).get(f.name, (None, None))
+    if read is not None and read is value:
+        return copy.deepcopy(spec)
+    if "dump" in f.metadata and value is not None:
+        return f.metadata["dump"](value)
+    return to_mapping(value)
 
 
 def parse_sets(items: Sequence[str]) -> list[tuple[str, Any]]:

@@ -114,14 +114,13 @@ def test_one_error_shape_across_the_four_block_kinds():
     import re
 
     from distsched.federated.strategies import build_strategy
-    from distsched.train.config import build_rule, build_schedule
-    from distsched.train.controller import build_controller
+    from distsched.train import ControllerConfig, SyncConfig
 
     blocks = [
-        (lambda extra: build_rule({"name": "fixed", "h": 2, **extra}), "sync", "sync", "fixed"),
-        (lambda extra: build_controller({"name": "plateau", **extra}), "controller", "controller", "plateau"),
+        (lambda extra: SyncConfig.from_spec({"name": "fixed", "h": 2, **extra}), "sync", "sync", "fixed"),
+        (lambda extra: ControllerConfig.from_spec({"name": "plateau", **extra}), "controller", "controller", "plateau"),
         (lambda extra: build_strategy("fedavg", **extra), "strategy", "strategy.params", "fedavg"),
-        (lambda extra: build_schedule({"name": "constant", "lr": 0.1, **extra}), "schedule", "schedule", "constant"),
+        (lambda extra: S.from_spec({"name": "constant", "lr": 0.1, **extra}), "schedule", "schedule", "constant"),
     ]
     for make, kind, at, name in blocks:
         with pytest.raises(ValueError) as err:

@@ -165,14 +165,16 @@ def test_outer_sgd_schedule_errors():
 
 
 def test_config_sync_block_carries_the_engine_options():
-    from distsched.train.config import build_sync
+    from distsched.train import SyncConfig
 
-    rule, options = build_sync({"rule": "fixed", "h": 4, "fragments": 2, "compression": "int8", "delay": 1,
-                                "mix": 0.25, "error_feedback": False,
-                                "outer": {"lr": {"name": "cosine", "lr": 0.7, "total_steps": 10}, "momentum": 0.9}})
+    sync = SyncConfig.from_spec({"rule": "fixed", "h": 4, "fragments": 2, "compression": "int8", "delay": 1,
+                                 "mix": 0.25, "error_feedback": False,
+                                 "outer": {"lr": {"name": "cosine", "lr": 0.7, "total_steps": 10}, "momentum": 0.9}})
+    rule, options = sync.build_rule(), sync.engine_options()
     assert rule == FixedH(4)
     outer = options.pop("outer_optimizer")
-    assert options == {"fragments": 2, "compression": "int8", "delay": 1, "mix": 0.25, "error_feedback": False}
+    assert options == {"fragments": 2, "compression": "int8", "delay": 1, "mix": 0.25, "error_feedback": False,
+                       "average_buffers": True, "average_momentum": False, "lr_compensation": None}
     assert outer.at(0) == (pytest.approx(0.7), 0.9) and outer.at(10)[0] == pytest.approx(0.0, abs=1e-12)
     eng = LocalSGD(_model(), rule, total_steps=8, outer_optimizer=outer, **options)
     assert (eng.fragments, eng.delay, eng.mix, eng.error_feedback) == (2, 1, 0.25, False)
@@ -180,10 +182,11 @@ def test_config_sync_block_carries_the_engine_options():
 
 def test_config_compression_from_the_lr():
     from distsched.sync import LRCompression
-    from distsched.train.config import build_sync
+    from distsched.train import SyncConfig
 
-    _, options = build_sync({"rule": "fixed", "h": 4,
-                             "compression": {"lr_peak": 0.1, "levels": [[0.5, "bf16"], [0, "int8"]]}})
+    options = SyncConfig.from_spec({"rule": "fixed", "h": 4,
+                                    "compression": {"lr_peak": 0.1, "levels": [[0.5, "bf16"], [0, "int8"]]}}
+                                   ).engine_options()
     assert options["compression"] == LRCompression(lr_peak=0.1, levels=((0.5, "bf16"), (0.0, "int8")))
 
 
@@ -199,10 +202,10 @@ def test_config_compression_from_the_lr():
      ({"outer": {"lr": {"name": "nope"}}}, r"unknown schedule 'nope' in lr\.name")],
 )
 def test_config_sync_block_errors(extra, match):
-    from distsched.train.config import build_sync
+    from distsched.train import SyncConfig
 
     with pytest.raises(ValueError, match=match):
-        build_sync({"rule": "fixed", "h": 4, **extra})
+        SyncConfig.from_spec({"rule": "fixed", "h": 4, **extra})
 
 
 def test_readme_engine_options_yaml_is_a_valid_sync_block():
@@ -211,11 +214,11 @@ def test_readme_engine_options_yaml_is_a_valid_sync_block():
 
     import yaml
 
-    from distsched.train.config import build_sync
+    from distsched.train import SyncConfig
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = text[text.index("### Fragments, compressed exchange, overlap") :]
     block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
-    rule, options = build_sync(block["sync"])
+    options = SyncConfig.from_spec(block["sync"]).engine_options()
     assert (options["fragments"], options["compression"], options["delay"]) == (4, "int8", 2)
     assert options["outer_optimizer"].scheduled

@@ -255,8 +255,8 @@ def test_example_two_workers_share_the_controller_and_qsr_reads_it(example_run):
     folder, cfg, summary = example_run
     assert cfg.workers == 2 and summary["steps_done"] == cfg.steps and summary["test_accuracy"] >= 0.9
     records = read_metrics(folder.metrics_path)
-    ctl = cfg.controller
-    base = cfg.schedule["lr"]
+    ctl = cfg.controller.params
+    base = cfg.schedule.lr
     ref, final_lr = _torch_plateau_lrs([r["loss"] for r in records], base, ctl["factor"], ctl["patience"],
                                        min_lr=base * ctl["min_factor"])
     assert final_lr < base

@@ -94,13 +94,13 @@ def test_qsr_holds_h_base_through_the_schedule_warmup(tmp_path):
     """A warmup from LR 0 must not make QSR's first round the whole run: the loop hands the schedule's
     warmup length to QSR, which keeps H = h_base while t < warmup_steps (Gu et al. 2024)."""
     from distsched.sync import QSR
-    from distsched.train.config import build_sync
+    from distsched.train import SyncConfig
 
     warm, steps = 20, 100
     sync = {"rule": "qsr", "h_base": 2, "alpha": 0.2}
-    rule, _ = build_sync(sync, warmup_steps=warm)
+    rule = SyncConfig.from_spec(sync).build_rule(warmup_steps=warm)
     assert isinstance(rule, QSR) and rule.warmup_steps == warm
-    assert build_sync({**sync, "warmup_steps": 5}, warmup_steps=warm)[0].warmup_steps == 5  # config wins
+    assert SyncConfig.from_spec({**sync, "warmup_steps": 5}).build_rule(warmup_steps=warm).warmup_steps == 5
 
     torch.set_num_threads(1)
     cfg = config_from_mapping({

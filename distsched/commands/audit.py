@@ -43,27 +43,23 @@ def audit_config(cfg: Any, *, canaries: int = 1000, confidence: float = 0.95, **
     import torch
 
     from distsched.privacy.audit import audit_training
-    from distsched.privacy.config import privacy_config
     from distsched.privacy.training import resolve_mode
-    from distsched.train.config import build_schedule
     from distsched.train.loop import make_optimizer, total_steps_of
 
     if cfg.privacy is None:
         raise ValueError("the config has no privacy block: there is no DP claim to audit")
-    privacy = privacy_config(cfg.privacy)
+    privacy, schedule = cfg.privacy, cfg.schedule
     torch.set_num_threads(cfg.threads)
     bundle = cfg.data.load(cfg.seed)
     shards = cfg.data.shards(bundle.targets, cfg.workers, cfg.batch_size, cfg.seed)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
-    every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
-    mode = resolve_mode(privacy.mode, cfg.workers, every_step)
+    mode = resolve_mode(privacy.mode, cfg.workers, cfg.sync.every_step)
     if mode == "local":
         indices, batch = min(shards, key=len), cfg.batch_size
     else:
         indices, batch = np.concatenate(shards), cfg.batch_size * cfg.workers
     torch.manual_seed(cfg.seed)
     model = cfg.model.build(bundle.input_shape, bundle.num_classes)
-    schedule = build_schedule(cfg.schedule)
     optimizer = make_optimizer(cfg, model, float(schedule(0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Opacus' hints (secure RNG, optimal RDP order)

@@ -11,20 +11,23 @@ from distsched.train.config import (
     config_to_mapping,
     load_config,
 )
-from distsched.train.controller import CONTROLLERS, build_controller, update_controller
+from distsched.train.controller import CONTROLLERS, ControllerConfig, build_controller, update_controller
 from distsched.train.loop import FaultInjection, build_training, train_step, train_worker
 from distsched.train.run import preflight, prepare_run, read_summary, run_processes, run_torchrun
 from distsched.train.session import LocalSession, Session
+from distsched.train.sync_config import SyncConfig
 
 __all__ = [
     "CONTROLLERS",
     "CheckpointConfig",
+    "ControllerConfig",
     "DataConfig",
     "FaultInjection",
     "LocalSession",
     "ModelConfig",
     "OptimizerConfig",
     "Session",
+    "SyncConfig",
     "TrainConfig",
     "build_controller",
     "build_training",

@@ -14,16 +14,23 @@ A config file is one mapping::
     sync: {name: qsr, h_base: 2, alpha: 0.2}
     checkpoint: {every: 100, keep: 2}
 
-``schedule`` is any :func:`distsched.schedules.from_spec` mapping (composition allowed) and ``sync``
-is a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
-(``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
-``outer: {lr, momentum, nesterov}`` where ``lr`` and ``momentum`` may be schedule specs of the outer
-round, ``fragments``, ``compression: none|bf16|fp16|int8`` or ``{lr_peak, levels}`` (the codec from
-the LR, :class:`distsched.sync.LRCompression`), ``error_feedback``, ``delay``, ``mix``).
-Both are checked at load time by building them.
-``privacy`` turns on DP-SGD (:class:`distsched.privacy.PrivacyConfig`, checked at load time).
-``controller`` puts a feedback controller on the schedule (``{name: plateau, factor: 0.5, patience: 3}``;
-:mod:`distsched.train.controller`, checked at load time by building it).
+Four blocks are specs with their own grammar, each read ONCE, at load time, into a typed object that
+the workers use as is (:func:`distsched.config.spec_field`):
+
+* ``schedule``: any :func:`distsched.schedules.from_spec` mapping (composition allowed) -> the
+  :class:`~distsched.schedules.Schedule` itself (a pure function of the step: ``cfg.schedule(0)``);
+* ``sync``: a rule from :data:`distsched.sync.RULES` with its parameters, plus the engine options
+  (``average_buffers``, ``average_momentum``, ``lr_compensation: {h_ref, power}``,
+  ``outer: {lr, momentum, nesterov}`` where ``lr`` and ``momentum`` may be schedule specs of the outer
+  round, ``fragments``, ``compression: none|bf16|fp16|int8`` or ``{lr_peak, levels}`` (the codec from
+  the LR, :class:`distsched.sync.LRCompression`), ``error_feedback``, ``delay``, ``mix``) ->
+  :class:`~distsched.train.sync_config.SyncConfig` (``build_rule()``, ``engine_options()``, ``every_step``);
+* ``privacy`` turns on DP-SGD -> :class:`distsched.privacy.PrivacyConfig`;
+* ``controller`` puts a feedback controller on the schedule (``{name: plateau, factor: 0.5, patience: 3}``)
+  -> :class:`~distsched.train.controller.ControllerConfig` (``build()``).
+
+Rules and controllers have state, so their blocks hold the checked spec and each worker builds its own.
+``config.yaml`` in a run folder shows these blocks as they were written.
 """
 
 from __future__ import annotations
@@ -32,18 +39,21 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
-from distsched.config import build, check_name, from_mapping, load_yaml, to_mapping
+from distsched.config import check_name, from_mapping, load_yaml, spec_field, to_mapping
+from distsched.schedules import Schedule, from_spec, to_spec
+from distsched.train.controller import ControllerConfig, load_controller
+from distsched.train.sync_config import SyncConfig, sync_spec
+
+if TYPE_CHECKING:
+    from distsched.privacy.config import PrivacyConfig
 
 BUILTIN_MODELS = ("mlp", "cnn", "gpt")  # distsched.data.models.BUILTIN_MODELS (kept here: no torch import at load)
 BUILTIN_DATA = ("digits", "synthetic", "stdlib_text")
 PARTITIONS = ("iid", "label_skew")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-#: ``sync`` keys that configure the engine, not the rule.
-ENGINE_KEYS = ("average_buffers", "average_momentum", "lr_compensation", "outer", "fragments", "compression",
-               "error_feedback", "delay", "mix")
 
 
 @dataclasses.dataclass
@@ -158,7 +168,8 @@ class TrainConfig:
     """One training run. Exactly one of ``steps`` and ``epochs`` is given; ``epochs`` counts passes
     over the smallest worker shard."""
 
-    schedule: dict[str, Any]
+    #: the LR schedule, built from its spec (:func:`distsched.schedules.from_spec`; errors name ``schedule.<key>``).
+    schedule: Schedule = spec_field(lambda value, key: from_spec(value, _where=key), to_spec)
     name: str = "run"
     seed: int = 0
     #: the number of workers, or ``[min, max]``: an elastic run (Ray launcher) that shrinks when a worker is
@@ -179,13 +190,16 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    sync: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "fixed", "h": 1})
+    #: the sync rule and the engine options (:class:`~distsched.train.sync_config.SyncConfig`); default: average
+    #: after every step.
+    sync: SyncConfig = spec_field(SyncConfig.from_spec, SyncConfig.to_spec, default_factory=SyncConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    #: DP-SGD: a :class:`distsched.privacy.PrivacyConfig` mapping (target_epsilon / noise_multiplier, delta, ...).
-    privacy: dict[str, Any] | None = None
+    #: DP-SGD (:class:`distsched.privacy.PrivacyConfig`: target_epsilon / noise_multiplier, delta, ...); None = off.
+    privacy: PrivacyConfig | None = spec_field(lambda value, key: _load_privacy(value), to_mapping, default=None)
     #: a feedback controller on the schedule, ``{name: pid | plateau | warm_restart | curriculum, ...}``,
-    #: fed the workers' mean loss at every metrics record (:mod:`distsched.train.controller`); None = off.
-    controller: dict[str, Any] | None = None
+    #: fed the workers' mean loss at every metrics record (:class:`~distsched.train.controller.ControllerConfig`,
+    #: :mod:`distsched.train.controller`); None = off.
+    controller: ControllerConfig | None = spec_field(load_controller, ControllerConfig.to_spec, default=None)
     #: the LR at another world size W (a resume at a new ``workers``): ``none`` | ``linear`` (x W/W0) |
     #: ``sqrt`` (x sqrt(W/W0)), W0 the run's first size (:func:`distsched.train.resize.world_lr_factor`).
     world_lr: str = "none"
@@ -214,20 +228,17 @@ class TrainConfig:
             check_int("steps", self.steps, 1)
         if self.epochs is not None:
             check_positive("epochs", self.epochs)
-        build_schedule(self.schedule)
-        if isinstance(self.sync, Mapping) and "rule" in self.sync and "name" not in self.sync:
-            warnings.warn("sync.rule is deprecated: write sync.name (same values)", FutureWarning, stacklevel=2)
-            self.sync = sync_spec(self.sync)
-        build_sync(self.sync)
+        typed = isinstance(self.schedule, Schedule) and isinstance(self.sync, SyncConfig) and isinstance(
+            self.controller, (ControllerConfig, type(None)))
         if self.privacy is not None:
-            from distsched.privacy.config import privacy_config, refuse_unprivatized_signals
+            from distsched.privacy.config import PrivacyConfig, refuse_unprivatized_signals
 
-            privacy_config(self.privacy)
-            refuse_unprivatized_signals(controller=self.controller is not None, sync_rule=build_rule(self.sync))
-        if self.controller is not None:
-            from distsched.train.controller import build_controller
-
-            build_controller(self.controller)
+            typed = typed and isinstance(self.privacy, PrivacyConfig)
+        if not typed:
+            raise TypeError("schedule, sync, privacy and controller are typed blocks (Schedule, SyncConfig, "
+                            "PrivacyConfig, ControllerConfig); config_from_mapping reads them from plain mappings")
+        if self.privacy is not None:
+            refuse_unprivatized_signals(controller=self.controller is not None, sync_rule=self.sync.build_rule())
         if self.elastic is not None:
             check_elastic(self)
 
@@ -260,105 +271,34 @@ def check_elastic(cfg: TrainConfig) -> None:
     if cfg.steps is None:
         raise ValueError(f"workers [{lo}, {hi}] (elastic) needs steps, not epochs: an epoch's length in steps "
                          f"changes with the number of workers")
-    if int(cfg.sync.get("delay", 0) or 0) > 0:
+    if cfg.sync.delay > 0:
         raise ValueError(f"workers [{lo}, {hi}] (elastic): sync.delay > 0 keeps exchanges in flight that a "
                          f"resize cannot carry; use delay 0")
     if cfg.privacy is not None:
-        from distsched.privacy.config import privacy_config
         from distsched.privacy.training import resolve_mode
 
-        every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
-        if any(resolve_mode(privacy_config(cfg.privacy).mode, w, every_step) == "local" for w in range(lo, hi + 1)):
+        if any(resolve_mode(cfg.privacy.mode, w, cfg.sync.every_step) == "local" for w in range(lo, hi + 1)):
             raise ValueError(f"workers [{lo}, {hi}] (elastic): privacy in local mode (one accountant per shard) "
                              f"cannot resize; use privacy.mode group (with sync fixed, h 1)")
 
 
-def build_schedule(spec: Mapping[str, Any]) -> Any:
-    """The schedule of a ``schedule`` block (errors name ``schedule.<key>``)."""
-    from distsched.schedules import from_spec
+def _load_privacy(value: Any) -> PrivacyConfig | None:
+    """The ``privacy`` field: None (no DP) or :func:`distsched.privacy.privacy_config` of the block (errors
+    name ``privacy.<key>``); imported only for a config with DP (Opacus is slow to import)."""
+    if value is None:
+        return None
+    from distsched.privacy.config import privacy_config
 
-    return from_spec(spec, _where="schedule")
-
-
-def sync_spec(spec: Any) -> Any:
-    """The ``sync`` block with ``name`` for its rule (the deprecated alias ``rule`` renamed, first)."""
-    if isinstance(spec, Mapping) and "rule" in spec and "name" not in spec:
-        return {"name": spec["rule"], **{k: v for k, v in spec.items() if k != "rule"}}
-    return spec
+    return privacy_config(value)
 
 
-def build_rule(spec: Mapping[str, Any]) -> Any:
-    """The sync rule of a ``sync`` block: ``RULES[spec["name"]](**parameters)`` by
-    :func:`distsched.config.build` (the engine keys are left to :func:`engine_options`)."""
-    from distsched.sync import RULES
-
-    return build(RULES, sync_spec(spec), "sync", exclude=ENGINE_KEYS)
-
-
-def _lr_compression(spec: Mapping[str, Any]) -> Any:
-    """``{lr_peak: 0.1, levels: [[0.5, bf16], [0.0, int8]]}`` -> :class:`distsched.sync.LRCompression`."""
-    from distsched.sync import LRCompression
-
-    unknown = [k for k in spec if k not in ("lr_peak", "levels")]
-    if unknown:
-        raise ValueError(f"unknown key compression.{unknown[0]} (allowed: levels, lr_peak)")
-    if "lr_peak" not in spec:
-        raise ValueError("missing required key compression.lr_peak")
-    levels = spec.get("levels", LRCompression.__dataclass_fields__["levels"].default)
-    if not isinstance(levels, (list, tuple)) or not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in levels):
-        raise ValueError(f"compression.levels: expected a list of [threshold, codec] pairs, got {levels!r}")
-    try:
-        return LRCompression(lr_peak=spec["lr_peak"], levels=tuple((th, name) for th, name in levels))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"compression.{exc}") from None
-
-
-def engine_options(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """LocalSGD keyword arguments from a ``sync`` block (average_buffers, average_momentum,
-    lr_compensation, outer_optimizer, fragments, compression, error_feedback, delay, mix)."""
-    from distsched.sync import LRCompensation, OuterSGD
-
-    out: dict[str, Any] = {}
-    for key in ("average_buffers", "average_momentum", "error_feedback"):
-        if key in spec:
-            if not isinstance(spec[key], bool):
-                raise ValueError(f"sync.{key}: expected true or false, got {spec[key]!r}")
-            out[key] = spec[key]
-    from distsched.sync import CODECS
-
-    try:
-        for key in ("fragments", "delay"):
-            if key in spec:
-                out[key] = check_int(key, spec[key], 1 if key == "fragments" else 0)
-        if isinstance(spec.get("compression"), Mapping):  # strength from the LR
-            out["compression"] = _lr_compression(spec["compression"])
-        elif "compression" in spec:
-            out["compression"] = check_choice("compression", spec["compression"], CODECS)
-        if "mix" in spec:
-            out["mix"] = check_range("mix", spec["mix"], 0.0, 1.0, high_open=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"sync.{exc}") from None
-    comp = spec.get("lr_compensation")
-    if comp is not None:
-        out["lr_compensation"] = from_mapping(LRCompensation, comp, prefix="sync.lr_compensation")
-    outer = spec.get("outer")
-    if outer is not None:
-        out["outer_optimizer"] = from_mapping(OuterSGD, outer, prefix="sync.outer")
-    return out
-
-
-def build_sync(spec: Mapping[str, Any], warmup_steps: int = 0) -> tuple[Any, dict[str, Any]]:
-    """(rule, engine options) of a ``sync`` block, validated.
-
-    ``warmup_steps``: the schedule's warmup length. QSR holds ``H = h_base`` during warmup (its LR
-    says nothing about the noise scale there, and an LR starting at 0 would give an endless first
-    round); a ``sync.warmup_steps`` given in the config wins.
-    """
-    spec = sync_spec(spec)
-    if isinstance(spec, Mapping) and spec.get("name") == "qsr" and "warmup_steps" not in spec and warmup_steps:
-        spec = {**spec, "warmup_steps": warmup_steps}
-    rule = build_rule(spec)
-    return rule, engine_options(spec)
+def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` with old spellings replaced, each with a FutureWarning: ``sync.rule`` -> ``sync.name``."""
+    sync = data.get("sync")
+    if sync_spec(sync) is not sync:
+        warnings.warn("sync.rule is deprecated: write sync.name (same values)", FutureWarning, stacklevel=3)
+        return {**data, "sync": sync_spec(sync)}
+    return data
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -366,12 +306,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     data = load_yaml(path)
     if overrides:
         data = {**data, **overrides}
-    return from_mapping(TrainConfig, data)
+    return from_mapping(TrainConfig, _upgrade(data))
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from a plain mapping (e.g. a run folder's ``config.yaml``)."""
-    return from_mapping(TrainConfig, data)
+    return from_mapping(TrainConfig, _upgrade(data))
 
 
 def config_to_mapping(cfg: TrainConfig) -> dict[str, Any]:

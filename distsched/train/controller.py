@@ -1,6 +1,6 @@
 """The ``controller`` block of the training config: a feedback controller on the schedule.
 
-One mapping, ``{name: <controller>, <parameters>}``, built here and only here::
+One mapping, ``{name: <controller>, <parameters>}``, read into a :class:`ControllerConfig` at load time::
 
     controller: {name: plateau, factor: 0.5, patience: 3}        # ReduceOnPlateau
     controller: {name: pid, kp: 2.0, kd: 0.5, min_factor: 0.1}   # PIDController
@@ -22,6 +22,7 @@ needs one gradient per task, which a single-loss loop does not have; use it in y
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,17 +34,48 @@ _FIXED = ("mode",)
 _WHERE = "controller"
 
 
-def build_controller(spec: Mapping[str, Any] | None) -> Controller | None:
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """The ``controller`` block: which controller and its parameters. A controller has state (its best
+    loss, its counters), so the config holds its spec, checked at load time by building it once, and each
+    worker builds its own with :meth:`build`."""
+
+    #: a key of :data:`distsched.control.CONTROLLERS`: ``pid``, ``plateau``, ``warm_restart``, ``curriculum``.
+    name: str
+    #: the controller's constructor parameters (``factor``, ``patience``...; ``mode`` is fixed to ``min``).
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Any, where: str = _WHERE) -> ControllerConfig:
+        """The block of a mapping ``{name: <controller>, <parameters>}`` (a :class:`ControllerConfig` is
+        returned as is): unknown names, unknown or missing keys and a flag that is not true/false raise
+        ``ValueError`` naming ``controller.<key>``; values are checked by the controller itself."""
+        if isinstance(spec, ControllerConfig):
+            return spec
+        if isinstance(spec, Mapping) and spec.get("name") == "gradient_conflict":
+            raise ValueError(f"{where}.name 'gradient_conflict' needs per-task gradients, which the training "
+                             f"loop does not compute (one loss); use GradientConflictScaler in your own loop")
+        build(CONTROLLERS, spec, where, fixed=_FIXED)
+        return cls(name=spec["name"], params={k: v for k, v in spec.items() if k != "name"})
+
+    def to_spec(self) -> dict[str, Any]:
+        """The mapping :meth:`from_spec` reads back."""
+        return {"name": self.name, **self.params}
+
+    def build(self) -> Controller:
+        """A fresh controller (state at its start)."""
+        return build(CONTROLLERS, self.to_spec(), _WHERE, fixed=_FIXED)
+
+
+def load_controller(value: Any, key: str = _WHERE) -> ControllerConfig | None:
+    """The ``controller`` field of a config: None (no controller) or its :class:`ControllerConfig`."""
+    return None if value is None else ControllerConfig.from_spec(value, key)
+
+
+def build_controller(spec: Mapping[str, Any] | ControllerConfig | None) -> Controller | None:
     """The controller of a ``controller`` block (None when the block is absent or null), built by
-    :func:`distsched.config.build` from :data:`distsched.control.CONTROLLERS`: unknown names, unknown or
-    missing keys and a flag that is not true/false raise ``ValueError`` naming ``controller.<key>``;
-    values are checked by the controller itself."""
-    if spec is None:
-        return None
-    if isinstance(spec, Mapping) and spec.get("name") == "gradient_conflict":
-        raise ValueError(f"{_WHERE}.name 'gradient_conflict' needs per-task gradients, which the training loop "
-                         f"does not compute (one loss); use GradientConflictScaler in your own loop")
-    return build(CONTROLLERS, spec, _WHERE, fixed=_FIXED)
+    :func:`distsched.config.build` from :data:`distsched.control.CONTROLLERS` (:class:`ControllerConfig`)."""
+    return None if spec is None else ControllerConfig.from_spec(spec).build()
 
 
 def update_controller(controller: Controller, loss: float, step: int) -> None:

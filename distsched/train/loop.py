@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 from distsched.data import DataBundle, ShardBatches, evaluate, examples_in, token_cross_entropy
 from distsched.report import MetricsWriter, RunFolder, line_plot, read_metrics
 from distsched.train import checkpoint as ckpt
-from distsched.train.config import TrainConfig, build_schedule, build_sync
-from distsched.train.controller import build_controller, update_controller
+from distsched.train.config import TrainConfig
+from distsched.train.controller import update_controller
 from distsched.train.session import Session
 from distsched.train.state import WorkerState
 from distsched.train.validation import due, validate
@@ -272,9 +272,9 @@ def _build(run: _Run) -> tuple[WorkerState, DataLoader]:
     torch.manual_seed(cfg.seed)  # identical initial replicas
     model = cfg.model.build(run.bundle.input_shape, run.bundle.num_classes).to(run.device)
     # SEAM (control): schedule x controller, read by the optimizer's LR and by the sync rule alike
-    controller = build_controller(cfg.controller)
-    schedule = build_schedule(cfg.schedule)
-    rule, options = build_sync(cfg.sync, warmup_steps=int(getattr(schedule, "warmup_steps", 0)))
+    controller = cfg.controller.build() if cfg.controller is not None else None  # stateful: this worker's own
+    schedule = cfg.schedule
+    rule = cfg.sync.build_rule(warmup_steps=int(getattr(schedule, "warmup_steps", 0)))
     if controller is not None:
         schedule = Controlled(schedule, controller)
     tr = build_training(cfg, model, run.bundle.train, run.shards[run.rank], run.rank, float(schedule(0)))
@@ -282,14 +282,14 @@ def _build(run: _Run) -> tuple[WorkerState, DataLoader]:
     if cfg.privacy is not None:
         from distsched.privacy import attach_privacy
 
-        every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
         priv, tr.loader = attach_privacy(cfg.privacy, model, tr.optimizer, run.bundle.train, run.shards, run.rank,
                                          batch_size=cfg.batch_size, total_steps=run.total, seed=cfg.seed,
-                                         sync_every_step=every_step)
+                                         sync_every_step=cfg.sync.every_step)
         tr.optimizer, tr.sampler = priv.optimizer, tr.loader.batch_sampler
     optimizer = tr.optimizer
     scheduler = ScheduledLR(optimizer, schedule, multipliers=[1.0] * len(optimizer.param_groups))  # LR = schedule
-    engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=run.total, **options)
+    engine = LocalSGD(model, rule=rule, schedule=schedule, optimizer=optimizer, total_steps=run.total,
+                      **cfg.sync.engine_options())
     state = WorkerState(model, optimizer, scheduler, engine, tr.sampler, privacy=priv, controller=controller,
                         world_size=run.world, base_world=run.world, world_lr=cfg.world_lr)
     return state, tr.loader

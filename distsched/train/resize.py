@@ -50,11 +50,9 @@ def check_resizable(cfg: TrainConfig, old_world: int, new_world: int) -> None:
     (:func:`~distsched.train.run.prepare_run`) and by each worker that restores the checkpoint."""
     if cfg.privacy is None or old_world == new_world:
         return
-    from distsched.privacy.config import privacy_config
     from distsched.privacy.training import resolve_mode
 
-    mode = privacy_config(cfg.privacy).mode
-    every_step = cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1
+    mode, every_step = cfg.privacy.mode, cfg.sync.every_step
     if "local" in (resolve_mode(mode, old_world, every_step), resolve_mode(mode, new_world, every_step)):
         raise ValueError(f"privacy: local mode (one accountant per shard) cannot be resized from {old_world} to "
                          f"{new_world} workers; resume the run at its own {old_world} workers")

@@ -91,7 +91,7 @@ def preflight(cfg: TrainConfig) -> int:
     if cfg.privacy is not None:  # clipping that cannot run at this size (per-layer, ghost across workers)
         from distsched.privacy.training import check_run
 
-        check_run(cfg.privacy, model, cfg.workers, cfg.sync.get("name") == "fixed" and cfg.sync.get("h") == 1)
+        check_run(cfg.privacy, model, cfg.workers, cfg.sync.every_step)
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
     if total > MAX_STEPS:
         raise ValueError(f"a run may plan at most {MAX_STEPS:_} steps, this config plans {total:_} (steps/epochs)")
