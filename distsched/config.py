@@ -154,16 +154,25 @@ def spec_field(load: Callable[[Any, str], Any], dump: Callable[[Any], Any], **fi
 
     :func:`from_mapping` reads it with ``load(value, key)`` (its one-line errors name ``key``; ``load``
     also takes ``None`` and an already typed value) and :func:`to_mapping` writes it with ``dump(value)``.
-    The spec as read is kept beside the object: while the field still holds the value read from it,
-    :func:`to_mapping` writes that spec back verbatim (the user's keys, order and spelling, not every
-    default), so a run folder's ``config.yaml`` shows what was written. ``field_options`` go to
-    :func:`dataclasses.field` (``default``, ``default_factory``...).
+    The object read remembers its spec: while it is unchanged (equal to what was read), :func:`to_mapping`
+    writes that spec back verbatim (the user's keys, order and spelling, not every default), so a run
+    folder's ``config.yaml`` shows what was written, also after :func:`dataclasses.replace` of another
+    field. ``field_options`` go to :func:`dataclasses.field` (``default``, ``default_factory``...).
     """
     return dataclasses.field(metadata={"load": load, "dump": dump}, **field_options)
 
 
-#: attribute of an object built by :func:`from_mapping` holding ``{field: (spec as read, value)}``.
+#: attribute of an object read by a :func:`spec_field`'s ``load``: ``(spec as read, copy of the object)``.
 _AS_READ = "_spec_as_read"
+
+
+def _remember_spec(value: Any, spec: Any) -> None:
+    if value is None or value is spec:  # nothing read, or a typed object given as is
+        return
+    try:
+        object.__setattr__(value, _AS_READ, (copy.deepcopy(spec), copy.deepcopy(value)))
+    except AttributeError:  # no __dict__ (slots): written by its dump
+        pass
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -252,19 +261,18 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if name in data:
             load = f.metadata.get("load")
             key = f"{dotted}{name}"
-            kwargs[name] = load(data[name], key) if load else _coerce(data[name], _field_type(cls, f), key)
+            if load:
+                kwargs[name] = load(data[name], key)
+                _remember_spec(kwargs[name], data[name])
+            else:
+                kwargs[name] = _coerce(data[name], _field_type(cls, f), key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ValueError(f"missing required key {dotted}{name}")
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(f"{dotted}{msg}" if prefix and not msg.startswith(prefix) else msg) from None
-    as_read = {name: (copy.deepcopy(data[name]), kwargs[name])
-               for name, f in fields.items() if "load" in f.metadata and name in data}
-    if as_read:
-        object.__setattr__(obj, _AS_READ, as_read)
-    return obj
 
 
 def to_mapping(obj: Any) -> Any:
@@ -281,12 +289,10 @@ def to_mapping(obj: Any) -> Any:
 
 def _field_to_mapping(obj: Any, f: dataclasses.Field) -> Any:
     value = getattr(obj, f.name)
-    spec, read = getattr(obj, _AS_READ, {}).get(f.name, (None, None))
-    if read is not None and read is value:
-        return copy.deepcopy(spec)
-    if "dump" in f.metadata and value is not None:
-        return f.metadata["dump"](value)
-    return to_mapping(value)
+    if "dump" not in f.metadata or value is None:
+        return to_mapping(value)
+    spec, read = getattr(value, _AS_READ, (None, None))
+    return copy.deepcopy(spec) if spec is not None and value == read else f.metadata["dump"](value)
 
 
 def parse_sets(items: Sequence[str]) -> list[tuple[str, Any]]:

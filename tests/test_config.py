@@ -94,3 +94,39 @@ def test_build_passes_the_parameters_and_leaves_excluded_keys():
 
     rule = build({"a": _Rule}, {"name": "a", "h": 3, "strict": True, "x": "for the caller"}, "rule", exclude=("x",))
     assert (rule.h, rule.damping, rule.strict) == (3, 0.5, True)
+
+
+def _load_schedule(value, key):
+    from distsched.schedules import from_spec
+
+    return None if value is None else from_spec(value, _where=key)
+
+
+def _job_cls():
+    from distsched.config import spec_field
+    from distsched.schedules import to_spec
+
+    @dataclasses.dataclass
+    class Job:
+        steps: int = 1
+        schedule: object = spec_field(_load_schedule, to_spec, default=None)
+
+    return Job
+
+
+def test_spec_field_reads_by_its_load_and_writes_the_spec_as_read():
+    """A spec_field is read by its own load (errors name the key), written back verbatim while unchanged
+    (also after dataclasses.replace of another field), and by its dump once changed."""
+    from distsched import schedules as S
+
+    job_cls = _job_cls()
+    spec = {"name": "cosine", "total_steps": 10, "lr": 0.1, "warmup_steps": 2}
+    job = from_mapping(job_cls, {"steps": 3, "schedule": spec}, prefix="job")
+    assert job.schedule == S.warmup(S.cosine(lr=0.1, total_steps=10), warmup_steps=2)
+    assert list(to_mapping(job)["schedule"].items()) == list(spec.items())  # keys, order, no defaults added
+    assert to_mapping(dataclasses.replace(job, steps=4))["schedule"] == spec
+    changed = dataclasses.replace(job, schedule=S.constant(0.2))
+    assert to_mapping(changed)["schedule"] == {"name": "constant", "lr": 0.2}  # its dump: to_spec
+    assert to_mapping(from_mapping(job_cls, {}))["schedule"] is None
+    with pytest.raises(ValueError, match=r"^unknown key job\.schedule\.lrr for schedule 'constant'"):
+        from_mapping(job_cls, {"schedule": {"name": "constant", "lrr": 0.1}}, prefix="job")

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from distsched._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 from distsched.config import check_name, from_mapping, load_yaml, spec_field, to_mapping
 from distsched.schedules import Schedule, from_spec, to_spec
-from distsched.train.controller import ControllerConfig, load_controller
+from distsched.train.controller import ControllerConfig
 from distsched.train.sync_config import SyncConfig, sync_spec
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class TrainConfig:
     over the smallest worker shard."""
 
     #: the LR schedule, built from its spec (:func:`distsched.schedules.from_spec`; errors name ``schedule.<key>``).
-    schedule: Schedule = spec_field(lambda value, key: from_spec(value, _where=key), to_spec)
+    schedule: Schedule = spec_field(lambda value, key: _read_schedule(value, key), to_spec)
     name: str = "run"
     seed: int = 0
     #: the number of workers, or ``[min, max]``: an elastic run (Ray launcher) that shrinks when a worker is
@@ -192,14 +192,16 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     #: the sync rule and the engine options (:class:`~distsched.train.sync_config.SyncConfig`); default: average
     #: after every step.
-    sync: SyncConfig = spec_field(SyncConfig.from_spec, SyncConfig.to_spec, default_factory=SyncConfig)
+    sync: SyncConfig = spec_field(lambda value, key: _read_sync(value, key), SyncConfig.to_spec,
+                                  default_factory=SyncConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     #: DP-SGD (:class:`distsched.privacy.PrivacyConfig`: target_epsilon / noise_multiplier, delta, ...); None = off.
-    privacy: PrivacyConfig | None = spec_field(lambda value, key: _load_privacy(value), to_mapping, default=None)
+    privacy: PrivacyConfig | None = spec_field(lambda value, key: _read_privacy(value, key), to_mapping, default=None)
     #: a feedback controller on the schedule, ``{name: pid | plateau | warm_restart | curriculum, ...}``,
     #: fed the workers' mean loss at every metrics record (:class:`~distsched.train.controller.ControllerConfig`,
     #: :mod:`distsched.train.controller`); None = off.
-    controller: ControllerConfig | None = spec_field(load_controller, ControllerConfig.to_spec, default=None)
+    controller: ControllerConfig | None = spec_field(lambda value, key: _read_controller(value, key),
+                                                     ControllerConfig.to_spec, default=None)
     #: the LR at another world size W (a resume at a new ``workers``): ``none`` | ``linear`` (x W/W0) |
     #: ``sqrt`` (x sqrt(W/W0)), W0 the run's first size (:func:`distsched.train.resize.world_lr_factor`).
     world_lr: str = "none"
@@ -282,14 +284,36 @@ def check_elastic(cfg: TrainConfig) -> None:
                              f"cannot resize; use privacy.mode group (with sync fixed, h 1)")
 
 
-def _load_privacy(value: Any) -> PrivacyConfig | None:
+def _mapping(value: Any, key: str, typed: type) -> Any:
+    """``value`` if it is a block's mapping (or already its typed object), else the one-line error."""
+    if not isinstance(value, (Mapping, typed)):
+        raise ValueError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _read_schedule(value: Any, key: str) -> Schedule:
+    """The ``schedule`` field: the :class:`~distsched.schedules.Schedule` of its spec (errors: ``schedule.<key>``)."""
+    return from_spec(_mapping(value, key, Schedule), _where=key)
+
+
+def _read_sync(value: Any, key: str) -> SyncConfig:
+    """The ``sync`` field: its :class:`~distsched.train.sync_config.SyncConfig` (errors name ``sync.<key>``)."""
+    return SyncConfig.from_spec(_mapping(value, key, SyncConfig), key)
+
+
+def _read_controller(value: Any, key: str) -> ControllerConfig | None:
+    """The ``controller`` field: None (no controller) or its :class:`~distsched.train.controller.ControllerConfig`."""
+    return None if value is None else ControllerConfig.from_spec(_mapping(value, key, ControllerConfig), key)
+
+
+def _read_privacy(value: Any, key: str) -> PrivacyConfig | None:
     """The ``privacy`` field: None (no DP) or :func:`distsched.privacy.privacy_config` of the block (errors
     name ``privacy.<key>``); imported only for a config with DP (Opacus is slow to import)."""
     if value is None:
         return None
-    from distsched.privacy.config import privacy_config
+    from distsched.privacy.config import PrivacyConfig, privacy_config
 
-    return privacy_config(value)
+    return privacy_config(_mapping(value, key, PrivacyConfig))
 
 
 def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -67,11 +67,6 @@ class ControllerConfig:
         return build(CONTROLLERS, self.to_spec(), _WHERE, fixed=_FIXED)
 
 
-def load_controller(value: Any, key: str = _WHERE) -> ControllerConfig | None:
-    """The ``controller`` field of a config: None (no controller) or its :class:`ControllerConfig`."""
-    return None if value is None else ControllerConfig.from_spec(value, key)
-
-
 def build_controller(spec: Mapping[str, Any] | ControllerConfig | None) -> Controller | None:
     """The controller of a ``controller`` block (None when the block is absent or null), built by
     :func:`distsched.config.build` from :data:`distsched.control.CONTROLLERS` (:class:`ControllerConfig`)."""
