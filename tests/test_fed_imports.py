@@ -1,7 +1,8 @@
 """A simulation without DP starts without the heavy libraries it never uses: the simulator and the
 ``simulate`` command import neither Opacus (seconds of start-up through :mod:`distsched.privacy`) nor Ray
 (:mod:`distsched.cluster` imports it where an actor pool starts), scipy, scikit-learn or matplotlib (plots
-are drawn after the run), and a run with ``--executor local`` loads none of them but matplotlib.
+are drawn after the run), and a run with ``--executor local`` loads none of them but matplotlib, without
+``matplotlib.pyplot`` (the plots are pyplot-free figures).
 DP simulations still load Opacus where they build their mechanism (tests/test_fed_dp_wrapper.py)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: libraries that importing the simulator must not load
-HEAVY = ("opacus", "ray", "scipy", "sklearn", "matplotlib")
+HEAVY = ("opacus", "ray", "scipy", "sklearn", "matplotlib", "matplotlib.pyplot")
 
 PROBE = """
 import json, sys

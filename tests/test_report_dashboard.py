@@ -115,3 +115,36 @@ def test_every_plot_has_a_title_and_the_partition_plot_says_when_it_shows_a_subs
     assert [ax.get_title() for ax in fig.axes] == ["samples per client (all 80 clients)",
                                                    "label mix of the first 50 of 80 clients"]
     assert partition_figure(parts[:30], labels, 4).axes[1].get_title() == "label mix of all 30 clients"
+
+
+@pytest.mark.parametrize("scheme", ["dirichlet", "iid"])
+def test_the_partition_label_panel_draws_what_stacked_bars_draw(scheme):
+    """One step patch per label (:func:`partition_figure`) against the reference, a bar per client and label
+    stacked with ``Axes.bar``: the same axis limits, legend entries and pixels (legends left out: ``loc="best"``
+    may place them differently)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from distsched.data.partitions import label_counts, make_partition, partition_figure
+
+    labels = np.random.default_rng(0).integers(0, 10, 1500)
+    parts = make_partition(scheme, labels, 500 if scheme == "iid" else 100, 0, alpha=0.5)
+    fig = partition_figure(parts, labels, 10)
+    ref = Figure(figsize=(11, 4), dpi=110)
+    ref.subplots(1, 2)
+    ref.axes[0].hist(label_counts(parts, labels, 10).sum(axis=1), bins=30)
+    counts, bottom = label_counts(parts, labels, 10)[:50], np.zeros(50)
+    for c in range(10):
+        ref.axes[1].bar(np.arange(50), counts[:, c], bottom=bottom, width=1.0, label=str(c))
+        bottom += counts[:, c]
+    assert fig.axes[1].get_legend_handles_labels()[1] == ref.axes[1].get_legend_handles_labels()[1]
+    fig.axes[1].get_legend().remove()
+    assert fig.axes[1].get_xlim() == ref.axes[1].get_xlim() and fig.axes[1].get_ylim() == ref.axes[1].get_ylim()
+    for ax, like in zip(ref.axes, fig.axes):
+        ax.set(title=like.get_title(), xlabel=like.get_xlabel(), ylabel=like.get_ylabel())
+    ref.subplots_adjust(**{k: getattr(fig.subplotpars, k) for k in ("left", "right", "bottom", "top", "wspace")})
+    canvases = FigureCanvasAgg(fig), FigureCanvasAgg(ref)
+    for canvas in canvases:
+        canvas.draw()
+    assert np.array_equal(np.asarray(canvases[0].buffer_rgba()), np.asarray(canvases[1].buffer_rgba()))
