@@ -116,3 +116,25 @@ def test_qsr_holds_h_base_through_the_schedule_warmup(tmp_path):
         h = 2 if t < warm else max(2, int((0.2 / sched(t)) ** 2))
         t, expected = min(t + h, steps), expected + 1
     assert summary["sync_rounds"] == expected > warm // 2
+
+
+def test_the_worker_takes_the_configs_typed_blocks(tmp_path):
+    """The loop uses the config's blocks as loaded: the Schedule object itself (read once, at load; no
+    second build from a dict), and its own fresh sync rule, controller and engine options from the typed
+    SyncConfig / ControllerConfig."""
+    from distsched.control import Controlled, ReduceOnPlateau
+    from distsched.sync import QSR
+    from distsched.train.loop import _build, _open
+
+    cfg = config_from_mapping({**CFG, "sync": {"name": "qsr", "h_base": 2, "alpha": 0.1, "fragments": 2,
+                                               "average_momentum": True},
+                               "controller": {"name": "plateau", "factor": 0.5, "patience": 2}})
+    folder, cfg = prepare_run(cfg, run_dir=tmp_path / "typed")
+    run = _open(cfg, folder.root, LocalSession(folder.checkpoints, 0, 1), None, False)
+    state, _ = _build(run)
+    lr = state.engine.schedule
+    assert isinstance(lr, Controlled) and lr.schedule is cfg.schedule and lr.controller is state.controller
+    assert isinstance(state.controller, ReduceOnPlateau) and state.controller.reduce_factor == 0.5
+    assert state.controller is not cfg.controller.build()  # each build is fresh: the config holds the spec
+    assert isinstance(state.engine.rule, QSR) and (state.engine.rule.h_base, state.engine.rule.alpha) == (2, 0.1)
+    assert (state.engine.fragments, state.engine.average_momentum) == (2, True)
