@@ -26,6 +26,13 @@ loaded code; coarse at this scale).
 
 ``opacus-ghost``: Opacus' own ghost clipping (``make_private(grad_sample_mode="ghost")``), against which
 distsched's ghost optimizer (:mod:`distsched.privacy.ghost`) is measured.
+
+``--interleaved`` (with ``--modes``): every contender in one process, one block of each in turn (the order
+rotated every round), the median per contender: the ratios hold on a loaded, shared machine where
+one-after-another runs see different loads (step time only; memory needs a process per contender).
+
+    .venv/bin/python benchmarks/privacy_step_time.py --modes --interleaved --models gpt \\
+        --contenders non-private,opacus-hooks,hooks,ghost --steps 1 --repeats 5
 """
 
 from __future__ import annotations
@@ -109,10 +116,8 @@ def _peak_tensor_mib(model, opt, loss_fn, x, y) -> float:
     return (max(m["Total Allocated"] for m in mem) - start) / 2**20
 
 
-def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) -> dict:
-    """Step time (median over ``repeats`` blocks of ``steps``) and peak-RSS rise of one contender."""
-    import resource
-
+def _build(model_name: str, contender: str, batch: int) -> tuple:
+    """``(model, optimizer, loss_fn, mode, x, y)`` of one contender on one workload."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -136,22 +141,66 @@ def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) 
         pt = private_training(model, opt, sample_rate=0.01, expected_batch_size=batch, max_grad_norm=1.0,
                               delta=1e-5, noise=1.0, noise_seed=0, clipping=contender)
         model, opt, loss_fn, mode = pt.model, pt.optimizer, pt.loss_fn(loss_fn), pt.clipping
+    return model, opt, loss_fn, mode, x, y
+
+
+def _block(model, opt, loss_fn, x, y, steps: int) -> float:
+    """Seconds per step over ``steps`` steps."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def _one(model_name: str, contender: str, steps: int, repeats: int, batch: int) -> dict:
+    """Step time (median over ``repeats`` blocks of ``steps``) and peak-RSS rise of one contender."""
+    import resource
+
+    model, opt, loss_fn, mode, x, y = _build(model_name, contender, batch)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def block() -> float:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
-        return (time.perf_counter() - t0) / steps
-
-    block()
-    times = [block() for _ in range(repeats)]
+    _block(model, opt, loss_fn, x, y, steps)
+    times = [_block(model, opt, loss_fn, x, y, steps) for _ in range(repeats)]
     rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     peak = _peak_tensor_mib(model, opt, loss_fn, x, y)
     return {"model": model_name, "contender": contender, "mode": mode, "ms_per_step": statistics.median(times) * 1e3,
             "peak_rss_rise_mib": rise, "peak_tensor_mib": peak, "batch": batch}
+
+
+def interleaved_main(args: argparse.Namespace) -> None:
+    """``--interleaved``: every contender built in one process, its blocks timed in turn (the order rotated
+    each round), so that the machine's load hits all alike; step time only (memory: ``--modes``)."""
+    import sys
+
+    names = args.contenders.split(",")
+    rows = []
+    for model_name in args.models.split(","):
+        built = {c: _build(model_name, c, args.batch) for c in names}
+        times: dict[str, list[float]] = {c: [] for c in names}
+        for c in names:  # warm-up
+            _block(*built[c][:3], *built[c][4:], args.steps)
+        for r in range(args.repeats):
+            for c in names[r % len(names):] + names[:r % len(names)]:
+                times[c].append(_block(*built[c][:3], *built[c][4:], args.steps))
+            print(f"  {model_name} round {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
+        for c in names:
+            rows.append({"model": model_name, "contender": c, "mode": built[c][3], "batch": args.batch,
+                         "ms_per_step": statistics.median(times[c]) * 1e3, "all_ms": [t * 1e3 for t in times[c]]})
+    print(f"{'model':<5} {'contender':<13} {'mode':<10} {'ms/step':>9} {'vs Opacus':>10} {'vs non-private':>15}")
+    for r in rows:
+        ref = next((o for o in rows if o["model"] == r["model"] and o["contender"] == "opacus-hooks"), r)
+        base = next((o for o in rows if o["model"] == r["model"] and o["contender"] == "non-private"), r)
+        r["vs_opacus_hooks"] = r["ms_per_step"] / ref["ms_per_step"]
+        r["vs_non_private"] = r["ms_per_step"] / base["ms_per_step"]
+        print(f"{r['model']:<5} {r['contender']:<13} {r['mode']:<10} {r['ms_per_step']:>9.1f} "
+              f"{r['vs_opacus_hooks']:>9.2f}x {r['vs_non_private']:>14.2f}x")
+    tag = "_".join(args.models.split(",")) + "_" + "_".join(c.replace("-", "") for c in names)
+    out = Path(args.out).with_name(f"privacy_clipping_interleaved_{tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "steps": args.steps, "repeats": args.repeats, "batch": args.batch}, indent=2))
+    print(f"wrote {out}")
 
 
 def modes_main(args: argparse.Namespace) -> None:
@@ -196,6 +245,8 @@ def main() -> None:
     ap.add_argument("--coupling", action="store_true", help="also attach the noise-aware LR controller")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "privacy_step_time.json"))
     ap.add_argument("--modes", action="store_true", help="compare the clipping modes (see the module docstring)")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="--modes: all contenders in one process, blocks interleaved (step time only)")
     ap.add_argument("--batch", type=int, default=64, help="--modes: batch size")
     ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt")
     ap.add_argument("--contenders", default=CONTENDERS, help="--modes: comma-separated, of " + CONTENDERS
@@ -206,6 +257,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.one:
         print(json.dumps(_one(args.one[0], args.one[1], args.steps, args.repeats, args.batch)))
+        return
+    if args.modes and args.interleaved:
+        interleaved_main(args)
         return
     if args.modes:
         modes_main(args)

@@ -6,15 +6,15 @@
 * ``ew``: torch's ExpandedWeights.
 * ``ghost``: ghost clipping (Li et al. 2022, "Large language models can be strong differentially
   private learners"; Bu et al. 2023): per-example norms from activations and output gradients without
-  materializing the per-example gradients, then a second backward pass of the reweighted loss. The loss must
-  go through :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
-  Layers without a ghost norm but with a grad sampler (LayerNorm, Conv, ...) get their per-example gradients
-  materialized for the norm (Opacus' "fast gradient clipping"); the step keeps Opacus' memory minus the copies
-  :mod:`distsched.privacy.ghost` removes.
-* ``auto``: ghost when every trainable layer has a ghost norm (Linear, Embedding), else hooks. On the ``gpt``
-  transformer (LayerNorm has no ghost norm) ghost took 1.5-1.7x the step time of hooks at batch 64 on a CPU,
-  with 0.67x their peak tensor memory, so auto keeps hooks there; ``clipping: ghost`` is the memory choice
-  (step time and memory of each mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md).
+  materializing the per-example gradients, and the clipped sum from what the backward hooks kept, in one
+  backward pass (:mod:`distsched.privacy.ghost`: Linear, Embedding and LayerNorm in closed form,
+  :mod:`distsched.privacy.ghost_norms`; any other layer with a grad sampler, Conv, GroupNorm..., through its
+  per-example gradients). The loss must go through :meth:`PrivateTraining.loss_fn` (Opacus'
+  ``DPLossFastGradientClipping``); one backward per step.
+* ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm), else hooks.
+  On the ``gpt`` transformer at batch 64 on a CPU ghost took 0.79x the step time of Opacus' hooks (1.36x
+  non-private) with 1.10x non-private's peak tensor memory (hooks: 1.77x); step time and memory of each
+  mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md.
 
 Per-layer clipping (Opacus' ``clipping="per_layer"``, McMahan et al. 2018, "A general approach to adding
 differential privacy to iterative training procedures"): parameter tensor ``i`` (in the optimizer's order) of
@@ -35,9 +35,11 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSam
 from torch import nn
 
 from distsched._checks import check_choice, check_positive
+from distsched.privacy.ghost import GhostModule
+from distsched.privacy.ghost_norms import handles
 
 CLIPPING: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
-_NORMS = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+_NORMS = GhostModule.NORM_SAMPLERS  # distsched's ghost norms (privacy/ghost_norms.py)
 _GRADS = GradSampleModuleFastGradientClipping.GRAD_SAMPLERS
 #: layers torch's ExpandedWeights computes per-example gradients for.
 _EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm, nn.GroupNorm,
@@ -49,8 +51,9 @@ def _trainable_leaves(model: nn.Module) -> list[nn.Module]:
 
 
 def _ghost_norms(model: nn.Module) -> bool:
-    """Every trainable layer has a ghost norm: no per-example gradient is materialized at all."""
-    return all(type(m) in _NORMS for m in _trainable_leaves(model))
+    """Every trainable layer has a ghost norm and a book-keeping clipped sum (Linear, Embedding, LayerNorm:
+    :mod:`distsched.privacy.ghost_norms`)."""
+    return all(handles(m) for m in _trainable_leaves(model))
 
 
 def supports(model: nn.Module, mode: str) -> bool:

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from opacus.optimizers.utils import params as opacus_params
 from torch import nn
@@ -146,7 +145,7 @@ class PrivateTraining:
 
     def loss_fn(self, criterion: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """The loss to call in the training step: ``criterion`` itself, or in ``ghost`` mode Opacus'
-        ``DPLossFastGradientClipping`` around it (its ``backward()`` runs the two passes of ghost clipping).
+        ``DPLossFastGradientClipping`` around it (its ``backward()`` runs :meth:`GhostModule.backward`).
         ``criterion`` must average over the batch (``reduction="mean"``)."""
         if self.clipping != "ghost":
             return criterion
@@ -156,23 +155,11 @@ class PrivateTraining:
             raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss())")
         inner = DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
 
-        model = self.model
-        if not hasattr(self, "_ghost_first_pass"):  # free the first pass's gradients (privacy/ghost.py)
-            from distsched.privacy.ghost import drop_first_pass_grads
-
-            self._ghost_first_pass = False
-            drop_first_pass_grads(model, lambda: self._ghost_first_pass and model.hooks_enabled)
-
         def ghost_loss(*args: Any, **kwargs: Any) -> Any:
             loss = inner(*args, **kwargs)
-            two_passes = loss.backward
 
-            def backward() -> None:
-                self._ghost_first_pass = True  # until Opacus disables its hooks for the second pass
-                try:
-                    two_passes()
-                finally:
-                    self._ghost_first_pass = False
+            def backward() -> None:  # one pass, the clipped sum from the hooks' book-keeping (privacy/ghost.py)
+                self.model.backward(loss.loss_per_sample)
                 self._ghost_backwards = getattr(self, "_ghost_backwards", 0) + 1  # the clipped pass ran
 
             loss.backward = backward
@@ -454,9 +441,9 @@ def _wrap(model: nn.Module, optimizer: torch.optim.Optimizer, clip: str, mode: s
         inner = DPDDP(model)  # DPDDP broadcasts rank 0's parameters
     gsm: nn.Module
     if clip == "ghost":
-        from distsched.privacy.ghost import GhostDPOptimizer  # Opacus' ghost optimizer, less two copies
+        from distsched.privacy.ghost import GhostDPOptimizer, GhostModule  # one backward pass, no copies
 
-        gsm = GradSampleModuleFastGradientClipping(inner, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        gsm = GhostModule(inner, max_grad_norm=max_grad_norm)
         return gsm, GhostDPOptimizer(optimizer, **opts)
     if clip == "ew":
         from opacus.grad_sample import GradSampleModuleExpandedWeights

@@ -1,4 +1,14 @@
-"""Ghost clipping with the memory of non-private training: Opacus' fast gradient clipping, less its copies.
+"""Ghost clipping with the memory of non-private training and one backward pass: Opacus' fast gradient
+clipping, less its copies and its second backward pass.
+
+One backward pass (:class:`GhostModule`, the book-keeping of Bu et al. 2023, "Differentially private
+optimization on large model at small cost"): Opacus runs a second backward pass of the reweighted loss
+``sum_i c_i l_i`` through the whole model; on the ``gpt`` transformer that pass took a third of the step
+(torch's profiler: every input gradient, attention and GELU backward again). Here the backward hooks keep,
+per layer, what its clipped sum needs (a Linear's input and output gradient, an Embedding's tokens and output
+gradient, a LayerNorm's per-example gradients: :mod:`distsched.privacy.ghost_norms`; any other layer's
+per-example gradients) and, once every norm is known, ``p.grad = sum_i c_i grad_i`` is computed from them,
+one matrix product per Linear. The step is Opacus' up to float rounding.
 
 Opacus' ghost clipping (``DPLossFastGradientClipping`` + ``DPOptimizerFastGradientClipping``) runs two
 backward passes: the first only for the per-example norms its module hooks compute, the second on the loss
@@ -25,9 +35,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+from opacus.grad_sample.grad_sample_module import create_or_accumulate_grad_sample, promote_current_grad_sample
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.module_utils import trainable_modules, trainable_parameters
 from torch import nn
+
+from distsched.privacy.ghost_norms import LAYERS, handles, per_example_clipped
 
 #: elements of noise drawn at once (a multiple of 16: see the module docstring); 256 KiB of float32.
 NOISE_CHUNK = 1 << 16
@@ -87,3 +103,113 @@ def drop_first_pass_grads(module: nn.Module, in_first_pass: Callable[[], bool]) 
             p.grad = None
 
     return [p.register_post_accumulate_grad_hook(drop) for p in module.parameters() if p.requires_grad]
+
+
+def _requires_grad(values: tuple) -> bool:
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+
+def _norm_only(norms):  # Opacus' norm-sampler signature, for its registry (parameter-tying check)
+    return lambda layer, activations, backprops: norms(layer, activations, backprops)[0]
+
+
+class GhostModule(GradSampleModuleFastGradientClipping):
+    """Opacus' ``GradSampleModuleFastGradientClipping`` (ghost clipping) whose :meth:`backward` runs one
+    backward pass: the hooks compute the per-example norms and keep what each layer's clipped sum needs,
+    then ``p.grad = sum_i min(1, C / (||g_i|| + 1e-6)) grad_i`` (see the module docstring)."""
+
+    #: the ghost norms: Linear, Embedding, LayerNorm (:mod:`distsched.privacy.ghost_norms`); this class's own
+    #: registry, Opacus' is left as it is.
+    NORM_SAMPLERS = {t: _norm_only(fns[0]) for t, fns in LAYERS.items()}
+
+    def __init__(self, m: nn.Module, *, max_grad_norm: float, **kwargs) -> None:
+        super().__init__(m, max_grad_norm=max_grad_norm, use_ghost_clipping=True, **kwargs)
+        self._kept: list[tuple[nn.Module, object, object, int]] = []  # (layer, clipped-sum fn, state, scale)
+        self._called: dict[nn.Module, bool] = {}  # layer called in this forward -> its input required grad
+        self._user_input_grad = False
+        self._in_backward = False
+        for _, layer in trainable_modules(self._module):
+            layer.register_forward_pre_hook(self._note_call)
+        drop_first_pass_grads(self, lambda: self._in_backward)  # autograd's unclipped gradients: not needed
+
+    def _note_call(self, layer: nn.Module, inputs: tuple) -> None:
+        if self.hooks_enabled and torch.is_grad_enabled():
+            self._called[layer] = self._called.get(layer, False) or _requires_grad(inputs)
+
+    def forward(self, *args, **kwargs):
+        self._kept, self._called = [], {}  # what an earlier forward left unused
+        self._user_input_grad = _requires_grad(args) or _requires_grad(tuple(kwargs.values()))
+        return super().forward(*args, **kwargs)
+
+    def _backward_inputs(self) -> list[torch.Tensor] | None:
+        """The tensors autograd must reach: the parameters of the layers whose input needs no gradient (the
+        first layers). Every other layer sits between the loss and one of them, so its hook still fires, and
+        autograd skips every weight gradient it would compute in vain (the clipped sums replace them). ``None``
+        (every gradient) when an input of the model itself requires grad."""
+        if self._user_input_grad:
+            return None
+        first = [p for layer, grad_in in self._called.items() if not grad_in
+                 for p in layer.parameters(recurse=False) if p.requires_grad]
+        return first or None
+
+    def backward(self, loss_per_sample: torch.Tensor) -> None:
+        """One backward pass of ``mean_i l_i`` (hooks on, autograd reaching only :meth:`_backward_inputs`),
+        then ``p.grad = sum_i c_i grad_i`` for every trainable parameter (what Opacus' second pass of
+        ``sum_i c_i l_i`` gives). A parameter of a layer the forward did not call gets norm 0 and gradient 0;
+        one of a called layer whose norm is missing is an error."""
+        for p in self.trainable_parameters:
+            p._norm_sample = None
+        self._in_backward = True
+        try:
+            loss_per_sample.mean(dim=0).backward(inputs=self._backward_inputs())
+        finally:
+            self._in_backward = False
+        called = {p for layer in self._called for p in layer.parameters(recurse=False)}
+        for p in self.trainable_parameters:
+            if p._norm_sample is None and p in called:
+                raise RuntimeError(f"ghost clipping: no per-example norm for a parameter of shape {tuple(p.shape)} "
+                                   "(a layer whose output the loss does not use?); use clipping hooks")
+            if p._norm_sample is None:
+                p._norm_sample = loss_per_sample.new_zeros(len(loss_per_sample))
+        coef = self.get_clipping_coef()
+        kept, self._kept = self._kept, []
+        for p in self.trainable_parameters:  # a layer not called: gradient 0 (the noise still goes on it)
+            p.grad = None if p in called else torch.zeros_like(p)
+        while kept:  # each layer's kept tensors freed as soon as its clipped sum is made
+            layer, clipped, state, scale = kept.pop()
+            for p, g in clipped(layer, state, coef * scale).items():
+                p.grad = g if p.grad is None else p.grad + g
+
+    def capture_backprops_hook(self, module: nn.Module, _forward_input: torch.Tensor, forward_output: torch.Tensor,
+                               loss_reduction: str, batch_first: bool) -> None:
+        """Per-example norms into ``p._norm_sample`` (as Opacus'), and what the clipped sum needs kept."""
+        if not self.hooks_enabled:
+            return
+        if handles(module):  # the backprops of the mean loss, unscaled: the factor B goes on the norms and c
+            activations, backprops = self.rearrange_grad_samples(
+                module=module, backprops=forward_output[0].detach(), loss_reduction="sum", batch_first=batch_first)
+            scale = module.max_batch_len if loss_reduction == "mean" else 1
+            norms, clipped = LAYERS[type(module)]
+            found, state = norms(module, activations, backprops)
+            for p, n in found.items():
+                p._norm_sample = n * scale
+                p._forward_counter -= 1
+            self._kept.append((module, clipped, state, scale))
+        else:  # per-example gradients (Opacus' grad sampler, else torch.func), summed over calls of the layer
+            activations, backprops = self.rearrange_grad_samples(
+                module=module, backprops=forward_output[0].detach(), loss_reduction=loss_reduction,
+                batch_first=batch_first)
+            sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
+            for p, gs in sampler(module, activations, backprops).items():
+                create_or_accumulate_grad_sample(param=p, grad_sample=gs, max_batch_len=module.max_batch_len)
+            done = {}
+            for _, p in trainable_parameters(module):
+                p._forward_counter -= 1
+                if p._forward_counter == 0:
+                    promote_current_grad_sample(p)
+                    done[p], p.grad_sample = p.grad_sample, None
+                    p._norm_sample = done[p].reshape(len(done[p]), -1).norm(dim=1)
+            if done:
+                self._kept.append((module, per_example_clipped, done, 1))
+        if len(module.activations) == 0 and hasattr(module, "max_batch_len"):
+            del module.max_batch_len

@@ -1,0 +1,142 @@
+"""Per-example gradient norms and clipped gradient sums of the layers ghost clipping handles without a second
+backward pass: ``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``.
+
+Each layer kind is a pair of functions of the layer's input ``a`` and the gradient of the per-example loss at
+its output ``g`` (Opacus' "activations" and "backprops", the batch first, ``g`` already rescaled to the
+per-example loss ``l_i``):
+
+* ``norms(layer, a, g) -> ({param: ||d l_i / d param||, shape (B,)}, state)``;
+* ``clipped(layer, state, c) -> {param: sum_i c_i d l_i / d param}``, the clipped sum, from the ``state``
+  kept since the backward pass (the book-keeping of Bu et al. 2023, "Differentially private optimization on
+  large model at small cost", ICML: no second backward pass through the model).
+
+Formulas, per example ``i`` with positions ``t`` (``T`` positions, ``d_in`` -> ``d_out``):
+
+* Linear weight: ``||sum_t g_t a_t^T||_F^2 = <G G^T, A A^T>`` (``T x T`` Gram matrices; Li et al. 2022,
+  "Large language models can be strong differentially private learners") when ``T (d_in + d_out) <=
+  d_in d_out``, else the per-example gradient itself (the "mixed ghost norm" of Bu et al. 2022, "Scalable
+  and efficient training of large convolutional neural networks with differential privacy"); bias:
+  ``||sum_t g_t||``. Clipped sum: ``(c G)^T A`` over every position of the batch, one matrix product.
+* Embedding: the per-example gradient is ``sum_t e_{x_t} g_t^T``, so its squared norm sums, over the
+  distinct tokens ``v`` of the example, ``||sum_{t: x_t = v} g_t||^2`` (Opacus' embedding norm sampler,
+  Bu et al. NeurIPS 2023, here with one-dimensional keys ``i V + v`` instead of ``torch.unique(dim=0)``).
+  Positions holding ``padding_idx`` get no gradient, as in torch. Clipped sum: ``index_add`` of ``c_i g_t``.
+* LayerNorm: the per-example gradient is small (``d`` values): weight ``sum_t xhat_t * g_t`` with ``xhat``
+  the normalized input, bias ``sum_t g_t`` (Opacus' LayerNorm grad sampler); it is kept for the clipped
+  sum ``sum_i c_i grad_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from opacus.grad_sample.layer_norm import compute_layer_norm_grad_sample
+from torch import nn
+
+Norms = dict[nn.Parameter, torch.Tensor]
+#: ``norms(layer, activations, backprops) -> (per-example norms, state)``.
+NormFn = Callable[[Any, list[torch.Tensor], torch.Tensor], tuple[Norms, Any]]
+#: ``clipped(layer, state, coef) -> {param: clipped sum}``.
+ClippedFn = Callable[[Any, Any, torch.Tensor], Norms]
+
+
+def _per_example(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``c_i t_i`` for ``t`` with the batch first."""
+    return t * coef.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+
+
+def linear_norms(layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor) -> tuple[Norms, Any]:
+    """Per-example gradient norms of a Linear layer (ghost norm or per-example gradient, the cheaper)."""
+    g = backprops
+    a = activations[0].to(g.dtype)
+    b, d_in, d_out = g.shape[0], a.shape[-1], g.shape[-1]
+    a3, g3 = a.reshape(b, -1, d_in), g.reshape(b, -1, d_out)
+    out: Norms = {}
+    if layer.weight.requires_grad:
+        if a3.shape[1] == 1:
+            sq = g3.square().sum((1, 2)) * a3.square().sum((1, 2))
+        elif a3.shape[1] * (d_in + d_out) <= d_in * d_out:  # Gram matrices: O(T^2 (d_in + d_out))
+            gram_g, gram_a = torch.bmm(g3, g3.transpose(1, 2)), torch.bmm(a3, a3.transpose(1, 2))
+            sq = torch.linalg.vecdot(gram_g.reshape(b, -1), gram_a.reshape(b, -1))
+        else:  # the per-example gradient: O(T d_in d_out)
+            sq = torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2))
+        out[layer.weight] = sq.clamp(min=0).sqrt()
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g3.sum(1).norm(dim=1)
+    return out, (a, g)
+
+
+def linear_clipped(layer: nn.Linear, state: Any, coef: torch.Tensor) -> Norms:
+    """``sum_i c_i grad_i`` of a Linear layer: ``(c G)^T A`` over every position."""
+    a, g = state
+    cg = _per_example(coef, g).reshape(-1, g.shape[-1])
+    out: Norms = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = (cg.t() @ a.reshape(-1, a.shape[-1])).to(layer.weight.dtype)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = cg.sum(0).to(layer.bias.dtype)
+    return out
+
+
+def _embedding_grads(layer: nn.Embedding, activations: list[torch.Tensor], backprops: torch.Tensor):
+    ids = activations[0].reshape(backprops.shape[0], -1).long()
+    g = backprops.reshape(ids.shape[0], ids.shape[1], -1)
+    if layer.padding_idx is not None:  # torch gives the padding row no gradient
+        g = g.masked_fill((ids == layer.padding_idx).unsqueeze(-1), 0)
+    return ids, g
+
+
+def embedding_norms(layer: nn.Embedding, activations: list[torch.Tensor],
+                    backprops: torch.Tensor) -> tuple[Norms, Any]:
+    """Per-example gradient norms of an Embedding: gradients of equal tokens summed per example, O(B T d)."""
+    ids, g = _embedding_grads(layer, activations, backprops)
+    out: Norms = {}
+    if layer.weight.requires_grad:
+        b, d, vocab = ids.shape[0], g.shape[-1], layer.num_embeddings
+        keys = (torch.arange(b, device=ids.device).unsqueeze(1) * vocab + ids).reshape(-1)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        summed = torch.zeros(len(uniq), d, dtype=g.dtype, device=g.device).index_add_(0, inverse, g.reshape(-1, d))
+        sq = torch.zeros(b, dtype=g.dtype, device=g.device).index_add_(0, uniq // vocab, summed.square().sum(1))
+        out[layer.weight] = sq.sqrt()
+    return out, (ids, g)
+
+
+def embedding_clipped(layer: nn.Embedding, state: Any, coef: torch.Tensor) -> Norms:
+    """``sum_i c_i grad_i`` of an Embedding: ``c_i g_t`` added into row ``x_t``."""
+    if not layer.weight.requires_grad:
+        return {}
+    ids, g = state
+    d = g.shape[-1]
+    grad = torch.zeros(layer.num_embeddings, d, dtype=g.dtype, device=g.device)
+    grad.index_add_(0, ids.reshape(-1), _per_example(coef, g).reshape(-1, d))
+    return {layer.weight: grad.to(layer.weight.dtype)}
+
+
+def layer_norm_norms(layer: nn.LayerNorm, activations: list[torch.Tensor],
+                     backprops: torch.Tensor) -> tuple[Norms, Any]:
+    """Per-example gradient norms of a LayerNorm, from its per-example gradients (kept: ``d`` values each)."""
+    grads = compute_layer_norm_grad_sample(layer, activations, backprops)
+    return {p: gs.reshape(len(gs), -1).norm(dim=1) for p, gs in grads.items()}, grads
+
+
+def per_example_clipped(layer: nn.Module, state: Any, coef: torch.Tensor) -> Norms:
+    """``sum_i c_i grad_i`` from kept per-example gradients ``{param: (B, *param.shape)}``."""
+    return {p: torch.einsum("n,n...->...", coef.to(gs.dtype), gs) for p, gs in state.items()}
+
+
+#: layer type -> (norms, clipped sum), by exact type as Opacus' registries.
+LAYERS: dict[type[nn.Module], tuple[NormFn, ClippedFn]] = {
+    nn.Linear: (linear_norms, linear_clipped),
+    nn.Embedding: (embedding_norms, embedding_clipped),
+    nn.LayerNorm: (layer_norm_norms, per_example_clipped),
+}
+
+
+def handles(layer: nn.Module) -> bool:
+    """Whether ``layer``'s type is in :data:`LAYERS` and its options keep the formulas exact (an Embedding
+    with ``scale_grad_by_freq`` or ``sparse`` gradients is not; it takes the per-example-gradient path)."""
+    if type(layer) not in LAYERS:
+        return False
+    return not (isinstance(layer, nn.Embedding) and (layer.scale_grad_by_freq or layer.sparse))
