@@ -456,3 +456,17 @@ def test_ghost_step_peak_memory_is_close_to_non_private():
     mine, theirs = _peak_step_bytes(*ours), _peak_step_bytes(*ref)
     assert mine <= base + 0.5 * grads, (mine, base, grads)
     assert theirs >= mine + 0.9 * grads, (theirs, mine, grads)  # what the fix removed at the peak
+
+
+def test_ghost_on_an_empty_batch_adds_only_noise():
+    """An empty Poisson batch: the clipped sum is 0 and the step is the noise alone (std sigma C / B_expected)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 200), nn.LayerNorm(200), nn.Linear(200, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=1.0), sample_rate=0.1,
+                          expected_batch_size=4, max_grad_norm=2.0, delta=1e-5, noise=1.0, clipping="ghost")
+    pt.loss_fn(nn.CrossEntropyLoss())(pt.model(torch.randn(0, 6)), torch.zeros(0, dtype=torch.long)).backward()
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.parameters())
+    pt.optimizer.step()
+    moved = torch.cat([(b - p.detach()).flatten() for p, b in zip(model.parameters(), before)])
+    assert float(moved.std()) == pytest.approx(2.0 / 4, rel=0.05)

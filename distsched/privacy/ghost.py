@@ -157,6 +157,11 @@ class GhostModule(GradSampleModuleFastGradientClipping):
         then ``p.grad = sum_i c_i grad_i`` for every trainable parameter (what Opacus' second pass of
         ``sum_i c_i l_i`` gives). A parameter of a layer the forward did not call gets norm 0 and gradient 0;
         one of a called layer whose norm is missing is an error."""
+        if len(loss_per_sample) == 0:  # an empty Poisson batch: the clipped sum is 0 (the noise still comes)
+            self._kept = []
+            for p in self.trainable_parameters:
+                p.grad = torch.zeros_like(p)
+            return
         for p in self.trainable_parameters:
             p._norm_sample = None
         self._in_backward = True
