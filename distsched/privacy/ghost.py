@@ -8,7 +8,10 @@ optimization on large model at small cost"): Opacus runs a second backward pass 
 per layer, what its clipped sum needs (a Linear's input and output gradient, an Embedding's tokens and output
 gradient, a LayerNorm's per-example gradients: :mod:`distsched.privacy.ghost_norms`; any other layer's
 per-example gradients) and, once every norm is known, ``p.grad = sum_i c_i grad_i`` is computed from them,
-one matrix product per Linear. The step is Opacus' up to float rounding.
+one matrix product per Linear. Autograd is asked only for the gradients of the first layers' parameters
+(``backward(inputs=...)``), so it skips the weight gradients the clipped sums replace. The step is Opacus'
+up to float rounding; on ``gpt`` (batch 64, CPU) it took 0.79-0.91x the time of Opacus' hooks, the
+two-pass version 1.5-1.7x (BENCHMARKS.md).
 
 Opacus' ghost clipping (``DPLossFastGradientClipping`` + ``DPOptimizerFastGradientClipping``) runs two
 backward passes: the first only for the per-example norms its module hooks compute, the second on the loss
@@ -21,10 +24,10 @@ a non-private step. The extra copies, each the size of the model's gradients:
 2. ``accumulate`` deep-copies ``p.grad`` into ``p.summed_grad`` (both live until the next ``zero_grad``);
 3. ``add_noise`` allocates a zero tensor and the noise (two per parameter) and then ``summed + noise``.
 
-:class:`GhostDPOptimizer` removes them: :func:`drop_first_pass_grads` frees each gradient of the first pass as
-soon as it is accumulated (a post-accumulate-grad hook; the norms come from the module hooks, not from
-``p.grad``), ``accumulate`` moves ``p.grad`` into ``p.summed_grad`` instead of copying it, and the noise is
-drawn in chunks of :data:`NOISE_CHUNK` elements added in place. The step is the same: without
+:class:`GhostDPOptimizer` and :class:`GhostModule` remove them: :func:`drop_first_pass_grads` frees each
+gradient autograd still accumulates as soon as it is (a post-accumulate-grad hook; the norms come from the
+module hooks, not from ``p.grad``), ``accumulate`` moves ``p.grad`` into ``p.summed_grad`` instead of
+copying it, and the noise is drawn in chunks of :data:`NOISE_CHUNK` elements added in place. Without
 ``secure_mode`` the noise is bit-identical to Opacus' (torch's normal sampler fills a tensor in blocks of 16
 from one stream, so chunks of a multiple of 16 draw the same values); with ``secure_mode`` each element is
 still the sum of four Gaussian draws halved (Holohan & Braghin 2021), drawn chunk by chunk.
