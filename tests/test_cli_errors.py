@@ -79,6 +79,22 @@ def test_train_resume_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (run / "config.yaml").read_text() == before
 
 
+def test_train_resume_with_loosened_privacy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """config.yaml edited between runs (another delta, reproducible flipped): one line from the driver, exit 2,
+    before any worker or launcher starts (was a worker's traceback, exit 1); nothing of the run rewritten."""
+    from distsched.train import LocalSession, config_from_mapping, prepare_run, train_worker
+
+    cfg = {**TRAIN, "privacy": {"noise_multiplier": 1.0, "delta": 1e-5, "reproducible": True}}
+    folder, run_cfg = prepare_run(config_from_mapping(cfg), run_dir=tmp_path / "run")
+    train_worker(run_cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1))
+    kept = {p: p.read_bytes() for p in folder.root.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    for key, value in [("delta", 1e-6), ("reproducible", False)]:
+        _write(folder.config_path, {**cfg, "privacy": {**cfg["privacy"], key: value}})
+        _one_line(capsys, ["train", "--resume", str(folder.root), "--launcher", "processes", "--no-progress"],
+                  f"privacy.{key}: the run was started with")
+    assert {p: p.read_bytes() for p in folder.root.rglob("*") if p.is_file() and p.name != "config.yaml"} == kept
+
+
 @pytest.mark.parametrize("factory", ["os:system", "subprocess:run", "builtins:exec", "os.path:join"])
 def test_standard_library_factory_refused(tmp_path: Path, capsys: pytest.CaptureFixture, factory: str) -> None:
     marker = tmp_path / "ran"

@@ -295,6 +295,18 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "dropout" in err and "1.5" in err
 
 
+def test_resume_cannot_flip_dp_reproducible():
+    """A run whose noise and cohorts came from the config's seed (not private) never resumes as a private one
+    (its summary would say ``private: true``), nor the other way round."""
+    seeded = _dp_config()
+    seeded["dp"] = {**seeded["dp"], "reproducible": True}
+    secret, replayable = Simulation(_dp_config()), Simulation(seeded)
+    for sim, state in [(secret, replayable.state_dict()), (replayable, secret.state_dict())]:
+        with pytest.raises(ValueError, match="dp.reproducible: the run was started with reproducible"):
+            sim.load_state_dict({**state, "round": 1})
+    secret.load_state_dict({**Simulation(_dp_config()).state_dict(), "round": 1})  # same setting: loads
+
+
 def test_resume_cannot_drop_or_add_dp_or_drop_the_budget():
     """A checkpoint's DP state must meet a config with the same DP: never silently lose the budget."""
     with_budget = _dp_config()

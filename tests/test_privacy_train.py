@@ -109,6 +109,24 @@ def test_resume_cannot_reset_the_budget(one_worker, tmp_path):
     state = load_rank_state(latest_checkpoint(copy / "checkpoints"), 0)
     assert state["privacy"]["guard"]["target_epsilon"] == TARGET
     assert state["privacy"]["accountant"]["history"][0][2] == summary["steps_done"]
+    assert state["privacy"]["mode"] == "single"
+
+
+def test_resume_cannot_flip_reproducible_or_change_delta(one_worker, tmp_path):
+    """A run seeded from its config (not private) resumed with secret noise would report ``private: true``
+    for a model whose earlier noise anyone with config.yaml can replay: refused, by the driver
+    (prepare_run) and by the worker's own load; so is a changed delta. Nothing of the run is rewritten."""
+    folder, summary = one_worker
+    copy = tmp_path / "flip"
+    shutil.copytree(folder.root, copy)
+    for key, value in [("reproducible", False), ("delta", DELTA / 10)]:
+        changed = {**CFG, "privacy": {**CFG["privacy"], key: value}}
+        with pytest.raises(ValueError, match=f"privacy.{key}: the run was started with"):
+            _run_one(copy, changed)
+        with pytest.raises(ValueError, match=f"privacy.{key}: the run was started with"):  # the worker's check
+            train_worker(config_from_mapping(changed), copy, LocalSession(copy / "checkpoints", rank=0, world_size=1))
+    assert (copy / "summary.json").read_text() == (folder.root / "summary.json").read_text()
+    assert (copy / "metrics.jsonl").read_text() == (folder.root / "metrics.jsonl").read_text()
 
 
 def test_interrupted_run_equals_uninterrupted(one_worker, tmp_path):
@@ -195,6 +213,13 @@ def test_two_workers_local_dp_unequal_shards(tmp_path):
     run_eps = max(_eps_history(h) for h in hists)
     assert summary["epsilon"] == pytest.approx(run_eps, rel=1e-12)
     assert 2.0 - 1e-3 <= run_eps <= 2.0  # planned for the worker with the largest q_k
+    # config.yaml edited to leave local mode (group, or one worker: rank 0's accountant alone would be carried
+    # on, not the max over the shards): refused before any worker starts, naming privacy.mode
+    for edit in ({"sync": {"rule": "fixed", "h": 1}, "privacy": {**mapping["privacy"], "mode": "group"}},
+                 {"workers": 1, "privacy": {**mapping["privacy"], "mode": "group"}}):
+        (folder.root / "config.yaml").write_text(yaml.safe_dump({**mapping, **edit}))
+        with pytest.raises(ValueError, match="privacy.mode: the run was started in local mode"):
+            prepare_run(resume=folder.root)
 
 
 def test_budget_stop_right_after_a_resume_logs_like_the_uninterrupted_run(tmp_path):

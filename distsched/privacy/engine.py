@@ -42,6 +42,7 @@ from distsched.privacy.empty import EmptyBatchCollate
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
 from distsched.privacy.randomness import noise_generator
+from distsched.privacy.resume import check_resume
 
 MODES: tuple[str, ...] = ("single", "group", "local")
 
@@ -257,7 +258,7 @@ class PrivateTraining:
         the noise generator's state only in reproducible mode (a secret one is never written)."""
         state: dict[str, Any] = {"accountant": self.accountant.state_dict(), "noise": self.noise.state_dict(),
                                  "delta": self.delta, "eps_error": self.accountant.eps_error,
-                                 "reproducible": self.reproducible}
+                                 "reproducible": self.reproducible, "mode": self.mode}
         if self.generator is not None and self.reproducible:
             state["noise_rng"] = self.generator.get_state()
         if self.guard is not None:
@@ -269,7 +270,9 @@ class PrivateTraining:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the spent budget. A resume that drops or loosens the budget or the accountant settings
         (no target where one was set, a larger target, another delta, accountant or a larger PRV
-        ``eps_error``) is refused with a ``ValueError`` naming the ``privacy.<key>``; a smaller target is kept.
+        ``eps_error``, ``reproducible`` flipped, a local-mode run in another mode) is refused with a
+        ``ValueError`` naming the ``privacy.<key>`` (:func:`~distsched.privacy.resume.check_resume`); a smaller
+        target is kept.
         A secure run continues with fresh secret noise; a reproducible one restores its generator."""
         self._check_settings(state)
         if self.guard is not None and "guard" in state:
@@ -283,23 +286,9 @@ class PrivateTraining:
             self.lr_controller.load_state_dict(state["lr_controller"])
 
     def _check_settings(self, state: dict[str, Any]) -> None:
-        saved = state.get("guard")
-        if saved is not None and self.guard is None:
-            raise ValueError(f"privacy.target_epsilon: the run was started with target_epsilon="
-                             f"{saved['target_epsilon']:g}; a resume cannot drop the budget")
-        if saved is not None and self.guard is not None and self.guard.target_epsilon > float(saved["target_epsilon"]):
-            raise ValueError(f"privacy.target_epsilon: the run was started with target_epsilon="
-                             f"{saved['target_epsilon']:g}; a resume cannot raise it to {self.guard.target_epsilon:g}")
-        mechanism = state["accountant"].get("mechanism")
-        if mechanism != self.accountant.mechanism:
-            raise ValueError(f"privacy.accountant: the run was started with accountant {mechanism!r}; "
-                             f"resume with it, got {self.accountant.mechanism!r}")
-        if "delta" in state and float(state["delta"]) != self.delta:
-            raise ValueError(f"privacy.delta: the run was started with delta={state['delta']:g}; resume with it, "
-                             f"got {self.delta:g}")
-        if "eps_error" in state and self.accountant.eps_error > float(state["eps_error"]):
-            raise ValueError(f"privacy.eps_error: the run was started with eps_error={state['eps_error']:g}; "
-                             f"a resume cannot loosen it to {self.accountant.eps_error:g}")
+        check_resume(state, target_epsilon=self.guard.target_epsilon if self.guard is not None else None,
+                     delta=self.delta, accountant=self.accountant.mechanism, reproducible=self.reproducible,
+                     eps_error=self.accountant.eps_error, mode=self.mode)
 
 
 class PerExampleLoss(nn.Module):

@@ -26,6 +26,7 @@ from distsched.train.config import TrainConfig, config_from_mapping, config_to_m
 from distsched.train.loop import FaultInjection, train_worker
 from distsched.train.resize import check_resizable
 from distsched.train.session import LocalSession
+from distsched.train.state import check_resumable
 
 DEFAULT_OUT = "runs"
 #: the most steps a run may plan: at a millisecond a step, 10^9 steps are 11 days of training
@@ -55,14 +56,18 @@ def prepare_run(
         saved = config_from_mapping(folder.read_config())
         if cfg is not None and cfg.workers != saved.workers:
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
-        latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
+        latest = latest_checkpoint(folder.checkpoints)  # none intact: one line now; damaged ones: a warning each
+        resized = False
         if workers is not None:  # resize on resume (a fixed size), or a new [min, max] range
             new = dataclasses.replace(saved, workers=list(workers) if isinstance(workers, tuple) else workers)
             if (new.workers, new.elastic) != (saved.workers, saved.elastic):
                 if new.elastic is None:
                     check_resizable(saved, saved.workers, new.workers)
-                saved = new
-                folder.write_config(config_to_mapping(saved))
+                saved, resized = new, True
+        if latest is not None:  # what the workers would refuse (privacy loosened...): one line now
+            check_resumable(saved, latest)
+        if resized:
+            folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
     if cfg is None:
         raise ValueError("a config is required unless resuming (--resume RUN_DIR)")

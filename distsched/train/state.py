@@ -15,6 +15,7 @@ It also holds the one rule for the applied learning rate (:meth:`WorkerState.set
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from distsched.privacy import PrivateTraining
     from distsched.schedules import ScheduledLR
     from distsched.sync import LocalSGD
+    from distsched.train.config import TrainConfig
 
 #: the optional parts: (key, what a checkpoint without it was), present in the config iff in the checkpoint.
 _OPTIONAL = (("controller", "a run without one"), ("privacy", "a run without DP"))
@@ -119,9 +121,33 @@ class WorkerState:
         self.last_step = tuple(state.get("last_step", self.last_step))
 
     def _check_parts(self, state: dict[str, Any], where: Any) -> None:
-        for key, without in _OPTIONAL:
-            ours, saved = getattr(self, key), state.get(key)
-            if ours is not None and saved is None:
-                raise ValueError(f"{key}: the checkpoint {where} has no {key} state ({without})")
-            if ours is None and saved is not None:
-                raise ValueError(f"{key}: the checkpoint {where} holds {key} state, the config has no {key} block")
+        _check_parts({key: getattr(self, key) is not None for key, _ in _OPTIONAL}, state, where)
+
+
+def _check_parts(present: dict[str, bool], state: dict[str, Any], where: Any) -> None:
+    """ValueError when the optional parts (controller, privacy) ``present`` in the run are not those of ``state``."""
+    for key, without in _OPTIONAL:
+        ours, saved = present[key], state.get(key) is not None
+        if ours and not saved:
+            raise ValueError(f"{key}: the checkpoint {where} has no {key} state ({without})")
+        if saved and not ours:
+            raise ValueError(f"{key}: the checkpoint {where} holds {key} state, the config has no {key} block")
+
+
+def check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse, on the driver and before any worker starts, a resume of ``checkpoint`` (a ``step_N`` folder)
+    with ``cfg`` that the workers would refuse: optional parts (controller, privacy) added or removed, or
+    privacy settings that would loosen the checkpoint's guarantee (:func:`distsched.privacy.resume.check_resume`:
+    budget, delta, accountant, ``reproducible``, a local-mode run in another mode or size). One ``ValueError``."""
+    state = ckpt.load_rank_state(checkpoint, 0)
+    _check_parts({"controller": cfg.controller is not None, "privacy": cfg.privacy is not None}, state, checkpoint)
+    if cfg.privacy is None:
+        return
+    from distsched.privacy.resume import check_resume
+    from distsched.privacy.training import resolve_mode
+
+    p = cfg.privacy
+    check_resume(state["privacy"], target_epsilon=p.target_epsilon, delta=p.delta, accountant=p.accountant,
+                 reproducible=p.reproducible, eps_error=p.eps_error,
+                 mode=resolve_mode(p.mode, cfg.workers, cfg.sync.every_step),
+                 world_size=cfg.workers, saved_world_size=int(ckpt.read_meta(checkpoint).get("world_size", 1)))

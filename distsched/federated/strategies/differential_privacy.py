@@ -152,14 +152,20 @@ class DifferentialPrivacy(Strategy):
             "dp": self.mechanism.state_dict(),
             "accountant": self.accountant.state_dict(),
             "guard": self.guard.state_dict() if self.guard is not None else None,
+            "reproducible": self.mechanism.reproducible,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores the inner strategy, the clipping norm and the spent budget; a checkpoint written with a
-        budget never loads without one (a smaller new target is kept: ``BudgetGuard``)."""
+        budget never loads without one (a smaller new target is kept: ``BudgetGuard``), nor with
+        ``dp.reproducible`` flipped (:func:`distsched.privacy.resume.check_reproducible`)."""
         if state.get("guard") is not None and self.guard is None:
             raise ValueError("dp.target_epsilon: the run was started with a privacy budget; resume with the same "
                              "target")
+        if "reproducible" in state:  # a checkpoint of a run seeded from its config is never private again
+            from distsched.privacy.resume import check_reproducible
+
+            check_reproducible(bool(state["reproducible"]), self.mechanism.reproducible, "dp")
         self.inner.load_state_dict(state["inner"])
         self.mechanism.load_state_dict(state["dp"])
         if state.get("guard") is not None:
