@@ -77,3 +77,38 @@ def test_a_file_as_run_dir_or_out_is_one_line(tmp_path: Path, capsys: pytest.Cap
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "not a directory" in err.lower(), err
     assert a_file.read_text() == "keep"
+
+
+HOLD = "import sys; from distsched.report import RunFolder; RunFolder.create(sys.argv[1], 'busy'); " \
+       "print(sorted(__import__('pathlib').Path(sys.argv[1]).iterdir())[0], flush=True); sys.stdin.read()"
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second process continuing a run that is still training there (``train --resume``, ``--run-dir``,
+    ``simulate --resume``) would interleave its metrics, checkpoints and summary with the first's (and, with
+    DP, spend the budget twice from one history): one line, exit 2, nothing written; once the holder has
+    ended (its lock goes with its process), the folder is usable again."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "runs")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        busy = Path(holder.stdout.readline().strip())  # created, and held, by the other process
+        fed = Path(__file__).resolve().parents[1] / "examples" / "fed_digits.yaml"
+        (busy / "config.yaml").write_text(fed.read_text())  # a simulation's (train --resume never reads it)
+        before = sorted(p.name for p in busy.rglob("*"))
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(CFG))
+        for argv in (["train", "--resume", str(busy), "--launcher", "processes"],
+                     ["train", str(cfg), "--run-dir", str(busy), "--launcher", "processes"],
+                     ["simulate", "--resume", str(busy), "--executor", "local"]):
+            rc = main(argv)
+            err = capsys.readouterr().err
+            assert rc == 2 and len(err.strip().splitlines()) == 1 and "in use by another" in err, (argv, err)
+        assert sorted(p.name for p in busy.rglob("*")) == before
+    finally:
+        holder.communicate("", timeout=60)
+    assert RunFolder(busy).claim().root == busy  # released with its process

@@ -354,7 +354,7 @@ class Simulation:
         from distsched.report import RunFolder
 
         if resume is not None:
-            folder = RunFolder.open(resume)
+            folder = RunFolder.open(resume).claim()  # not two processes continuing one run
             ckpt = latest_checkpoint(folder.checkpoints)
             if ckpt is None:
                 raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
@@ -514,6 +514,8 @@ def simulate(
         from distsched.federated.resume import resume_config
         from distsched.report import RunFolder
 
+        if Path(resume).is_dir():
+            RunFolder(resume).claim()  # another process continuing this run: one line, before anything is written
         cfg = resume_config(resume, config, overrides)
         RunFolder(resume).write_config(to_mapping(cfg))  # config.yaml says what the run does
     else:

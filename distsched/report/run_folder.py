@@ -5,6 +5,8 @@ finished, ``model.pt`` (the final model's plain ``state_dict``)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import time
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+#: run folders this process holds (:meth:`RunFolder.claim`): resolved path -> the locked descriptor, kept open
+#: until the process ends (the kernel then drops the lock, also after ``kill -9``).
+_HELD: dict[Path, int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +33,7 @@ class RunFolder:
         """A new folder ``parent/name-YYYYmmdd-HHMMSS[-k]`` with its sub-folders.
 
         The folder is claimed with an exclusive ``mkdir`` (atomic), so two runs started at the same
-        second never share it: the loser takes the next suffix ``-k``.
+        second never share it: the loser takes the next suffix ``-k``; then held (:meth:`claim`).
         """
         parent = Path(parent)
         if parent.exists() and not parent.is_dir():
@@ -40,20 +46,43 @@ class RunFolder:
                 root.mkdir()
             except FileExistsError:
                 continue
-            return cls.open(root)
+            return cls.open(root).claim()  # a --resume of it while this process runs: refused
         raise FileExistsError(f"no free run folder name under {parent} for {base.name}")
 
     @classmethod
     def fresh(cls, root: str | os.PathLike) -> RunFolder:
         """Exactly ``root`` for a new run: refused (ValueError) when it already holds a run
-        (``config.yaml``, ``summary.json``, ``metrics.jsonl`` or a checkpoint) or is not a folder."""
+        (``config.yaml``, ``summary.json``, ``metrics.jsonl`` or a checkpoint), when another process holds
+        it (:meth:`claim`, taken before the check: two runs started together cannot both pass it) or is not
+        a folder."""
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise NotADirectoryError(f"not a directory: {root}")
-        folder = cls(root)
+        root.mkdir(parents=True, exist_ok=True)
+        folder = cls(root).claim()
         if folder.holds_run():
             raise ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
         return cls.open(root)
+
+    def claim(self) -> RunFolder:
+        """Hold the folder for this process until it ends: an exclusive, non-blocking ``flock`` on the folder
+        itself (nothing is written into it). ValueError (one line) when another process holds it, e.g. a
+        second ``--resume`` of a run that is still training; taken again by the same process, a no-op. Where
+        the file system has no such locks (some network file systems) the folder is used unlocked."""
+        root = self.root.resolve()
+        if root in _HELD:
+            return self
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ValueError(f"{root} is in use by another distsched process (a run training there now); "
+                                 "wait for it to end, or stop it first") from None
+            return self  # no flock here (e.g. NFS without it): unlocked, as before
+        _HELD[root] = fd
+        return self
 
     def holds_run(self) -> bool:
         """Whether anything of a run is here (config, summary, metrics or checkpoints)."""

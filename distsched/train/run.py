@@ -53,6 +53,8 @@ def prepare_run(
     """
     if resume is not None:
         folder = RunFolder(Path(resume).resolve())
+        if exclusive and folder.root.is_dir():
+            folder.claim()  # one process at a time continues a run (another --resume of it: one line)
         saved = config_from_mapping(folder.read_config())
         if cfg is not None and cfg.workers != saved.workers:
             raise ValueError(f"workers must be {saved.workers} to resume {folder.root}, got {cfg.workers}")
