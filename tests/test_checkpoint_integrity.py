@@ -16,7 +16,7 @@ import torch
 from distsched.cli import main
 from distsched.federated.checkpoint import latest_checkpoint as fed_latest
 from distsched.federated.checkpoint import load_checkpoint, save_checkpoint
-from distsched.report import RunFolder
+from distsched.report import RunFolder, read_metrics
 from distsched.train import LocalSession, config_from_mapping, prepare_run, train_worker
 from distsched.train.checkpoint import (
     capture_rng,
@@ -111,6 +111,33 @@ def test_damaged_checkpoints_are_skipped_and_resume_equals_uninterrupted(
     ref = load_rank_state(finished.checkpoints / checkpoint_name(12), 0)["model"]
     for k in ref:
         assert torch.equal(ours[k], ref[k])
+
+
+def test_torn_last_metrics_record_is_dropped_on_resume(finished: RunFolder, tmp_path: Path, capfd) -> None:
+    """A run killed while writing a metrics record leaves a last line cut short: the resume drops it with one
+    warning line and ends with the uninterrupted run's records (before: every resume failed on it). A damaged
+    line in the middle is not a crash's trace: still refused, naming the line."""
+    copy = tmp_path / "torn"
+    shutil.copytree(finished.root, copy)
+    shutil.rmtree(copy / "checkpoints" / checkpoint_name(12))
+    (copy / "summary.json").unlink()
+    full = (copy / "metrics.jsonl").read_text()
+    (copy / "metrics.jsonl").write_text(full[:-25])  # the last record, torn
+    capfd.readouterr()
+    summary = _train(copy, resume=True)
+    assert summary["resumed_from_step"] == 8 and summary["steps_done"] == STEPS
+    err = capfd.readouterr().err.strip().splitlines()
+    assert [ln for ln in err if "metrics" in ln] == [ln for ln in err if "dropping the torn last record" in ln]
+    assert len([ln for ln in err if "torn" in ln]) == 1
+
+    def steps(root: Path) -> list:
+        return [(r["step"], r["lr"], r["loss"]) for r in read_metrics(root / "metrics.jsonl")]
+
+    assert steps(copy) == steps(finished.root)
+    lines = full.splitlines(keepends=True)
+    (copy / "metrics.jsonl").write_text("".join(lines[:2]) + "{torn\n" + "".join(lines[2:]))
+    with pytest.raises(ValueError, match="metrics.jsonl:3: not a JSON object"):
+        _train(copy, resume=True)
 
 
 def test_no_intact_checkpoint_is_one_line_exit_2(finished: RunFolder, tmp_path: Path, capfd) -> None:

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ class MetricsWriter:
     def truncate_after(self, key: str, value: float) -> int:
         """Keep only records with ``record[key] <= value``; returns how many were kept."""
         self._fh.close()
-        kept = [r for r in read_metrics(self.path) if key not in r or r[key] <= value]
+        kept = [r for r in _records_before_a_crash(self.path) if key not in r or r[key] <= value]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             for r in kept:
@@ -97,6 +98,24 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not a JSON object ({exc.msg})") from None
     return records
+
+
+def _records_before_a_crash(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` whose writer may have been killed mid-record: a last line cut short
+    (no newline, not JSON) is dropped with a one-line warning; any other damage is :func:`read_metrics`'s
+    ValueError."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    head, _, tail = text.rpartition("\n")
+    if tail.strip():  # the last line has no newline: a record being written when the process died
+        try:
+            json.loads(tail)
+        except json.JSONDecodeError:
+            sys.stderr.write(f"distsched: warning: dropping the torn last record of {path} ({len(tail)} bytes "
+                             "without a newline: the run stopped while writing it)\n")
+            tmp = path.with_suffix(".torn.tmp")
+            tmp.write_text(head + "\n" if head else "", encoding="utf-8")
+            os.replace(tmp, path)
+    return read_metrics(path) if path.exists() else []
 
 
 def _parse_number(text: str | None) -> Any:
