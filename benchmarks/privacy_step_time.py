@@ -14,11 +14,11 @@ time. The bookkeeping is also timed alone. Target: overhead <= 5%.
 against plain Opacus hooks and non-private training, on ``--models``: the digits MLP (``mlp``), a small
 embedding LM (``lm``: vocabulary 2048, context 16, Embedding 64 -> Linear 256 -> Linear 2048) and the ``gpt``
 transformer of ``examples/lm_dp.yaml`` (``gpt``: bytes, context 64, 2 layers, dim 128, 0.47 M parameters; a
-target per position), batch ``--batch`` (64). Each contender runs in its own process (one torch thread);
-step time is the median over blocks. Memory, two ways: the peak of live tensor memory during one step above
-what is live before it (torch's profiler; what ``torch.cuda.max_memory_allocated`` measures on a GPU), and
-the rise of the process's peak RSS during training (also counts the allocator's fragmentation and lazily
-loaded code; coarse at this scale).
+target per position), ``gpt-wide`` (the same at 4 layers, dim 256: 3.3 M parameters), batch ``--batch`` (64).
+Each contender runs in its own process (one torch thread); step time is the median over blocks. Memory, two
+ways: the peak of live tensor memory during one step above what is live before it (torch's profiler; what
+``torch.cuda.max_memory_allocated`` measures on a GPU), and the rise of the process's peak RSS during training
+(also counts the allocator's fragmentation and lazily loaded code; coarse at this scale).
 
     .venv/bin/python benchmarks/privacy_step_time.py --modes  # writes benchmarks/results/privacy_clipping_modes.json
     .venv/bin/python benchmarks/privacy_step_time.py --modes --models gpt --steps 1 --repeats 3
@@ -75,11 +75,11 @@ def _lm() -> nn.Module:
     return nn.Sequential(nn.Embedding(2048, 64), nn.Flatten(), nn.Linear(16 * 64, 256), nn.ReLU(), nn.Linear(256, 2048))
 
 
-def _gpt() -> nn.Module:
+def _gpt(layers: int = 2, dim: int = 128) -> nn.Module:
     from distsched.data.gpt import GPT
 
     torch.manual_seed(0)
-    return GPT(256, 64, layers=2, heads=4, dim=128)  # examples/lm_dp.yaml's model: bytes, context 64, 0.47 M
+    return GPT(256, 64, layers=layers, heads=4, dim=dim)  # examples/lm_dp.yaml's model: bytes, context 64, 0.47 M
 
 
 def _workload(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -87,8 +87,9 @@ def _workload(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Ten
         x, y = _data()
         return _model(), x[:batch], y[:batch]
     g = torch.Generator().manual_seed(0)
-    if name == "gpt":  # next-byte prediction: a target per position
-        return _gpt(), torch.randint(0, 256, (batch, 64), generator=g), torch.randint(0, 256, (batch, 64), generator=g)
+    if name in ("gpt", "gpt-wide"):  # next-byte prediction: a target per position
+        model = _gpt() if name == "gpt" else _gpt(layers=4, dim=256)
+        return model, torch.randint(0, 256, (batch, 64), generator=g), torch.randint(0, 256, (batch, 64), generator=g)
     return _lm(), torch.randint(0, 2048, (batch, 16), generator=g), torch.randint(0, 2048, (batch,), generator=g)
 
 
@@ -187,13 +188,13 @@ def interleaved_main(args: argparse.Namespace) -> None:
         for c in names:
             rows.append({"model": model_name, "contender": c, "mode": built[c][3], "batch": args.batch,
                          "ms_per_step": statistics.median(times[c]) * 1e3, "all_ms": [t * 1e3 for t in times[c]]})
-    print(f"{'model':<5} {'contender':<13} {'mode':<10} {'ms/step':>9} {'vs Opacus':>10} {'vs non-private':>15}")
+    print(f"{'model':<8} {'contender':<13} {'mode':<12} {'ms/step':>9} {'vs Opacus':>10} {'vs non-private':>15}")
     for r in rows:
         ref = next((o for o in rows if o["model"] == r["model"] and o["contender"] == "opacus-hooks"), r)
         base = next((o for o in rows if o["model"] == r["model"] and o["contender"] == "non-private"), r)
         r["vs_opacus_hooks"] = r["ms_per_step"] / ref["ms_per_step"]
         r["vs_non_private"] = r["ms_per_step"] / base["ms_per_step"]
-        print(f"{r['model']:<5} {r['contender']:<13} {r['mode']:<10} {r['ms_per_step']:>9.1f} "
+        print(f"{r['model']:<8} {r['contender']:<13} {r['mode']:<12} {r['ms_per_step']:>9.1f} "
               f"{r['vs_opacus_hooks']:>9.2f}x {r['vs_non_private']:>14.2f}x")
     tag = "_".join(args.models.split(",")) + "_" + "_".join(c.replace("-", "") for c in names)
     out = Path(args.out).with_name(f"privacy_clipping_interleaved_{tag}.json")
@@ -248,7 +249,7 @@ def main() -> None:
     ap.add_argument("--interleaved", action="store_true",
                     help="--modes: all contenders in one process, blocks interleaved (step time only)")
     ap.add_argument("--batch", type=int, default=64, help="--modes: batch size")
-    ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt")
+    ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt, gpt-wide")
     ap.add_argument("--contenders", default=CONTENDERS, help="--modes: comma-separated, of " + CONTENDERS
                     + ",opacus-ghost (non-private is needed for the ratios)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)

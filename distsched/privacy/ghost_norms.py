@@ -63,20 +63,26 @@ def linear_norms(layer: nn.Linear, activations: list[torch.Tensor], backprops: t
         else:  # the per-example gradient: O(T d_in d_out)
             sq = torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2))
         out[layer.weight] = sq.clamp(min=0).sqrt()
+    g_sum = None
     if layer.bias is not None and layer.bias.requires_grad:
-        out[layer.bias] = g3.sum(1).norm(dim=1)
-    return out, (a, g)
+        g_sum = g3.sum(1)  # the per-example bias gradients, (B, d_out)
+        out[layer.bias] = g_sum.norm(dim=1)
+    return out, (a, g, g_sum)
 
 
 def linear_clipped(layer: nn.Linear, state: Any, coef: torch.Tensor) -> Norms:
-    """``sum_i c_i grad_i`` of a Linear layer: ``(c G)^T A`` over every position."""
-    a, g = state
-    cg = _per_example(coef, g).reshape(-1, g.shape[-1])
+    """``sum_i c_i grad_i`` of a Linear layer: ``(c G)^T A`` over every position (``c`` on the narrower of
+    ``G`` and ``A``), bias ``c^T (sum_t g_t)``."""
+    a, g, g_sum = state
     out: Norms = {}
     if layer.weight.requires_grad:
-        out[layer.weight] = (cg.t() @ a.reshape(-1, a.shape[-1])).to(layer.weight.dtype)
-    if layer.bias is not None and layer.bias.requires_grad:
-        out[layer.bias] = cg.sum(0).to(layer.bias.dtype)
+        if g.shape[-1] <= a.shape[-1]:
+            g2, a2 = _per_example(coef, g).reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+        else:
+            g2, a2 = g.reshape(-1, g.shape[-1]), _per_example(coef, a).reshape(-1, a.shape[-1])
+        out[layer.weight] = (g2.t() @ a2).to(layer.weight.dtype)
+    if g_sum is not None:
+        out[layer.bias] = (coef.to(g_sum.dtype) @ g_sum).to(layer.bias.dtype)
     return out
 
 
