@@ -66,6 +66,15 @@ def test_train_steps_that_cannot_finish(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_unreachable_privacy_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A target_epsilon no noise level reaches is found by the driver's preflight (the noise the workers
+    would plan): one line, exit 2, no run folder (was a worker's traceback, exit 1, and a run folder)."""
+    cfg = {**TRAIN, "privacy": {"target_epsilon": 0.001, "delta": 1e-5}}
+    _one_line(capsys, ["train", _write(tmp_path / "c.yaml", cfg), "--out", str(tmp_path / "runs"), "--launcher",
+                       "processes", "--no-progress"], "privacy: target_epsilon=0.001 is not reachable")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_resume_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     run.mkdir()

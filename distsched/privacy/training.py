@@ -71,21 +71,12 @@ def attach_privacy(
     n_total = sum(sizes)
     if mode == "local":
         q_rank = min(1.0, batch_size / sizes[rank])
-        q_plan = min(1.0, max(batch_size / n for n in sizes))
         expected = q_rank * sizes[rank]  # = B unless B > N_k
     else:
-        q_rank = q_plan = min(1.0, batch_size * world / n_total)
+        q_rank = min(1.0, batch_size * world / n_total)
         expected = q_rank * n_total / world
-    interval = cfg.interval if cfg.interval is not None else max(1, int(1.0 / q_plan))  # same on every worker
-    shape = noise_schedule_from_spec(cfg.noise_schedule, total_steps=total_steps, interval=interval)
-    if cfg.noise_multiplier is not None:
-        level = cfg.noise_multiplier
-    else:
-        assert cfg.target_epsilon is not None
-        level = plan(
-            target_epsilon=cfg.target_epsilon, delta=cfg.delta, sample_rate=q_plan, steps=total_steps,
-            noise_schedule=shape, accountant=cfg.accountant, interval=interval, eps_error=cfg.eps_error,
-        ).noise_multiplier
+    shape, level = plan_noise(cfg, sizes, batch_size=batch_size, total_steps=total_steps,
+                              sync_every_step=sync_every_step)
     if cfg.reproducible and rank == 0:
         warnings.warn(NOT_PRIVATE, UserWarning, stacklevel=2)
     check_clipping(cfg, model, mode)
@@ -101,6 +92,35 @@ def attach_privacy(
     )
     loader = poisson_loader(dataset, shards[rank], q_rank, seed=seed if cfg.reproducible else secret_seed(), rank=rank)
     return training, loader
+
+
+def plan_noise(
+    config: PrivacyConfig | Mapping[str, Any],
+    shard_sizes: Sequence[int],
+    *,
+    batch_size: int,
+    total_steps: int,
+    sync_every_step: bool = True,
+) -> tuple[Any, float]:
+    """The run's noise schedule shape and its level ``sigma`` (``noise_multiplier``, or planned so that
+    ``total_steps`` at the planning rate spend exactly ``target_epsilon``: :func:`~distsched.privacy.plan`).
+    The planning rate is ``q = W B / N`` (single, group) or the largest ``q_k = B / N_k`` (local). The same on
+    every worker; the driver calls it before anything starts, so an unreachable target is one line there."""
+    cfg = privacy_config(config)
+    world = len(shard_sizes)
+    if resolve_mode(cfg.mode, world, sync_every_step) == "local":
+        q_plan = min(1.0, max(batch_size / n for n in shard_sizes))
+    else:
+        q_plan = min(1.0, batch_size * world / sum(shard_sizes))
+    interval = cfg.interval if cfg.interval is not None else max(1, int(1.0 / q_plan))  # same on every worker
+    shape = noise_schedule_from_spec(cfg.noise_schedule, total_steps=total_steps, interval=interval)
+    if cfg.noise_multiplier is not None:
+        return shape, cfg.noise_multiplier
+    assert cfg.target_epsilon is not None
+    return shape, plan(
+        target_epsilon=cfg.target_epsilon, delta=cfg.delta, sample_rate=q_plan, steps=total_steps,
+        noise_schedule=shape, accountant=cfg.accountant, interval=interval, eps_error=cfg.eps_error,
+    ).noise_multiplier
 
 
 def check_clipping(config: PrivacyConfig | Mapping[str, Any], model: nn.Module, mode: str) -> None:

@@ -102,6 +102,14 @@ def preflight(cfg: TrainConfig) -> int:
     total = total_steps_of(cfg, min(len(s) for s in shards) // cfg.batch_size)
     if total > MAX_STEPS:
         raise ValueError(f"a run may plan at most {MAX_STEPS:_} steps, this config plans {total:_} (steps/epochs)")
+    if cfg.privacy is not None:  # the noise the workers will plan: an unreachable target_epsilon fails here
+        from distsched.privacy.training import plan_noise
+
+        try:
+            plan_noise(cfg.privacy, [len(s) for s in shards], batch_size=cfg.batch_size, total_steps=total,
+                       sync_every_step=cfg.sync.every_step)
+        except ValueError as exc:
+            raise ValueError(f"privacy: {exc}") from None
     return total
 
 
