@@ -14,7 +14,8 @@ time. The bookkeeping is also timed alone. Target: overhead <= 5%.
 against plain Opacus hooks and non-private training, on ``--models``: the digits MLP (``mlp``), a small
 embedding LM (``lm``: vocabulary 2048, context 16, Embedding 64 -> Linear 256 -> Linear 2048) and the ``gpt``
 transformer of ``examples/lm_dp.yaml`` (``gpt``: bytes, context 64, 2 layers, dim 128, 0.47 M parameters; a
-target per position), ``gpt-wide`` (the same at 4 layers, dim 256: 3.3 M parameters), batch ``--batch`` (64).
+target per position), ``gpt-wide`` (the same at 4 layers, dim 256: 3.3 M parameters), ``cnn`` (distsched's
+two-conv digits CNN), batch ``--batch`` (64).
 Each contender runs in its own process (one torch thread); step time is the median over blocks. Memory, two
 ways: the peak of live tensor memory during one step above what is live before it (torch's profiler; what
 ``torch.cuda.max_memory_allocated`` measures on a GPU), and the rise of the process's peak RSS during training
@@ -83,9 +84,14 @@ def _gpt(layers: int = 2, dim: int = 128) -> nn.Module:
 
 
 def _workload(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    if name == "mlp":
+    if name in ("mlp", "cnn"):
         x, y = _data()
-        return _model(), x[:batch], y[:batch]
+        if name == "mlp":
+            return _model(), x[:batch], y[:batch]
+        from distsched.data.models import cnn
+
+        torch.manual_seed(0)
+        return cnn((1, 8, 8), 10), x[:batch].reshape(-1, 1, 8, 8), y[:batch]
     g = torch.Generator().manual_seed(0)
     if name in ("gpt", "gpt-wide"):  # next-byte prediction: a target per position
         model = _gpt() if name == "gpt" else _gpt(layers=4, dim=256)
@@ -249,7 +255,8 @@ def main() -> None:
     ap.add_argument("--interleaved", action="store_true",
                     help="--modes: all contenders in one process, blocks interleaved (step time only)")
     ap.add_argument("--batch", type=int, default=64, help="--modes: batch size")
-    ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt, gpt-wide")
+    ap.add_argument("--models", default="mlp,lm", help="--modes: comma-separated workloads: mlp, lm, gpt, gpt-wide,"
+                    " cnn")
     ap.add_argument("--contenders", default=CONTENDERS, help="--modes: comma-separated, of " + CONTENDERS
                     + ",opacus-ghost (non-private is needed for the ratios)")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)

@@ -53,8 +53,8 @@ def test_auto_picks_a_mode_supporting_every_layer():
     lm = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(32, 50))
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     attention = nn.MultiheadAttention(8, 2)
-    assert resolve_clipping(lm, "auto") == "ghost"          # norm samplers for Embedding and Linear
-    assert resolve_clipping(conv, "auto") == "hooks"        # no norm sampler for Conv2d
+    assert resolve_clipping(lm, "auto") == "ghost"          # closed forms for Embedding and Linear
+    assert resolve_clipping(conv, "auto") == "ghost"        # Conv2d through its grad sampler, Linear closed form
     assert resolve_clipping(attention, "auto") == "hooks"   # no grad sampler: Opacus' hooks use torch.func
     assert not supports(attention, "ew") and supports(conv, "ew")
     assert resolve_clipping(conv, "ghost") == "ghost"       # Conv2d's per-example gradients, Linear's ghost norm
@@ -65,11 +65,8 @@ def test_auto_picks_a_mode_supporting_every_layer():
     small_gpt = GPT(50, 8, layers=1, heads=2, dim=16)
     assert resolve_clipping(small_gpt, "auto") == "ghost"   # Linear, Embedding, LayerNorm: all in closed form
     assert resolve_clipping(_mlp(), "auto") == "ghost"
-    with_ln_conv = nn.Sequential(nn.Conv1d(2, 4, 3), nn.LayerNorm(6))
-    assert resolve_clipping(with_ln_conv, "auto") == "hooks"  # Conv1d: no closed form
-    assert resolve_clipping(with_ln_conv, "ghost") == "ghost"  # Conv1d's per-example gradients, LayerNorm's norm
-    freq = nn.Sequential(nn.Embedding(50, 8, scale_grad_by_freq=True), nn.Flatten(), nn.Linear(32, 50))
-    assert resolve_clipping(freq, "auto") == "hooks"        # a batch-dependent gradient: no per-example form
+    with_attention = nn.Sequential(nn.Linear(8, 8), nn.Transformer(8, 2, 1, 1, 16, batch_first=True).encoder)
+    assert resolve_clipping(with_attention, "auto") == "hooks"  # MultiheadAttention: torch.func only
 
 
 def test_make_private_with_ghost_clipping_and_virtual_steps():
@@ -345,6 +342,30 @@ def test_ghost_step_on_gpt_equals_the_hooks_step():
     assert pt.clipping == "ghost" and ref_pt.clipping == "hooks"
     assert not torch.equal(got, _gpt_steps("hooks", steps=0)[1])
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_ghost_step_on_a_cnn_equals_the_hooks_step():
+    """Conv2d has no closed form: ghost takes its per-example gradients (Opacus' grad sampler) and sums them
+    clipped with the Linear head's closed form; the step equals the hooks step (``auto`` picks ghost here)."""
+    from distsched.data.models import cnn
+
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    finals = {}
+    for mode in ("hooks", "auto"):
+        torch.manual_seed(2)
+        model = cnn((1, 8, 8), 10, hidden=(4, 6))
+        pt = private_training(model, torch.optim.SGD(model.parameters(), lr=0.5), sample_rate=0.1,
+                              expected_batch_size=16, max_grad_norm=0.05, delta=1e-5, noise=0.5, noise_seed=2,
+                              clipping=mode)
+        crit = pt.loss_fn(nn.CrossEntropyLoss())
+        for _ in range(2):
+            pt.optimizer.zero_grad()
+            crit(pt.model(x), y).backward()
+            pt.optimizer.step()
+        finals[pt.clipping] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert set(finals) == {"hooks", "ghost"}
+    torch.testing.assert_close(finals["ghost"], finals["hooks"], rtol=1e-5, atol=1e-6)
 
 
 def test_ghost_runs_one_backward_pass_without_weight_gradients():

@@ -11,10 +11,12 @@
   :mod:`distsched.privacy.ghost_norms`; any other layer with a grad sampler, Conv, GroupNorm..., through its
   per-example gradients). The loss must go through :meth:`PrivateTraining.loss_fn` (Opacus'
   ``DPLossFastGradientClipping``); one backward per step.
-* ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm), else hooks.
-  On the ``gpt`` transformer at batch 64 on a CPU ghost took 0.79x the step time of Opacus' hooks (1.36x
-  non-private) with 1.10x non-private's peak tensor memory (hooks: 1.77x); step time and memory of each
-  mode: ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md.
+* ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm) or a grad sampler
+  (Conv, GroupNorm, ...), else hooks (a layer only ``torch.func`` differentiates per example). Ghost does a
+  subset of the hooks' work (no per-example gradient of a closed-form layer, no weight gradient from autograd):
+  at batch 64 on a CPU it took 0.79-0.91x the step time of Opacus' hooks on the ``gpt`` transformer (1.10x
+  non-private's peak tensor memory, hooks 1.77x), 0.56-0.63x on a 3.3 M-parameter one, 0.83-0.96x on the
+  digits CNN (hooks: 0.89-1.09x); ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md.
 
 Per-layer clipping (Opacus' ``clipping="per_layer"``, McMahan et al. 2018, "A general approach to adding
 differential privacy to iterative training procedures"): parameter tensor ``i`` (in the optimizer's order) of
@@ -36,7 +38,6 @@ from torch import nn
 
 from distsched._checks import check_choice, check_positive
 from distsched.privacy.ghost import GhostModule
-from distsched.privacy.ghost_norms import handles
 
 CLIPPING: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
 _NORMS = GhostModule.NORM_SAMPLERS  # distsched's ghost norms (privacy/ghost_norms.py)
@@ -48,12 +49,6 @@ _EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.Layer
 
 def _trainable_leaves(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
-
-
-def _ghost_norms(model: nn.Module) -> bool:
-    """Every trainable layer has a ghost norm and a book-keeping clipped sum (Linear, Embedding, LayerNorm:
-    :mod:`distsched.privacy.ghost_norms`)."""
-    return all(handles(m) for m in _trainable_leaves(model))
 
 
 def supports(model: nn.Module, mode: str) -> bool:
@@ -70,10 +65,10 @@ def supports(model: nn.Module, mode: str) -> bool:
 
 def resolve_clipping(model: nn.Module, clipping: str) -> str:
     """The mode to use: ``clipping`` itself (refused if it does not support a layer), or for ``auto`` the first
-    of ghost (every layer with a ghost norm) and hooks."""
+    of ghost (every layer in closed form or with a grad sampler) and hooks."""
     check_choice("clipping", clipping, CLIPPING)
     if clipping == "auto":
-        return "ghost" if _ghost_norms(model) else "hooks"
+        return "ghost" if supports(model, "ghost") else "hooks"
     if not supports(model, clipping):
         names = sorted({type(m).__name__ for m in _trainable_leaves(model)})
         raise ValueError(f"clipping {clipping!r} does not support every layer of the model ({', '.join(names)}); "
