@@ -98,8 +98,8 @@ class GhostDPOptimizer(DPOptimizerFastGradientClipping):
 
 def drop_first_pass_grads(module: nn.Module, in_first_pass: Callable[[], bool]) -> list[object]:
     """On every trainable parameter of ``module``, a post-accumulate-grad hook that frees ``p.grad`` while
-    ``in_first_pass()`` is true (ghost clipping's first backward pass needs only the norms its module hooks
-    compute; Opacus zeroes those gradients before the second pass anyway). Returns the hook handles."""
+    ``in_first_pass()`` is true (the norms and the clipped sums of :class:`GhostModule` come from its module
+    hooks, not from the unclipped gradient autograd accumulates). Returns the hook handles."""
 
     def drop(p: torch.Tensor) -> None:
         if in_first_pass():
