@@ -86,6 +86,13 @@ def test_train_resume_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture
     before = (run / "config.yaml").read_text()
     _one_line(capsys, ["train", "--resume", str(run), "--workers", "1"], "local mode")
     assert (run / "config.yaml").read_text() == before
+    # a size whose shards are smaller than a batch: refused, and config.yaml keeps the run's own size (it was
+    # rewritten with the refused one, so that every later plain --resume failed too)
+    _write(run / "config.yaml", {**TRAIN, "batch_size": 32})
+    before = (run / "config.yaml").read_text()
+    _one_line(capsys, ["train", "--resume", str(run), "--workers", "50", "--launcher", "processes"],
+              "batch_size must be <= the smallest shard")
+    assert (run / "config.yaml").read_text() == before
 
 
 def test_train_resume_with_loosened_privacy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

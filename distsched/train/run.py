@@ -69,6 +69,7 @@ def prepare_run(
         if latest is not None:  # what the workers would refuse (privacy loosened...): one line now
             check_resumable(saved, latest)
         if resized:
+            preflight(saved)  # a size the config cannot run (a batch above the new shards): one line, config kept
             folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
     if cfg is None:
