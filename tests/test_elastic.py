@@ -234,3 +234,29 @@ def test_loop_restores_a_two_rank_checkpoint_at_one_rank_as_its_average(tmp_path
     for k in mr:
         assert torch.allclose(mg[k], mr[k], atol=1e-6), k
     assert got["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-6)
+
+
+def test_resize_with_exchanges_in_flight_is_one_line_before_config_yaml_is_touched(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 2-rank checkpoint taken while a delayed exchange (``sync.delay > 0``) was in flight, resumed at 1 worker:
+    one line from the driver, exit 2, config.yaml keeps the run's size (was: the workers' traceback, exit 1,
+    after config.yaml had been rewritten at the new size, so every later --resume failed too)."""
+    import yaml
+
+    from distsched.train import LocalSession, train_worker
+
+    torch.set_num_threads(1)
+    mapping = dict(BASE, workers=1, sync={"name": "fixed", "h": 4, "delay": 2})
+    folder, cfg = prepare_run(config_from_mapping(mapping), run_dir=tmp_path / "run")
+    train_worker(cfg, folder.root, LocalSession(folder.checkpoints, 0, 1, keep=5))
+    shutil.rmtree(folder.checkpoints / checkpoint_name(STEPS))
+    (folder.root / "summary.json").unlink()
+    s0 = load_rank_state(folder.checkpoints / checkpoint_name(4), 0)
+    engine = dict(s0["engine"], pending=[{"apply_at": 5, "totals": []}])  # what rank r of 2 holds mid-exchange
+    _forge(folder.root, [dict(s0, world_size=2, engine=engine)] * 2)
+    folder.config_path.write_text(yaml.safe_dump(dict(mapping, workers=2)))
+    before = folder.config_path.read_text()
+    rc = main(["train", "--resume", str(folder.root), "--workers", "1", "--launcher", "processes", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "in flight" in err, err
+    assert folder.config_path.read_text() == before

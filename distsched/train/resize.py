@@ -86,11 +86,17 @@ def resharded_position(epoch: int, batch: int, old_batches_per_epoch: int, new_b
     return {"epoch": epoch, "batch": new_batch}
 
 
-def _engine(states: list[dict[str, Any]]) -> dict[str, Any]:
-    engine = dict(states[0]["engine"])
+def check_no_exchange_in_flight(engine: dict[str, Any]) -> None:
+    """Refuse to resize a checkpoint whose sync engine state ``engine`` has exchanges in flight
+    (``sync.delay > 0``): each rank's pending all-reduce belongs to the old group."""
     if any(p is not None for p in engine.get("pending") or []):
         raise ValueError("resize: the checkpoint has sync exchanges in flight (sync.delay > 0); "
                          "resume it at its own number of workers")
+
+
+def _engine(states: list[dict[str, Any]]) -> dict[str, Any]:
+    engine = dict(states[0]["engine"])
+    check_no_exchange_in_flight(engine)
     comp = engine.get("compression")
     if comp is not None:
         engine["compression"] = [

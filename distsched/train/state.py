@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from distsched.train import checkpoint as ckpt
-from distsched.train.resize import world_lr_factor
+from distsched.train.resize import check_no_exchange_in_flight, world_lr_factor
 
 if TYPE_CHECKING:
     from distsched.control import Controller
@@ -136,11 +136,15 @@ def _check_parts(present: dict[str, bool], state: dict[str, Any], where: Any) ->
 
 def check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
     """Refuse, on the driver and before any worker starts, a resume of ``checkpoint`` (a ``step_N`` folder)
-    with ``cfg`` that the workers would refuse: optional parts (controller, privacy) added or removed, or
+    with ``cfg`` that the workers would refuse: optional parts (controller, privacy) added or removed, a resize
+    with sync exchanges in flight, or
     privacy settings that would loosen the checkpoint's guarantee (:func:`distsched.privacy.resume.check_resume`:
     budget, delta, accountant, ``reproducible``, a local-mode run in another mode or size). One ``ValueError``."""
     state = ckpt.load_rank_state(checkpoint, 0)
     _check_parts({"controller": cfg.controller is not None, "privacy": cfg.privacy is not None}, state, checkpoint)
+    saved_world = int(ckpt.read_meta(checkpoint).get("world_size", 1))
+    if cfg.elastic is None and cfg.workers != saved_world:  # a resize: no exchange of the old group in flight
+        check_no_exchange_in_flight(state["engine"])
     if cfg.privacy is None:
         return
     from distsched.privacy.resume import check_resume
@@ -150,4 +154,4 @@ def check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
     check_resume(state["privacy"], target_epsilon=p.target_epsilon, delta=p.delta, accountant=p.accountant,
                  reproducible=p.reproducible, eps_error=p.eps_error,
                  mode=resolve_mode(p.mode, cfg.workers, cfg.sync.every_step),
-                 world_size=cfg.workers, saved_world_size=int(ckpt.read_meta(checkpoint).get("world_size", 1)))
+                 world_size=cfg.workers, saved_world_size=saved_world)
