@@ -66,6 +66,20 @@ def test_train_steps_that_cannot_finish(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_resume_with_another_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """config.yaml edited to another model between runs: the checkpoint's model does not load into it; one
+    line from the driver naming the tensor, exit 2 (was each worker's traceback, exit 1); nothing rewritten."""
+    from distsched.train import LocalSession, config_from_mapping, prepare_run, train_worker
+
+    folder, run_cfg = prepare_run(config_from_mapping(TRAIN), run_dir=tmp_path / "run")
+    train_worker(run_cfg, folder.root, LocalSession(folder.checkpoints, rank=0, world_size=1))
+    kept = {p: p.read_bytes() for p in folder.root.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    _write(folder.config_path, {**TRAIN, "model": {"name": "mlp", "hidden": [8]}})
+    _one_line(capsys, ["train", "--resume", str(folder.root), "--launcher", "processes", "--no-progress"],
+              "does not fit the config's model: size mismatch for 1.weight")
+    assert {p: p.read_bytes() for p in folder.root.rglob("*") if p.is_file() and p.name != "config.yaml"} == kept
+
+
 def test_train_unreachable_privacy_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A target_epsilon no noise level reaches is found by the driver's preflight (the noise the workers
     would plan): one line, exit 2, no run folder (was a worker's traceback, exit 1, and a run folder)."""

@@ -250,8 +250,10 @@ def _prepare(args: argparse.Namespace, launcher: str, overrides: dict | None,
                               workers=workers if args.resume else None)  # a new size: resize on resume
     if launcher != "ray":
         _refuse_elastic(cfg, launcher)  # a resumed elastic run (its config.yaml is left as it was)
-    if total is None:
-        total = preflight(cfg)
+    if total is None:  # a resume: its newest checkpoint's model must fit the config's
+        from distsched.train.checkpoint import latest_checkpoint
+
+        total = preflight(cfg, latest_checkpoint(folder.checkpoints, warn=False))
     return folder, cfg, total
 
 

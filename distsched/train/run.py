@@ -69,7 +69,7 @@ def prepare_run(
         if latest is not None:  # what the workers would refuse (privacy loosened...): one line now
             check_resumable(saved, latest)
         if resized:
-            preflight(saved)  # a size the config cannot run (a batch above the new shards): one line, config kept
+            preflight(saved, latest)  # a size the config cannot run (a batch above the shards): one line, config kept
             folder.write_config(config_to_mapping(saved))
         return RunFolder.open(folder.root), saved
     if cfg is None:
@@ -83,10 +83,11 @@ def prepare_run(
     return folder, cfg
 
 
-def preflight(cfg: TrainConfig) -> int:
+def preflight(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None) -> int:
     """Build what every worker will build (data set, shards, model) once, on the CPU, and run one
     batch forward and backward through the model, so that a config the workers cannot run fails
-    here; returns the run's total steps."""
+    here; returns the run's total steps. ``checkpoint`` (a resume's ``step_N`` folder): its model must
+    load into the config's (a config.yaml edited to another model fails here, in one line)."""
     import torch
 
     from distsched.train.loop import total_steps_of
@@ -96,6 +97,8 @@ def preflight(cfg: TrainConfig) -> int:
     with torch.random.fork_rng():
         model = cfg.model.build(bundle.input_shape, bundle.num_classes)
         _one_batch(model, bundle.train, shards[0][: cfg.batch_size], bundle.num_classes)
+    if checkpoint is not None:
+        _check_model_loads(model, Path(checkpoint))
     if cfg.privacy is not None:  # clipping that cannot run at this size (per-layer, ghost across workers)
         from distsched.privacy.training import check_run
 
@@ -112,6 +115,18 @@ def preflight(cfg: TrainConfig) -> int:
         except ValueError as exc:
             raise ValueError(f"privacy: {exc}") from None
     return total
+
+
+def _check_model_loads(model: Any, checkpoint: Path) -> None:
+    """ValueError (one line) when rank 0's model in ``checkpoint`` does not load into ``model``."""
+    from distsched.train.checkpoint import load_rank_state
+
+    try:
+        model.load_state_dict(load_rank_state(checkpoint, 0)["model"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise ValueError(f"model: the checkpoint {checkpoint} does not fit the config's model: {detail}") from None
 
 
 def _one_batch(model: Any, data: Any, indices: Any, num_classes: int) -> None:
