@@ -35,6 +35,20 @@ def test_resume_config_allows_only_safe_keys(tmp_path: Path) -> None:
         resume_config(folder.root, {**CFG, "partition": {**CFG["partition"], "num_clients": 50}}, {})
 
 
+def test_resume_with_fewer_rounds_than_done_is_refused(tmp_path: Path) -> None:
+    """``--rounds 1`` for a run that has completed 2: refused naming rounds, config.yaml untouched (it was
+    rewritten with ``rounds: 1`` and the run then reported round 2 of 1)."""
+    first = Simulation(fed_config({**CFG, "rounds": 2}))
+    first.run(out_dir=tmp_path, progress=False, plots=False)  # its last checkpoint: round 2
+    run = first.folder.root
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="rounds: the run has completed 2 rounds; resume it with rounds >= 2"):
+        simulate(None, resume=run, rounds=1, progress=False)
+    assert (run / "config.yaml").read_text() == before
+    assert simulate(None, resume=run, rounds=3, progress=False)["rounds"] == 3  # more rounds: continues
+    assert "rounds: 3" in (run / "config.yaml").read_text()
+
+
 @pytest.mark.slow
 def test_resumed_and_finished_runs_describe_the_whole_run(tmp_path: Path) -> None:
     ref = simulate(CFG, out_dir=tmp_path / "ref")

@@ -203,6 +203,9 @@ class Simulation:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if int(state["seed"]) != self.cfg.seed:
             raise ValueError(f"seed must equal the checkpoint's seed {state['seed']}, got {self.cfg.seed}")
+        if int(state["round"]) > self.cfg.rounds:
+            raise ValueError(f"rounds: the run has completed {int(state['round'])} rounds; resume it with rounds >= "
+                             f"{int(state['round'])}, got {self.cfg.rounds}")
         state = _current_layout(state)
         if bool(state["private"]) != (self.private is not None):
             raise ValueError(
@@ -359,6 +362,7 @@ class Simulation:
             if ckpt is None:
                 raise FileNotFoundError(f"no checkpoint to resume from in {folder.checkpoints}")
             self.load_state_dict(load_checkpoint(ckpt))
+            folder.write_config(to_mapping(self.cfg))  # config.yaml says what the run does (rounds, num_actors)
         else:
             folder = RunFolder.create(out_dir or self.cfg.output_dir, self.cfg.name)
             folder.write_config(to_mapping(self.cfg))
@@ -516,8 +520,7 @@ def simulate(
 
         if Path(resume).is_dir():
             RunFolder(resume).claim()  # another process continuing this run: one line, before anything is written
-        cfg = resume_config(resume, config, overrides)
-        RunFolder(resume).write_config(to_mapping(cfg))  # config.yaml says what the run does
+        cfg = resume_config(resume, config, overrides)  # config.yaml rewritten once the checkpoint has loaded
     else:
         cfg = fed_config({**dict(config), **overrides})
     return Simulation(cfg).run(out_dir=out_dir, resume=resume, executor=executor, progress=progress)
