@@ -9,8 +9,9 @@
   materializing the per-example gradients, and the clipped sum from what the backward hooks kept, in one
   backward pass (:mod:`distsched.privacy.ghost`: Linear, Embedding and LayerNorm in closed form,
   :mod:`distsched.privacy.ghost_norms`; any other layer with a grad sampler, Conv, GroupNorm..., through its
-  per-example gradients). The loss must go through :meth:`PrivateTraining.loss_fn` (Opacus'
-  ``DPLossFastGradientClipping``); one backward per step.
+  per-example gradients; a layer called twice or sharing a parameter, through its per-example gradients summed
+  over its uses; a parameter used outside a call of its layer is refused). The loss must go through
+  :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
 * ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm) or a grad sampler
   (Conv, GroupNorm, ...), else hooks (a layer only ``torch.func`` differentiates per example). Ghost does a
   subset of the hooks' work (no per-example gradient of a closed-form layer, no weight gradient from autograd):

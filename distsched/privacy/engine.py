@@ -39,6 +39,7 @@ from distsched.privacy.accounting import Accountant, check_delta, check_sample_r
 from distsched.privacy.clipping import check_per_layer, per_layer_norms, resolve_clipping, supports
 from distsched.privacy.coupling import NoiseAwareLR
 from distsched.privacy.empty import EmptyBatchCollate
+from distsched.privacy.ghost import mark_clipped
 from distsched.privacy.guard import BudgetExhausted, BudgetGuard
 from distsched.privacy.noise import ConstantNoise, NoiseSchedule, NoiseScheduler
 from distsched.privacy.randomness import noise_generator
@@ -210,7 +211,7 @@ class PrivateTraining:
         opt.zero_grad(set_to_none=True)
         for p in opt.params:
             if self.clipping == "ghost":  # Opacus' ghost optimizer takes p.grad as the clipped sum
-                p.grad = torch.zeros_like(p)
+                p.grad = mark_clipped(torch.zeros_like(p))
             else:
                 p.grad_sample = p.new_zeros((0, *p.shape))
         if self.clipping == "ghost":

@@ -39,17 +39,39 @@ from collections.abc import Callable
 
 import torch
 from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
-from opacus.grad_sample.grad_sample_module import create_or_accumulate_grad_sample, promote_current_grad_sample
+from opacus.grad_sample.grad_sample_module import (
+    GradSampleHooks,
+    create_or_accumulate_grad_sample,
+    promote_current_grad_sample,
+)
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.module_utils import trainable_modules, trainable_parameters
 from torch import nn
 
-from distsched.privacy.ghost_norms import LAYERS, handles, per_example_clipped
+from distsched.privacy.ghost_norms import LAYERS, handles, layer_norm_grads, per_example_clipped
 
 #: elements of noise drawn at once (a multiple of 16: see the module docstring); 256 KiB of float32.
 NOISE_CHUNK = 1 << 16
+#: the attribute :class:`GhostModule` sets on every gradient it made, a clipped sum; the optimizer takes no other.
+CLIPPED = "_ghost_clipped_sum"
+
+
+def mark_clipped(grad: torch.Tensor) -> torch.Tensor:
+    """Mark ``grad`` as a clipped sum ``sum_i c_i grad_i`` (what :class:`GhostDPOptimizer` accepts); returns it."""
+    setattr(grad, CLIPPED, True)
+    return grad
+
+
+def check_clipped(p: torch.Tensor) -> None:
+    """Refuse a parameter whose ``.grad`` is not a clipped sum made by :class:`GhostModule` (autograd's raw
+    gradient of a parameter made trainable after wrapping, or of one outside the wrapped model): the noise
+    would cover only ``C`` of an unbounded contribution."""
+    if p.grad is None or not getattr(p.grad, CLIPPED, False):
+        raise RuntimeError(f"ghost clipping: a parameter of shape {tuple(p.shape)} in the optimizer has no clipped "
+                           "gradient (trainable since make_private, or not in the model?); make it trainable "
+                           "before make_private, or use clipping hooks")
 
 
 def add_noise_in_place(target: torch.Tensor, std: float, generator: torch.Generator | None,
@@ -79,8 +101,10 @@ class GhostDPOptimizer(DPOptimizerFastGradientClipping):
     adds the noise in place (same step, without two gradient-sized copies; see the module docstring)."""
 
     def accumulate(self) -> None:
-        """``summed_grad += grad`` (the first time: ``summed_grad = grad``, moved, not copied)."""
+        """``summed_grad += grad`` (the first time: ``summed_grad = grad``, moved, not copied); every ``grad``
+        must be a clipped sum (:func:`check_clipped`)."""
         for p in self.params:
+            check_clipped(p)
             if p.summed_grad is not None:
                 p.summed_grad.add_(p.grad.data)
             else:
@@ -108,6 +132,10 @@ def drop_first_pass_grads(module: nn.Module, in_first_pass: Callable[[], bool]) 
     return [p.register_post_accumulate_grad_hook(drop) for p in module.parameters() if p.requires_grad]
 
 
+#: per-example gradients distsched computes itself where Opacus' grad sampler fails (LayerNorm with ``bias=False``).
+_GRADS = {nn.LayerNorm: layer_norm_grads}
+
+
 def _requires_grad(values: tuple) -> bool:
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
 
@@ -119,7 +147,14 @@ def _norm_only(norms):  # Opacus' norm-sampler signature, for its registry (para
 class GhostModule(GradSampleModuleFastGradientClipping):
     """Opacus' ``GradSampleModuleFastGradientClipping`` (ghost clipping) whose :meth:`backward` runs one
     backward pass: the hooks compute the per-example norms and keep what each layer's clipped sum needs,
-    then ``p.grad = sum_i min(1, C / (||g_i|| + 1e-6)) grad_i`` (see the module docstring)."""
+    then ``p.grad = sum_i min(1, C / (||g_i|| + 1e-6)) grad_i`` (see the module docstring).
+
+    A layer called more than once between backward passes (a recurrent loop, a model called twice for one loss)
+    or sharing a parameter with another layer (tied embedding and output weights) takes the per-example-gradient
+    path, summed over every use before the norm (Opacus' ghost clipping refuses these). Refused in one line: a
+    parameter reaching the loss outside a call of its layer (``F.linear(h, emb.weight)``; :meth:`_check_uses`),
+    and, by :class:`GhostDPOptimizer`, a gradient this module did not clip (a parameter made trainable after
+    wrapping, or one outside the model)."""
 
     #: the ghost norms: Linear, Embedding, LayerNorm (:mod:`distsched.privacy.ghost_norms`); this class's own
     #: registry, Opacus' is left as it is.
@@ -128,20 +163,41 @@ class GhostModule(GradSampleModuleFastGradientClipping):
     def __init__(self, m: nn.Module, *, max_grad_norm: float, **kwargs) -> None:
         super().__init__(m, max_grad_norm=max_grad_norm, use_ghost_clipping=True, **kwargs)
         self._kept: list[tuple[nn.Module, object, object, int]] = []  # (layer, clipped-sum fn, state, scale)
-        self._called: dict[nn.Module, bool] = {}  # layer called in this forward -> its input required grad
+        self._called: dict[nn.Module, bool] = {}  # layer called since the last backward -> its input required grad
+        self._calls: dict[nn.Module, int] = {}  # layer -> its calls since the last backward
+        owners: dict[torch.Tensor, int] = {}
+        for layer in self._module.modules():  # a parameter tied across layers: per-example gradients, summed
+            for p in layer.parameters(recurse=False):
+                owners[p] = owners.get(p, 0) + 1
+        self._shared = {p for p, n in owners.items() if n > 1}
         self._user_input_grad = False
         self._in_backward = False
-        for _, layer in trainable_modules(self._module):
-            layer.register_forward_pre_hook(self._note_call)
-        drop_first_pass_grads(self, lambda: self._in_backward)  # autograd's unclipped gradients: not needed
+        hooks = [layer.register_forward_pre_hook(self._note_call) for _, layer in trainable_modules(self._module)]
+        hooks += drop_first_pass_grads(self, lambda: self._in_backward)  # autograd's unclipped gradients: not needed
+        self.autograd_grad_sample_hooks.extend(hooks)  # removed with Opacus' own (remove_hooks, _close)
 
     def _note_call(self, layer: nn.Module, inputs: tuple) -> None:
         if self.hooks_enabled and torch.is_grad_enabled():
             self._called[layer] = self._called.get(layer, False) or _requires_grad(inputs)
+            self._calls[layer] = self._calls.get(layer, 0) + 1
+
+    def capture_activations_hook(self, module: nn.Module, forward_input: list[torch.Tensor],
+                                 _forward_output: torch.Tensor) -> None:
+        """Opacus' (the input kept, each parameter's ``_forward_counter`` counted), without its refusal of a layer
+        called twice or sharing a parameter: such a layer takes the per-example-gradient path (summed over its
+        calls and its sharers before the norm) in :meth:`capture_backprops_hook`."""
+        GradSampleHooks.capture_activations_hook(self, module, forward_input, _forward_output)
+
+    def _closed_form(self, layer: nn.Module) -> bool:
+        """Whether ``layer``'s norm and clipped sum come in closed form: a type :func:`handles`, called once in
+        this forward, sharing no parameter (the norm of a sum over uses is not the closed form of one use)."""
+        return (handles(layer) and self._calls.get(layer, 0) == 1
+                and not any(p in self._shared for p in layer.parameters(recurse=False)))
 
     def forward(self, *args, **kwargs):
-        self._kept, self._called = [], {}  # what an earlier forward left unused
-        self._user_input_grad = _requires_grad(args) or _requires_grad(tuple(kwargs.values()))
+        self._kept = []  # what an earlier forward left unused (the calls count until the backward)
+        self._user_input_grad = (self._user_input_grad or _requires_grad(args)
+                                 or _requires_grad(tuple(kwargs.values())))
         return super().forward(*args, **kwargs)
 
     def _backward_inputs(self) -> list[torch.Tensor] | None:
@@ -162,17 +218,21 @@ class GhostModule(GradSampleModuleFastGradientClipping):
         one of a called layer whose norm is missing is an error."""
         if len(loss_per_sample) == 0:  # an empty Poisson batch: the clipped sum is 0 (the noise still comes)
             self._kept = []
+            self._reset_calls()
             for p in self.trainable_parameters:
-                p.grad = torch.zeros_like(p)
+                p.grad = mark_clipped(torch.zeros_like(p))
             return
         for p in self.trainable_parameters:
             p._norm_sample = None
         self._in_backward = True
         try:
+            self._check_uses(loss_per_sample)
             loss_per_sample.mean(dim=0).backward(inputs=self._backward_inputs())
         finally:
             self._in_backward = False
-        called = {p for layer in self._called for p in layer.parameters(recurse=False)}
+            called_layers = self._called
+            self._reset_calls()
+        called = {p for layer in called_layers for p in layer.parameters(recurse=False)}
         for p in self.trainable_parameters:
             if p._norm_sample is None and p in called:
                 raise RuntimeError(f"ghost clipping: no per-example norm for a parameter of shape {tuple(p.shape)} "
@@ -187,13 +247,59 @@ class GhostModule(GradSampleModuleFastGradientClipping):
             layer, clipped, state, scale = kept.pop()
             for p, g in clipped(layer, state, coef * scale).items():
                 p.grad = g if p.grad is None else p.grad + g
+        for p in self.trainable_parameters:
+            if p.grad is not None:
+                mark_clipped(p.grad)
+
+    def _reset_calls(self) -> None:
+        """Forget the calls since the last backward, also what Opacus' hooks kept of a forward the backward did
+        not reach (a forward without backward), so that one error or stray forward does not poison the next step."""
+        self._called, self._calls, self._user_input_grad = {}, {}, False
+        for _, layer in trainable_modules(self._module):
+            if hasattr(layer, "activations"):
+                layer.activations = []
+            if hasattr(layer, "max_batch_len"):
+                del layer.max_batch_len
+            for p in layer.parameters(recurse=False):
+                p._forward_counter, p.grad_sample = 0, None
+                if hasattr(p, "_current_grad_sample"):
+                    del p._current_grad_sample
+
+    def _check_uses(self, loss_per_sample: torch.Tensor) -> None:
+        """Refuse a trainable parameter that reaches the loss other than through a call of a layer owning it
+        (``F.linear(h, self.emb.weight)``, ``x + self.pos.weight``): the hooks see only layer calls, so that use
+        would be dropped from its norm and its gradient. Counts the autograd graph's edges into each
+        parameter's ``AccumulateGrad`` node against the calls of its layers in this forward."""
+        trainable = {p: 0 for p in self.trainable_parameters}
+        for layer, n in self._calls.items():
+            for p in layer.parameters(recurse=False):
+                if p in trainable:
+                    trainable[p] += n
+        seen, stack = set(), [loss_per_sample.grad_fn]
+        edges: dict[torch.Tensor, int] = {}
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            for nxt, _ in node.next_functions:
+                var = getattr(nxt, "variable", None)
+                if var is not None and var in trainable:
+                    edges[var] = edges.get(var, 0) + 1
+                elif nxt is not None:
+                    stack.append(nxt)
+        for p, n in edges.items():
+            if n > trainable[p]:
+                raise RuntimeError(f"ghost clipping: a parameter of shape {tuple(p.shape)} is used outside a call of "
+                                   "its layer (e.g. F.linear(x, layer.weight)); its per-example gradient is not "
+                                   "seen: call the layer, or use clipping hooks")
 
     def capture_backprops_hook(self, module: nn.Module, _forward_input: torch.Tensor, forward_output: torch.Tensor,
                                loss_reduction: str, batch_first: bool) -> None:
         """Per-example norms into ``p._norm_sample`` (as Opacus'), and what the clipped sum needs kept."""
         if not self.hooks_enabled:
             return
-        if handles(module):  # the backprops of the mean loss, unscaled: the factor B goes on the norms and c
+        if self._closed_form(module):  # the backprops of the mean loss, unscaled: the factor B goes on the norms and c
             activations, backprops = self.rearrange_grad_samples(
                 module=module, backprops=forward_output[0].detach(), loss_reduction="sum", batch_first=batch_first)
             scale = module.max_batch_len if loss_reduction == "mean" else 1
@@ -207,7 +313,7 @@ class GhostModule(GradSampleModuleFastGradientClipping):
             activations, backprops = self.rearrange_grad_samples(
                 module=module, backprops=forward_output[0].detach(), loss_reduction=loss_reduction,
                 batch_first=batch_first)
-            sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
+            sampler = _GRADS.get(type(module)) or self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
             for p, gs in sampler(module, activations, backprops).items():
                 create_or_accumulate_grad_sample(param=p, grad_sample=gs, max_batch_len=module.max_batch_len)
             done = {}

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from opacus.grad_sample.layer_norm import compute_layer_norm_grad_sample
 from torch import nn
+from torch.nn import functional as F
 
 Norms = dict[nn.Parameter, torch.Tensor]
 #: ``norms(layer, activations, backprops) -> (per-example norms, state)``.
@@ -120,10 +120,24 @@ def embedding_clipped(layer: nn.Embedding, state: Any, coef: torch.Tensor) -> No
     return {layer.weight: grad.to(layer.weight.dtype)}
 
 
+def layer_norm_grads(layer: nn.LayerNorm, activations: list[torch.Tensor], backprops: torch.Tensor) -> Norms:
+    """Per-example gradients of a LayerNorm: weight ``sum_t xhat_t * g_t``, bias ``sum_t g_t`` (Opacus'
+    LayerNorm grad sampler, which fails on ``bias=False``; a frozen or absent parameter gets none)."""
+    x, dims = activations[0], layer.weight.dim() if layer.weight is not None else 0
+    over = tuple(range(1, backprops.dim() - dims))  # every dimension but the batch and the normalized ones
+    out: Norms = {}
+    if layer.weight is not None and layer.weight.requires_grad:
+        xhat = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
+        out[layer.weight] = (xhat * backprops).sum(over) if over else xhat * backprops
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops.sum(over) if over else backprops
+    return out
+
+
 def layer_norm_norms(layer: nn.LayerNorm, activations: list[torch.Tensor],
                      backprops: torch.Tensor) -> tuple[Norms, Any]:
     """Per-example gradient norms of a LayerNorm, from its per-example gradients (kept: ``d`` values each)."""
-    grads = compute_layer_norm_grad_sample(layer, activations, backprops)
+    grads = layer_norm_grads(layer, activations, backprops)
     return {p: gs.reshape(len(gs), -1).norm(dim=1) for p, gs in grads.items()}, grads
 
 
