@@ -62,6 +62,51 @@ print(int(ray.cluster_resources()["CPU"]), flush=True)
 """
 
 
+def test_inherited_auth_opt_out_is_overridden_for_the_embedded_cluster(monkeypatch, capfd) -> None:
+    """``RAY_AUTH_MODE=disabled`` (Ray's documented opt-out) inherited from the environment no longer turns
+    token authentication off for the embedded cluster: overridden with one line, and Ray's own reading of its
+    mode is then ``token`` (fast: no cluster started; the slow test below starts one)."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    from ray._raylet import Config
+
+    from distsched.cluster.local import _keep_token_auth
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    Config.initialize("")
+    try:
+        assert not is_token_auth_enabled()  # what Ray itself would start with
+        capfd.readouterr()
+        _keep_token_auth()
+        assert is_token_auth_enabled() and os.environ["RAY_AUTH_MODE"] == "token"
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == ["distsched: ignoring RAY_AUTH_MODE=disabled: the local cluster keeps token authentication"]
+    finally:
+        monkeypatch.undo()
+        Config.initialize("")
+
+
+AUTH_SCRIPT = """
+import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+from distsched.cluster.local import connect
+connect(num_cpus=1)
+print("token", is_token_auth_enabled(), flush=True)
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow  # one embedded Ray cluster (~20 s on 2 busy cores); the override itself is tested fast above
+def test_embedded_cluster_keeps_token_auth_against_an_inherited_opt_out(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", AUTH_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env=_env(tmp_path, RAY_AUTH_MODE="disabled", PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "token True" in proc.stdout  # was "token False": a cluster without authentication
+    assert "ignoring RAY_AUTH_MODE=disabled" in proc.stderr
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.is_file() and (token.stat().st_mode & 0o777) == 0o600
+
+
 @pytest.mark.slow
 def test_embedded_cluster_join_token_and_orphans(tmp_path: Path) -> None:
     """The embedded default starts its own cluster even with RAY_ADDRESS set and a cluster recorded by

@@ -13,8 +13,9 @@ Joining: Ray enables token authentication for an explicit address only when ``RA
 is set; :func:`connect` sets it whenever a token is at hand (``token_file``, ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, Ray's own variables and default path), and checks
 first that ``HOST:PORT`` answers (one line in seconds instead of minutes of retries). The embedded
-default ignores ``RAY_ADDRESS`` (saying so in one line) and the cluster that ``ray start`` recorded in
-``<tmp>/ray/ray_current_cluster`` (``ray.init(address="local")``): only an explicit address joins a cluster.
+default ignores ``RAY_ADDRESS`` and a ``RAY_AUTH_MODE`` other than ``token`` (saying so in one line) and
+the cluster that ``ray start`` recorded in ``<tmp>/ray/ray_current_cluster`` (``ray.init(address="local")``):
+only an explicit address joins a cluster.
 The token file is kept at mode 0600. A watchdog process (:mod:`distsched.cluster.watchdog`) stops
 the embedded cluster if the driver dies without shutting it down.
 """
@@ -91,6 +92,7 @@ def connect(
         ctx = ray.init(address=address, runtime_env=env, log_to_driver=log_to_driver, _node_ip_address=node_ip)
     else:
         cpus = check_int("num_cpus", num_cpus if num_cpus is not None else available_cpus(), 1)
+        _keep_token_auth()
         _private_token()
         # Token authentication stays on (Ray's default); only its start-up notice that it is on is muted.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -150,6 +152,19 @@ def _use_token(token_file: str | os.PathLike | None) -> None:
         from ray._raylet import Config  # Ray re-reads its config, as its own _enable_token_auth does
 
         Config.initialize("")
+
+
+def _keep_token_auth() -> None:
+    """The embedded cluster keeps Ray's token authentication: an inherited ``RAY_AUTH_MODE`` other than
+    ``token`` (Ray's opt-out, ``disabled``) is overridden, saying so in one line, as ``RAY_ADDRESS`` is ignored."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token":
+        return
+    sys.stderr.write(f"distsched: ignoring RAY_AUTH_MODE={mode}: the local cluster keeps token authentication\n")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config  # Ray re-reads its config, as its own _enable_token_auth does
+
+    Config.initialize("")
 
 
 def _private_token() -> None:
