@@ -68,6 +68,19 @@ def test_unknown_key_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, com
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize(("item", "needle"), [("workers=true", "workers: expected"),
+                                               ("steps=4.0", "steps: expected an integer")])
+def test_wrong_type_equal_to_the_file_value_is_refused(tmp_path, capsys, item, needle):
+    """``--set workers=true`` where the file says ``workers: 1`` (``True == 1`` in Python) was dropped as "no
+    change" and the run started; a wrong type is one line, exit 2, whatever the file's value."""
+    out = tmp_path / "out"
+    assert main(["train", _write(tmp_path / "c.yaml", TRAIN), "--set", item, "--out", str(out),
+                 "--launcher", "processes", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+
+
 def test_set_with_resume_is_refused(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--set", "steps=3"]) == 2
     assert "a resumed run keeps its config.yaml" in capsys.readouterr().err

@@ -54,9 +54,9 @@ def overridden(config: str | None, sets: list[str], resume: str | None) -> dict 
         raise ValueError("--set changes a new run's config; a resumed run keeps its config.yaml")
     from distsched.config import apply_sets, load_yaml
 
-    raw = load_yaml(config)
-    data = apply_sets(raw, sets)
-    return {k: v for k, v in data.items() if k not in raw or raw[k] != v}
+    data = apply_sets(load_yaml(config), sets)
+    named = {item.partition("=")[0].strip().split(".")[0] for item in sets}  # every key named, even when its
+    return {k: v for k, v in data.items() if k in named}  # value equals the file's (true == 1: still checked)
 
 
 def use_loggers(names: list[str]) -> None:
