@@ -271,3 +271,27 @@ def test_auto_never_picks_ghost_where_it_is_refused():
     assert _clipping_mode(model, "auto", "local", per_layer=False) == "ghost"
     with pytest.raises(ValueError, match="not available in group mode"):
         _clipping_mode(model, "ghost", "group", per_layer=False)
+
+
+@pytest.mark.parametrize(("t", "scale", "bias"), [(2, 1e4, False), (2, 1e10, True), (16, 1e15, False),
+                                                    (9, 1e6, False)])
+def test_an_example_whose_positions_cancel_is_still_clipped_to_c(t, scale, bias):
+    """One example with an input ``M u`` at one position and ``-M u + v`` at another: its weight gradient
+    ``g (a_1 + a_2)^T`` is moderate, but the float32 Gram norm ``<G G^T, A A^T>`` cancels terms of size
+    ``M^2`` and came out 0 (the example went unclipped: a contribution of 66 for C = 0.05 at M = 1e4), and the
+    batched product's rounding, relative to ``M``, leaked past C in the per-example-norm path too (1.0045 C).
+    Its contribution to the clipped sum (the sum with it minus the sum without it) is at most C."""
+    d_in = d_out = 64 if t < 9 else 4  # t = 9 at 4 x 4: the per-example-gradient norm path
+    torch.manual_seed(0)
+    layer = nn.Linear(d_in, d_out, bias=bias)
+    w = torch.randn(1, 1, d_out)
+    u, v = torch.randn(d_in), torch.randn(d_in)
+    x = torch.randn(4, t, d_in)
+    x[0, 0], x[0, 1] = scale * u, -scale * u + v
+    sums = []
+    for batch in (x, x[1:]):
+        gm = GhostModule(copy.deepcopy(layer), max_grad_norm=C)
+        gm.backward((gm(batch) * w).sum((1, 2)))
+        sums.append(torch.cat([p.grad.double().flatten() for p in gm._module.parameters()]))
+        assert bool(gm.per_sample_gradient_norms.isfinite().all())
+    assert float((sums[0] - sums[1]).norm()) <= C * (1 + 1e-5)

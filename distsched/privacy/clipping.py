@@ -15,9 +15,11 @@
 * ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm) or a grad sampler
   (Conv, GroupNorm, ...), else hooks (a layer only ``torch.func`` differentiates per example). Ghost does a
   subset of the hooks' work (no per-example gradient of a closed-form layer, no weight gradient from autograd):
-  at batch 64 on a CPU it took 0.79-0.91x the step time of Opacus' hooks on the ``gpt`` transformer (1.10x
-  non-private's peak tensor memory, hooks 1.77x), 0.56-0.63x on a 3.3 M-parameter one, 0.83-0.96x on the
-  digits CNN (hooks: 0.89-1.09x); ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md.
+  at batch 64 on a CPU it took 1.07x the step time of distsched's hooks on the ``gpt`` transformer and 0.78x
+  on a 3.3 M-parameter one since its Gram norms are float64 (float32: 0.79-0.91x and 0.56-0.63x, but an
+  example could escape clipping by rounding); 1.10x non-private's peak tensor memory on ``gpt`` (hooks 1.77x,
+  measured with float32 norms), 0.83-0.96x on the digits CNN (hooks: 0.89-1.09x);
+  ``benchmarks/privacy_step_time.py --modes``, BENCHMARKS.md.
 
 Per-layer clipping (Opacus' ``clipping="per_layer"``, McMahan et al. 2018, "A general approach to adding
 differential privacy to iterative training procedures"): parameter tensor ``i`` (in the optimizer's order) of

@@ -10,8 +10,9 @@ gradient, a LayerNorm's per-example gradients: :mod:`distsched.privacy.ghost_nor
 per-example gradients) and, once every norm is known, ``p.grad = sum_i c_i grad_i`` is computed from them,
 one matrix product per Linear. Autograd is asked only for the gradients of the first layers' parameters
 (``backward(inputs=...)``), so it skips the weight gradients the clipped sums replace. The step is Opacus'
-up to float rounding; on ``gpt`` (batch 64, CPU) it took 0.79-0.91x the time of Opacus' hooks, the
-two-pass version 1.5-1.7x (BENCHMARKS.md).
+up to float rounding; on ``gpt`` (batch 64, CPU) it took 0.79-0.91x the time of Opacus' hooks with float32
+Gram norms, 1.07x since they are float64 (a rounding defect let an example escape clipping; 0.78x on
+``gpt-wide``), the two-pass version 1.5-1.7x (BENCHMARKS.md).
 
 Opacus' ghost clipping (``DPLossFastGradientClipping`` + ``DPOptimizerFastGradientClipping``) runs two
 backward passes: the first only for the per-example norms its module hooks compute, the second on the loss

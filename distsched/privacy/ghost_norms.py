@@ -47,40 +47,81 @@ def _per_example(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return t * coef.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
 
 
+#: an example whose positions' terms sum to less than ``1 / CANCELLATION`` of their magnitudes,
+#: ``||sum_t g_t a_t^T|| < sum_t ||g_t|| ||a_t|| / CANCELLATION``, gets its own per-example weight gradient (see
+#: :func:`linear_norms`).
+CANCELLATION = 100.0
+
+
+def _gram64(x: torch.Tensor, columns: int = 128) -> torch.Tensor:
+    """``x x^T`` per example in float64, summed over blocks of ``columns`` features (a float64 copy of one
+    block at a time, not of ``x``)."""
+    gram = x.new_zeros(x.shape[0], x.shape[1], x.shape[1], dtype=torch.float64)
+    for start in range(0, x.shape[-1], columns):
+        block = x[..., start : start + columns].double()
+        gram.baddbmm_(block, block.transpose(1, 2))
+    return gram
+
+
 def linear_norms(layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor) -> tuple[Norms, Any]:
-    """Per-example gradient norms of a Linear layer (ghost norm or per-example gradient, the cheaper)."""
+    """Per-example gradient norms of a Linear layer (ghost norm or per-example gradient, the cheaper).
+
+    Rounding: the Gram norm's error is absolute in ``S_i^2``, ``S_i = sum_t ||g_t|| ||a_t||``, not relative to
+    the norm; positions whose terms cancel (an input ``M u`` at one position and ``-M u + v`` at another) made
+    it round to 0 in float32, so that example went unclipped. The Gram norm is computed in float64 plus its
+    error bound ``(T^2 + d_in + d_out) 2^-53 S_i^2`` (never below the exact norm), and an example with
+    ``S_i > CANCELLATION ||grad_i||`` gets its per-example gradient, its norm and its clipped term from that
+    one tensor (as Opacus' hooks), out of the batched product whose rounding is relative to ``S_i``."""
     g = backprops
     a = activations[0].to(g.dtype)
     b, d_in, d_out = g.shape[0], a.shape[-1], g.shape[-1]
     a3, g3 = a.reshape(b, -1, d_in), g.reshape(b, -1, d_out)
+    t = a3.shape[1]
     out: Norms = {}
+    own: tuple[torch.Tensor, torch.Tensor] | None = None  # (examples, their per-example weight gradients)
     if layer.weight.requires_grad:
-        if a3.shape[1] == 1:
-            sq = g3.square().sum((1, 2)) * a3.square().sum((1, 2))
-        elif a3.shape[1] * (d_in + d_out) <= d_in * d_out:  # Gram matrices: O(T^2 (d_in + d_out))
-            gram_g, gram_a = torch.bmm(g3, g3.transpose(1, 2)), torch.bmm(a3, a3.transpose(1, 2))
-            sq = torch.linalg.vecdot(gram_g.reshape(b, -1), gram_a.reshape(b, -1))
-        else:  # the per-example gradient: O(T d_in d_out)
-            sq = torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2))
-        out[layer.weight] = sq.clamp(min=0).sqrt()
+        if t == 1:  # ||g|| ||a||: no cancellation
+            norm = g3.square().sum((1, 2)).sqrt() * a3.square().sum((1, 2)).sqrt()
+        else:
+            mags = (g3.norm(dim=2).double() * a3.norm(dim=2).double()).sum(1)  # S_i
+            if t * (d_in + d_out) <= d_in * d_out:  # Gram matrices: O(T^2 (d_in + d_out))
+                sq = torch.linalg.vecdot(_gram64(g3).reshape(b, -1), _gram64(a3).reshape(b, -1))
+                norm = (sq + (t * t + d_in + d_out) * 2.0**-53 * mags.square()).clamp(min=0).sqrt()
+            else:  # the per-example gradient: O(T d_in d_out)
+                norm = torch.bmm(g3.transpose(1, 2), a3).square().sum((1, 2)).sqrt().double()
+            idx = (mags > CANCELLATION * norm).nonzero().flatten()
+            norm = norm.to(g.dtype)
+            if len(idx):
+                grads = torch.bmm(g3[idx].transpose(1, 2), a3[idx])
+                norm[idx] = grads.reshape(len(idx), -1).norm(dim=1)
+                own = (idx, grads)
+        out[layer.weight] = norm
     g_sum = None
     if layer.bias is not None and layer.bias.requires_grad:
         g_sum = g3.sum(1)  # the per-example bias gradients, (B, d_out)
         out[layer.bias] = g_sum.norm(dim=1)
-    return out, (a, g, g_sum)
+    return out, (a, g, g_sum, own)
 
 
 def linear_clipped(layer: nn.Linear, state: Any, coef: torch.Tensor) -> Norms:
     """``sum_i c_i grad_i`` of a Linear layer: ``(c G)^T A`` over every position (``c`` on the narrower of
-    ``G`` and ``A``), bias ``c^T (sum_t g_t)``."""
-    a, g, g_sum = state
+    ``G`` and ``A``), plus ``c_i grad_i`` of the examples with their own per-example gradient (0 in the
+    product); bias ``c^T (sum_t g_t)``."""
+    a, g, g_sum, own = state
     out: Norms = {}
     if layer.weight.requires_grad:
+        batched = coef
+        if own is not None:
+            batched = coef.clone()
+            batched[own[0]] = 0
         if g.shape[-1] <= a.shape[-1]:
-            g2, a2 = _per_example(coef, g).reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+            g2, a2 = _per_example(batched, g).reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
         else:
-            g2, a2 = g.reshape(-1, g.shape[-1]), _per_example(coef, a).reshape(-1, a.shape[-1])
-        out[layer.weight] = (g2.t() @ a2).to(layer.weight.dtype)
+            g2, a2 = g.reshape(-1, g.shape[-1]), _per_example(batched, a).reshape(-1, a.shape[-1])
+        weight = g2.t() @ a2
+        if own is not None:
+            weight = weight + torch.einsum("n,n...->...", coef[own[0]].to(own[1].dtype), own[1])
+        out[layer.weight] = weight.to(layer.weight.dtype)
     if g_sum is not None:
         out[layer.bias] = (coef.to(g_sum.dtype) @ g_sum).to(layer.bias.dtype)
     return out
