@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import re
 import sys
 import types
 import typing
@@ -26,6 +27,32 @@ import yaml
 T = TypeVar("T")
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without YAML 1.1's base-60 numbers: ``workers: 1:2`` is the range ``"1:2"`` (as
+    ``--workers 1:2``), not the integer 62; ``1:30.5`` is a string, not 90.5. Everything else is unchanged."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(  # PyYAML's int pattern less its last (base-60) alternative
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(  # PyYAML's float pattern less its base-60 alternative
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` without base-60 numbers (:class:`_Loader`): every config, ``config.yaml`` and
+    ``--set`` value is read with it."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML file's top-level mapping, with one-line errors."""
     path = Path(path)
@@ -34,7 +61,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         raise ValueError(f"config must be a YAML file, got the directory {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -305,7 +332,7 @@ def parse_sets(items: Sequence[str]) -> list[tuple[str, Any]]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ValueError(f"--set must be KEY.PATH=VALUE, got {item!r}")
         try:
-            out.append((key, yaml.safe_load(text)))
+            out.append((key, safe_load(text)))
         except yaml.YAMLError:
             raise ValueError(f"--set {key}: cannot read value {text!r} as YAML") from None
     return out

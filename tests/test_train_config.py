@@ -211,3 +211,27 @@ def test_sync_every_step(spec, every_step):
     from distsched.train import SyncConfig
 
     assert SyncConfig.from_spec(spec).every_step is every_step
+
+
+def test_workers_range_in_yaml_is_a_range_not_base_60(tmp_path) -> None:
+    """``workers: 1:2`` written as on the command line (``--workers 1:2``): YAML 1.1 reads an unquoted ``1:2``
+    as the base-60 integer 62, so the config asked for 62 workers; read as the range (1, 2), in a file, in
+    ``--set`` and back from ``config.yaml``. Other numbers read as PyYAML reads them."""
+    import yaml
+
+    from distsched.config import apply_sets, load_yaml
+    from distsched.report import RunFolder
+    from distsched.train.config import config_from_mapping
+
+    text = "name: e\nworkers: 1:2\nsteps: 8\nbatch_size: 8\nschedule: {name: constant, lr: 0.1}\n"
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = config_from_mapping(load_yaml(tmp_path / "c.yaml"))
+    assert cfg.elastic == (1, 2) and cfg.workers == 2
+    assert apply_sets({"workers": 1}, ["workers=1:2"])["workers"] == "1:2"
+    folder = RunFolder.open(tmp_path / "run")
+    folder.write_config({"workers": "1:2", "t": "0:30"})
+    assert folder.read_config() == {"workers": "1:2", "t": "0:30"}
+    from distsched.config import safe_load
+
+    for doc in ("a: 62", "a: 0x1f", "a: 017", "a: 1_000", "a: 1.5e-3", "a: .inf", "a: [1, 2.5, true, null]"):
+        assert repr(safe_load(doc)) == repr(yaml.safe_load(doc)), doc

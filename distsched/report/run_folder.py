@@ -138,7 +138,9 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.exists():
             raise FileNotFoundError(f"not a run folder (no config.yaml): {self.root}")
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        from distsched.config import safe_load
+
+        return safe_load(self.config_path.read_text(encoding="utf-8")) or {}
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         tmp = self.summary_path.with_suffix(".tmp")

@@ -175,7 +175,7 @@ class TrainConfig:
     #: the number of workers, or ``[min, max]``: an elastic run (Ray launcher) that shrinks when a worker is
     #: lost and grows when capacity comes back (:mod:`distsched.cluster.elastic`). Read back, ``workers`` is then
     #: ``max`` (the size a run starts at when the cluster has room) and :attr:`elastic` is ``(min, max)``.
-    workers: int | list[int] = 2
+    workers: int | list[int] | str = 2
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 32
