@@ -295,3 +295,35 @@ def test_an_example_whose_positions_cancel_is_still_clipped_to_c(t, scale, bias)
         sums.append(torch.cat([p.grad.double().flatten() for p in gm._module.parameters()]))
         assert bool(gm.per_sample_gradient_norms.isfinite().all())
     assert float((sums[0] - sums[1]).norm()) <= C * (1 + 1e-5)
+
+
+def test_an_embedding_example_whose_equal_tokens_cancel_is_still_clipped_to_c():
+    """Token 3 twice in example 0 with output gradients ``M u`` and ``-M u + v``, and the other examples' large
+    gradients on row 3 too: the clipped sum added ``c_i g_t`` into row 3 across examples, rounding relative
+    to ``M`` (example 0's contribution: 1.012 C at M = 1e8); now each example's summed rows (what its norm
+    is of) are scaled and added. Its contribution is at most C."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(5, 16)
+    x = torch.randint(0, 5, (6, 4))
+    x[:, :2] = 3
+    u, v = torch.randn(16), torch.randn(16)
+    w = torch.randn(6, 4, 16)
+    w[0, 0], w[0, 1] = 1e8 * u, -1e8 * u + v
+    w[1:, :2] = 1e8 * torch.randn(5, 2, 16)
+    sums = []
+    for keep in (slice(0, 6), slice(1, 6)):
+        gm = GhostModule(copy.deepcopy(emb), max_grad_norm=0.01)
+        gm.backward((gm(x[keep]) * w[keep]).sum((1, 2)))
+        sums.append(gm._module.weight.grad.double())
+    assert float((sums[0] - sums[1]).norm()) <= 0.01 * (1 + 1e-5)
+
+
+def test_a_sum_reduced_loss_is_refused_in_one_line():
+    """Ghost's loss wrapper assumes ``reduction='mean'`` (the optimizer divides by the expected batch size):
+    a ``sum`` loss is a ``ValueError`` naming it (was Opacus' bare ``AssertionError``)."""
+    model = nn.Sequential(nn.Linear(4, 3))
+    pt = private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), sample_rate=0.1,
+                          expected_batch_size=4, max_grad_norm=C, delta=1e-5, noise=1.0, clipping="ghost")
+    with pytest.raises(ValueError, match="reduction='mean'.*got reduction='sum'"):
+        pt.loss_fn(nn.CrossEntropyLoss(reduction="sum"))
+    pt.loss_fn(nn.CrossEntropyLoss())

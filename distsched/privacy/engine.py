@@ -153,8 +153,9 @@ class PrivateTraining:
             return criterion
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
-        if not hasattr(criterion, "reduction"):
-            raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss())")
+        if getattr(criterion, "reduction", None) != "mean":  # Opacus' loss wrapper asserts it
+            raise ValueError("clipping 'ghost' needs a loss module with reduction='mean' (e.g. nn.CrossEntropyLoss()), "
+                             f"got reduction={getattr(criterion, 'reduction', None)!r}")
         inner = DPLossFastGradientClipping(self.model, self.optimizer, criterion, "mean")
 
         def ghost_loss(*args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,8 @@ Formulas, per example ``i`` with positions ``t`` (``T`` positions, ``d_in`` -> `
 * Embedding: the per-example gradient is ``sum_t e_{x_t} g_t^T``, so its squared norm sums, over the
   distinct tokens ``v`` of the example, ``||sum_{t: x_t = v} g_t||^2`` (Opacus' embedding norm sampler,
   Bu et al. NeurIPS 2023, here with one-dimensional keys ``i V + v`` instead of ``torch.unique(dim=0)``).
-  Positions holding ``padding_idx`` get no gradient, as in torch. Clipped sum: ``index_add`` of ``c_i g_t``.
+  Positions holding ``padding_idx`` get no gradient, as in torch. Clipped sum: ``index_add`` of ``c_i`` times
+  each example's summed rows (the tensor its norm is of).
 * LayerNorm: the per-example gradient is small (``d`` values): weight ``sum_t xhat_t * g_t`` with ``xhat``
   the normalized input, bias ``sum_t g_t`` (Opacus' LayerNorm grad sampler); it is kept for the clipped
   sum ``sum_i c_i grad_i``.
@@ -137,9 +138,13 @@ def _embedding_grads(layer: nn.Embedding, activations: list[torch.Tensor], backp
 
 def embedding_norms(layer: nn.Embedding, activations: list[torch.Tensor],
                     backprops: torch.Tensor) -> tuple[Norms, Any]:
-    """Per-example gradient norms of an Embedding: gradients of equal tokens summed per example, O(B T d)."""
+    """Per-example gradient norms of an Embedding: gradients of equal tokens summed per example, O(B T d).
+    The state is those per-example rows, so that each example's clipped term is the tensor its norm is of (an
+    ``index_add`` of ``c_i g_t`` into rows shared across examples rounds relative to ``||g_t||``, not to the
+    norm, when an example's equal tokens' gradients cancel)."""
     ids, g = _embedding_grads(layer, activations, backprops)
     out: Norms = {}
+    state = None
     if layer.weight.requires_grad:
         b, d, vocab = ids.shape[0], g.shape[-1], layer.num_embeddings
         keys = (torch.arange(b, device=ids.device).unsqueeze(1) * vocab + ids).reshape(-1)
@@ -147,17 +152,18 @@ def embedding_norms(layer: nn.Embedding, activations: list[torch.Tensor],
         summed = torch.zeros(len(uniq), d, dtype=g.dtype, device=g.device).index_add_(0, inverse, g.reshape(-1, d))
         sq = torch.zeros(b, dtype=g.dtype, device=g.device).index_add_(0, uniq // vocab, summed.square().sum(1))
         out[layer.weight] = sq.sqrt()
-    return out, (ids, g)
+        state = (uniq // vocab, uniq % vocab, summed)
+    return out, state
 
 
 def embedding_clipped(layer: nn.Embedding, state: Any, coef: torch.Tensor) -> Norms:
-    """``sum_i c_i grad_i`` of an Embedding: ``c_i g_t`` added into row ``x_t``."""
-    if not layer.weight.requires_grad:
+    """``sum_i c_i grad_i`` of an Embedding: each example's row ``sum_{t: x_t = v} g_t`` times ``c_i``, added
+    into row ``v``."""
+    if state is None:
         return {}
-    ids, g = state
-    d = g.shape[-1]
-    grad = torch.zeros(layer.num_embeddings, d, dtype=g.dtype, device=g.device)
-    grad.index_add_(0, ids.reshape(-1), _per_example(coef, g).reshape(-1, d))
+    example, token, summed = state
+    grad = torch.zeros(layer.num_embeddings, summed.shape[-1], dtype=summed.dtype, device=summed.device)
+    grad.index_add_(0, token, summed * coef.to(summed.dtype)[example].unsqueeze(1))
     return {layer.weight: grad.to(layer.weight.dtype)}
 
 
