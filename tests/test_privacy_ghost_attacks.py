@@ -327,3 +327,20 @@ def test_a_sum_reduced_loss_is_refused_in_one_line():
     with pytest.raises(ValueError, match="reduction='mean'.*got reduction='sum'"):
         pt.loss_fn(nn.CrossEntropyLoss(reduction="sum"))
     pt.loss_fn(nn.CrossEntropyLoss())
+
+
+def test_a_tie_made_after_wrapping_is_still_the_norm_of_the_sum():
+    """``head.weight = emb.weight`` after the model is wrapped: the per-example norm still covers both uses
+    (Opacus' forward counters, read before the backward pass), equal to autograd's."""
+    torch.manual_seed(0)
+    model = TiedLM()
+    model.head.weight = nn.Parameter(torch.randn(V, D))  # untied when wrapped
+    tied = copy.deepcopy(model)
+    tied.head.weight = tied.emb.weight
+    x, y = _tokens()
+    want, norms = _reference(tied, (x, y), _lm_loss)
+    gm = GhostModule(model, max_grad_norm=C)
+    model.head.weight = model.emb.weight
+    gm.backward(_lm_loss(gm, x, y))
+    torch.testing.assert_close(gm.per_sample_gradient_norms.double(), norms, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.emb.weight.grad.double(), want[0], rtol=1e-5, atol=1e-8)

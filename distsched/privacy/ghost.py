@@ -171,6 +171,7 @@ class GhostModule(GradSampleModuleFastGradientClipping):
             for p in layer.parameters(recurse=False):
                 owners[p] = owners.get(p, 0) + 1
         self._shared = {p for p, n in owners.items() if n > 1}
+        self._reused: set[torch.Tensor] = set()  # used by more than one layer call in this forward (set per backward)
         self._user_input_grad = False
         self._in_backward = False
         hooks = [layer.register_forward_pre_hook(self._note_call) for _, layer in trainable_modules(self._module)]
@@ -193,7 +194,7 @@ class GhostModule(GradSampleModuleFastGradientClipping):
         """Whether ``layer``'s norm and clipped sum come in closed form: a type :func:`handles`, called once in
         this forward, sharing no parameter (the norm of a sum over uses is not the closed form of one use)."""
         return (handles(layer) and self._calls.get(layer, 0) == 1
-                and not any(p in self._shared for p in layer.parameters(recurse=False)))
+                and not any(p in self._shared or p in self._reused for p in layer.parameters(recurse=False)))
 
     def forward(self, *args, **kwargs):
         self._kept = []  # what an earlier forward left unused (the calls count until the backward)
@@ -225,6 +226,8 @@ class GhostModule(GradSampleModuleFastGradientClipping):
             return
         for p in self.trainable_parameters:
             p._norm_sample = None
+        # Opacus' forward hooks counted every use of each parameter: a tie made after wrapping counts too
+        self._reused = {p for p in self.trainable_parameters if getattr(p, "_forward_counter", 0) > 1}
         self._in_backward = True
         try:
             self._check_uses(loss_per_sample)
