@@ -153,3 +153,27 @@ def test_training_config_refuses_gdp_with_a_changing_noise_schedule():
     assert PrivacyConfig(noise_multiplier=1.0, accountant="gdp").accountant == "gdp"
     with pytest.raises(ValueError, match="gdp"):
         PrivacyConfig(noise_multiplier=1.0, accountant="gdp", noise_schedule="step:gamma=0.5,step_size=3")
+
+
+def test_epsilon_is_never_negative_where_rdps_conversion_goes_below_zero():
+    """DP-FedAvg at an extreme target (sigma 312, q 0.1, delta 1e-3): the RDP -> (eps, delta) conversion
+    (Balle et al. 2020) minimised over the orders, written out here, is below 0; the bound is 0."""
+    import numpy as np
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    from distsched.privacy.accounting import RDP_ORDERS
+
+    sigma, q, steps, delta = 312.0, 0.1, 10, 1e-3
+    orders = np.asarray(RDP_ORDERS, dtype=float)
+    rdp = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=RDP_ORDERS))
+    closed = rdp + np.log1p(-1 / orders) - (np.log(delta) + np.log(orders)) / (orders - 1)
+    assert closed.min() < -1e-4  # the conversion's own value: what was reported (-0.0006)
+    acc = Accountant("rdp")
+    acc.step(sigma, q, steps)
+    assert epsilon([(sigma, q, steps)], delta) == 0.0
+    assert acc.epsilon(delta) == 0.0
+    assert acc.epsilon_after(delta, (sigma, q, 1)) == 0.0  # the running-sum path
+    # a positive bound is unchanged: the same closed form at sigma 1
+    rdp1 = np.asarray(compute_rdp(q=q, noise_multiplier=1.0, steps=steps, orders=RDP_ORDERS))
+    closed1 = rdp1 + np.log1p(-1 / orders) - (np.log(delta) + np.log(orders)) / (orders - 1)
+    assert epsilon([(1.0, q, steps)], delta) == pytest.approx(float(closed1.min()), rel=1e-9)

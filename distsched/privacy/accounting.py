@@ -121,7 +121,8 @@ def epsilon(
 
     ``eps_error`` is the PRV accountant's discretisation error; Opacus returns the upper bound of its
     estimate, so the answer stays conservative. A segment with ``sigma < MIN_NOISE`` (0 included) gives
-    ``inf``.
+    ``inf``. Never below 0: RDP's conversion (Balle et al. 2020, Opacus' ``get_privacy_spent``) goes
+    below 0 at tiny RDP (sigma ~300, delta 1e-3: -0.0009); a bound ``eps < 0`` implies ``eps = 0``.
     """
     check_delta(delta)
     check_accountant(accountant)
@@ -139,8 +140,8 @@ def epsilon(
                 f"{PRV_MEMORY_LIMIT / 2**30:g} GiB: little noise or many steps widen its domain); use accountant "
                 "'rdp' (an upper bound at any size) or more noise"
             )
-        return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
-    return float(acc.get_epsilon(delta=delta))
+        return max(0.0, float(acc.get_epsilon(delta=delta, eps_error=eps_error)))
+    return max(0.0, float(acc.get_epsilon(delta=delta)))
 
 
 class AccountingTooLarge(ValueError):
@@ -338,7 +339,7 @@ class Accountant:
         if not np.all(np.isfinite(rdp)):
             return math.inf
         eps, _ = _rdp_analysis.get_privacy_spent(orders=self._orders, rdp=rdp, delta=delta)
-        return float(eps)
+        return max(0.0, float(eps))  # a bound below 0 implies the bound 0 (see :func:`epsilon`)
 
     def _epsilon(self, history: Sequence[Segment], delta: float) -> float:
         check_delta(delta)
