@@ -17,6 +17,7 @@ from scipy.stats import binom
 
 from distsched.cli import main
 from distsched.config import load_yaml
+from distsched.privacy import epsilon as epsilon_of
 from distsched.privacy.audit import (
     PASS,
     VIOLATION,
@@ -246,3 +247,48 @@ def test_local_mode_is_audited_on_the_worker_with_the_largest_rate(tmp_path):
         epsilon([(report.noise_multiplier, report.sample_rate, 30)], 1e-5), rel=1e-9)
     assert report.epsilon_accountant == pytest.approx(4.0, abs=0.01)  # planned for the largest q_k
     assert report.verdict == PASS and report.canaries == 200 and report.steps == 30
+
+
+class _NoEmptyBatches(torch.nn.Module):
+    """A linear model whose forward refuses a batch of 0 examples (as many real models do); it counts
+    the batches it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            raise RuntimeError("this model cannot take a batch of 0 examples")
+        self.forwards += 1
+        return self.fc(x)
+
+
+def test_empty_poisson_draws_take_the_noise_only_step_without_a_forward_pass():
+    """q = 1/40: most of the 20 draws are empty (the first one too, at this seed). The audit takes the
+    noise-only step for them, as the training loop does: every step is released and accounted, the model
+    runs only on non-empty draws."""
+    from torch.utils.data import TensorDataset
+
+    from distsched.privacy.audit import audit_training
+
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(40, 4, generator=gen), torch.randint(0, 3, (40,), generator=gen))
+    torch.manual_seed(0)
+    model = _NoEmptyBatches()
+    steps = 20
+    empties: list[int] = []  # the forward passes done before each noise-only step
+
+    def count_empty(training) -> None:
+        inner = training.empty_step
+        training.empty_step = lambda: (empties.append(model.forwards), inner())[1]
+
+    report = audit_training({"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "reproducible": True},
+                            model, torch.optim.SGD(model.parameters(), lr=0.1), data, np.arange(40), batch_size=1,
+                            total_steps=steps, seed=0, canaries=10, canary_seed=1, tamper=count_empty)
+    assert report.steps == steps  # every draw is a step, empty or not
+    assert empties[0] == 0  # the first draw was empty
+    assert len(empties) + model.forwards == steps and model.forwards > 0  # the others reached the model
+    expected_eps = epsilon_of([(1.0, 1 / 40, steps)], 1e-5)  # Opacus' RDP for 20 steps of (1, 1/40)
+    assert report.epsilon_accountant == pytest.approx(expected_eps, rel=1e-9)

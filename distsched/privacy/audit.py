@@ -313,6 +313,7 @@ def audit_training(
     :class:`~distsched.privacy.PrivateTraining` before the canaries are installed (tests break the
     mechanism with it). Epsilon is compared with the accountant's for the steps taken, at ``config.delta``.
     """
+    from distsched.data.batches import examples_in
     from distsched.privacy.config import privacy_config
     from distsched.privacy.randomness import secret_seed
     from distsched.privacy.training import attach_privacy
@@ -340,9 +341,12 @@ def audit_training(
             for group in dp.param_groups:
                 group["lr"] = float(lr_schedule(t)) * training.lr_factor
         x, y = next(batches)
-        dp.zero_grad(set_to_none=True)
-        loss_fn(training.model(x.to(device)), y.to(device)).backward()
-        dp.step()
+        if examples_in(y) == 0:  # an empty Poisson draw: the noise-only step, as the training loop takes it
+            training.empty_step()
+        else:
+            dp.zero_grad(set_to_none=True)
+            loss_fn(training.model(x.to(device)), y.to(device)).backward()
+            dp.step()
         training.after_step()
         steps += 1
     if steps == 0:
