@@ -296,7 +296,7 @@ class GhostModule(GradSampleModuleFastGradientClipping):
             if n > trainable[p]:
                 raise RuntimeError(f"ghost clipping: a parameter of shape {tuple(p.shape)} is used outside a call of "
                                    "its layer (e.g. F.linear(x, layer.weight)); its per-example gradient is not "
-                                   "seen: call the layer, or use clipping hooks")
+                                   "seen: call the layer instead (Opacus' hooks drop that use silently)")
 
     def capture_backprops_hook(self, module: nn.Module, _forward_input: torch.Tensor, forward_output: torch.Tensor,
                                loss_reduction: str, batch_first: bool) -> None:
