@@ -9,11 +9,11 @@
 0.05
 """
 
-from distsched.control.base import Controlled, Controller
 from distsched.control.conflict import GradientConflictScaler, pairwise_cosines, task_gradients
 from distsched.control.curriculum import CurriculumPhases
 from distsched.control.pid import PIDController
 from distsched.control.plateau import ReduceOnPlateau, WarmRestartOnPlateau
+from distsched.schedules.controlled import Controlled, Controller
 
 #: ``controller.name`` of a training config -> controller class (the loss-driven ones; the config is
 #: built by :func:`distsched.config.build`).

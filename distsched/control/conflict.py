@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from distsched._checks import check_range
-from distsched.control.base import Controller
+from distsched.schedules.controlled import Controller
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 
 from distsched._checks import check_increasing, check_int, check_non_negative, check_positive
-from distsched.control.base import Controller
+from distsched.schedules.controlled import Controller
 
 
 class CurriculumPhases(Controller):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from distsched._checks import check_finite, check_non_negative, check_positive, check_range
-from distsched.control.base import Controller
+from distsched.schedules.controlled import Controller
 
 
 class PIDController(Controller):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from distsched._checks import check_choice, check_int, check_non_negative, check_range
-from distsched.control.base import Controller
+from distsched.schedules.controlled import Controller
 
 
 class _PlateauDetector(Controller):

@@ -29,7 +29,7 @@ import torch
 from opacus.optimizers import DistributedDPOptimizer
 
 from distsched._checks import check_int, check_non_negative, check_positive, check_range
-from distsched.control.base import Controller
+from distsched.schedules.controlled import Controller
 
 
 def update_noise_std(lr: float, noise_multiplier: float, max_grad_norm: float, batch_size: float) -> float:

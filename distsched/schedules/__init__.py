@@ -11,6 +11,7 @@ True
 from distsched.schedules.base import Schedule
 from distsched.schedules.catalogue import CATALOGUE
 from distsched.schedules.compose import Clamp, Join, Repeat, Scale, Warmup, clamp, join, repeat, scale, warmup
+from distsched.schedules.controlled import Controlled, Controller
 from distsched.schedules.cosine import Constant, Cosine, CosineRestarts, constant, cosine, cosine_restarts
 from distsched.schedules.coupled import (
     CosineBeta,
@@ -51,6 +52,8 @@ from distsched.schedules.torch_adapter import MULTIPLIER_KEY, ScheduledLR
 from distsched.schedules.wsd import WarmupStableDecay, warmup_stable_decay, wsd
 
 __all__ = [
+    "Controlled",
+    "Controller",
     "CATALOGUE",
     "MULTIPLIER_KEY",
     "Clamp",

@@ -1,5 +1,8 @@
 """The controller base and the one composition rule, ``schedule x controller``.
 
+It lives with the schedules (floor 2) because it is their composition rule; the controllers themselves
+(:mod:`distsched.control`, floor 3) and privacy's ``NoiseAwareLR`` build on it from above.
+
 A schedule is a pure function of the step; a controller is the only stateful schedule-like object.
 It watches a training signal (loss, task gradients, curriculum phase) through ``update(signal, step)``
 (one signature for all; ``step`` is the 0-based step the signal was measured at) and exposes
