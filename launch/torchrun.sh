@@ -80,5 +80,12 @@ args=(
 if [[ -n "${LOCAL_ADDR:-}" ]]; then args+=(--local-addr="$LOCAL_ADDR"); fi
 if [[ -n "$NODE_RANK" ]]; then args+=(--rdzv-conf="is_host=$([[ "$NODE_RANK" -eq 0 ]] && echo 1 || echo 0)"); fi
 
+# the driver's checks before torchrun starts (a user's mistake: one line, exit 2, nothing written; inside
+# torchrun's workers it would end in torchrun's traceback). Node 0 only: on the others the run folder may
+# already hold this very run, made by node 0's rank 0.
+if [[ "$NNODES" -eq 1 || "$NODE_RANK" == 0 ]]; then
+  "$PYTHON" -m distsched train "$CONFIG" --launcher torchrun --run-dir "$RUN_DIR" --check
+fi
+
 exec "$PYTHON" -m torch.distributed.run "${args[@]}" \
   -m distsched train "$CONFIG" --launcher torchrun --run-dir "$RUN_DIR"

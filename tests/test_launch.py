@@ -157,3 +157,35 @@ def _local_sgd_reference() -> tuple[list[nn.Module], list[float]]:
             losses.append(window / 20)
             window = 0.0
     return models, losses
+
+
+def _torchrun_sh(cfg: dict, tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(LAUNCH / "torchrun.sh"), str(cfg_path), str(run_dir)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("mistake", ["run_dir_holds_a_run", "batch_above_the_shards"])
+def test_torchrun_launcher_refuses_a_users_mistake_in_one_line_before_torchrun(tmp_path, mistake):
+    """The driver's checks run before torchrun starts: one line on stderr, exit 2, nothing written
+    (inside torchrun's workers the same mistake ended in torchrun's ChildFailedError traceback, exit 1)."""
+    run_dir = tmp_path / "run"
+    cfg = {**copy.deepcopy(CFG), "sync": {"name": "fixed", "h": 4}}
+    if mistake == "run_dir_holds_a_run":
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text("name: an earlier run\n")
+    else:
+        cfg["batch_size"] = 5000  # above each worker's ~700 digits
+    proc = _torchrun_sh(cfg, tmp_path, run_dir)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("distsched train: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if mistake == "run_dir_holds_a_run":
+        assert "already holds a run" in lines[0]
+        assert (run_dir / "config.yaml").read_text() == "name: an earlier run\n"  # unchanged
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    else:
+        assert not run_dir.exists()

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1)")
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts Ray Train may do")
     parser.add_argument("--no-progress", action="store_true", help="no live progress on the driver")
+    parser.add_argument("--check", action="store_true",
+                        help="a new run: run the driver's checks (config, data, model, one batch, privacy plan, "
+                             "--run-dir free) and exit, nothing written (launch/torchrun.sh runs it before torchrun)")
     add_run_options(parser)
 
 
@@ -185,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if launcher != "ray" and isinstance(workers, tuple):
         raise ValueError(f"--workers {args.workers}: an elastic run (MIN:MAX) needs the Ray launcher, "
                          f"not {launcher}")
+    if args.check:
+        return _check(args, launcher, overrides)
     if launcher == "torchrun":
         return _train_torchrun(args, overrides)
     folder, cfg, total = _prepare(args, launcher, overrides, workers)
@@ -209,6 +214,31 @@ def _overrides(args: argparse.Namespace, workers: int | tuple[int, int] | None) 
     if workers is not None:
         overrides["workers"] = list(workers) if isinstance(workers, tuple) else workers
     return overrides or None
+
+
+def _check(args: argparse.Namespace, launcher: str, overrides: dict | None) -> int:
+    """``--check``: what :func:`_prepare` checks before a new run's folder exists, nothing created or written.
+    torchrun's workers check on rank 0 inside the job, where a user's mistake ends in torchrun's traceback;
+    this runs the checks first, on the launching host (one line, exit 2)."""
+    from pathlib import Path
+
+    from distsched.report import RunFolder
+    from distsched.train.config import load_config
+    from distsched.train.run import preflight
+
+    if args.resume is not None or args.config is None:
+        raise ValueError("--check checks a new run: CONFIG.yaml, without --resume")
+    cfg = load_config(args.config, overrides)
+    if launcher != "ray":
+        _refuse_elastic(cfg, launcher)
+    if args.run_dir is not None:
+        root = Path(args.run_dir).resolve()
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"not a directory: {root}")
+        if root.is_dir() and RunFolder(root).holds_run():
+            raise ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
+    preflight(cfg)
+    return 0
 
 
 def _train_torchrun(args: argparse.Namespace, overrides: dict | None) -> int:
