@@ -189,3 +189,22 @@ def test_torchrun_launcher_refuses_a_users_mistake_in_one_line_before_torchrun(t
         assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
     else:
         assert not run_dir.exists()
+
+
+def test_under_torchrun_itself_rank_0_refuses_in_one_line_and_the_other_ranks_stop_quietly(tmp_path):
+    """torchrun run directly (not launch/torchrun.sh): rank 0's checks refuse a --resume of a folder that
+    holds no run; rank 0 writes the one line, rank 1 exits without a traceback (was: rank 1's traceback of
+    the broken broadcast). torchrun's own report of the failed workers (exit 1) is torchrun's."""
+    run_dir = tmp_path / "not_a_run"
+    run_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                           f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--local-addr=127.0.0.1",
+                           "-m", "distsched", "train", "--launcher", "torchrun", "--resume", str(run_dir)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.splitlines() if "distsched train: error: " in ln]
+    assert len(ours) == 1, proc.stderr
+    assert "[rank1]" not in proc.stderr and "[rank0]" not in proc.stderr, proc.stderr  # no worker traceback
+    assert "exitcode: 2" in proc.stderr  # torchrun's report: the workers exited with the CLI's code 2
+    assert list(run_dir.iterdir()) == []  # nothing written

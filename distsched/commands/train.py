@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 LAUNCHERS = ("auto", "ray", "torchrun", "processes")
+#: a torchrun rank other than 0 whose rank 0 refused the run (the CLI's exit code for a user's mistake)
+EXIT_REFUSED = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,7 +246,7 @@ def _check(args: argparse.Namespace, launcher: str, overrides: dict | None) -> i
 def _train_torchrun(args: argparse.Namespace, overrides: dict | None) -> int:
     """This process's part of a torchrun job; rank 0 shows the header, the progress and the summary."""
     from distsched.train.config import load_config
-    from distsched.train.run import run_torchrun
+    from distsched.train.run import RefusedOnRankZero, run_torchrun
 
     cfg = load_config(args.config, overrides) if args.config else None
     _refuse_elastic(cfg, "torchrun")
@@ -252,7 +254,10 @@ def _train_torchrun(args: argparse.Namespace, overrides: dict | None) -> int:
         def on_start(folder: Any, run_cfg: Any, resumed: bool) -> None:  # rank 0, once the folder exists
             stack.enter_context(_progress(folder, run_cfg, "torchrun", resumed, args.no_progress))
 
-        summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, on_start=on_start)
+        try:
+            summary = run_torchrun(cfg, out=args.out, run_dir=args.run_dir, resume=args.resume, on_start=on_start)
+        except RefusedOnRankZero:
+            return EXIT_REFUSED  # rank 0 wrote the one line
     if summary:
         _print_summary(summary)
         write_dashboard(summary.get("run_dir"))

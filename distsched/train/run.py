@@ -156,6 +156,10 @@ def read_summary(folder: RunFolder) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- torchrun
+class RefusedOnRankZero(ValueError):
+    """On a torchrun rank other than 0: rank 0's checks refused the run (rank 0 reports why, in one line)."""
+
+
 def run_torchrun(
     cfg: TrainConfig | None,
     *,
@@ -187,11 +191,22 @@ def run_torchrun(
             restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
             if restarted and resume is None and run_dir is not None and RunFolder(run_dir).config_path.exists():
                 resume = run_dir  # torchrun restarted the workers: the folder holds this very run
-            folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume, exclusive=True)
-            box = [(str(folder.root), config_to_mapping(cfg))]
+            try:  # the driver's checks, on rank 0: a user's mistake is rank 0's one line, the others stop quietly
+                if cfg is not None and resume is None:
+                    preflight(cfg)  # before the folder exists
+                folder, cfg = prepare_run(cfg, out=out, run_dir=run_dir, resume=resume, exclusive=True)
+                if resume is not None:  # its newest checkpoint's model must fit the config's
+                    preflight(cfg, latest_checkpoint(folder.checkpoints, warn=False))
+                box = [(str(folder.root), config_to_mapping(cfg))]
+            except (ValueError, OSError) as exc:
+                box = [str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__]
+                dist.broadcast_object_list(box, src=0)
+                raise
             if on_start is not None:
                 on_start(folder, cfg, resume is not None)
         dist.broadcast_object_list(box, src=0)
+        if isinstance(box[0], str):
+            raise RefusedOnRankZero(box[0])
         root, mapping = box[0]
         cfg = config_from_mapping(mapping)
         folder = RunFolder.open(root)
