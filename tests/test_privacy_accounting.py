@@ -177,3 +177,22 @@ def test_epsilon_is_never_negative_where_rdps_conversion_goes_below_zero():
     rdp1 = np.asarray(compute_rdp(q=q, noise_multiplier=1.0, steps=steps, orders=RDP_ORDERS))
     closed1 = rdp1 + np.log1p(-1 / orders) - (np.log(delta) + np.log(orders)) / (orders - 1)
     assert epsilon([(1.0, q, steps)], delta) == pytest.approx(float(closed1.min()), rel=1e-9)
+
+
+def test_gdp_epsilon_outside_opacus_root_bracket_is_a_bound_not_an_error():
+    """Opacus' GDP conversion solves delta(eps; mu) = delta for eps in [0, 500] and raises outside it.
+    Tiny mu (sigma 312): delta(0; mu) <= delta already, so eps = 0; huge mu (sigma 0.5, q 1, 1000 steps):
+    delta(500; mu) > delta, so inf. Inside, the value is Opacus' GaussianAccountant's."""
+    from opacus.accountants import GaussianAccountant
+    from opacus.accountants.analysis import gdp
+
+    mu = gdp.compute_mu_poisson(steps=10, noise_multiplier=312.0, sample_rate=0.1)
+    assert gdp.delta_eps_mu(eps=0.0, mu=mu) <= 1e-3  # the closed form says eps = 0 holds
+    assert epsilon([(312.0, 0.1, 10)], 1e-3, "gdp") == 0.0
+    assert epsilon([(0.5, 1.0, 1000)], 1e-5, "gdp") == math.inf
+    ref = GaussianAccountant()
+    ref.history = [(1.1, 0.01, 500)]
+    assert epsilon([(1.1, 0.01, 500)], 1e-5, "gdp") == pytest.approx(ref.get_epsilon(delta=1e-5), rel=1e-12)
+    acc = Accountant("gdp")
+    acc.step(312.0, 0.1, 10)
+    assert acc.epsilon(1e-3) == 0.0

@@ -141,7 +141,25 @@ def epsilon(
                 "'rdp' (an upper bound at any size) or more noise"
             )
         return max(0.0, float(acc.get_epsilon(delta=delta, eps_error=eps_error)))
+    if accountant == "gdp":
+        return _gdp_epsilon(segments[0], delta)
     return max(0.0, float(acc.get_epsilon(delta=delta)))
+
+
+def _gdp_epsilon(seg: Segment, delta: float) -> float:
+    """Opacus' GDP epsilon (Dong et al. 2019: ``mu = q sqrt(T (e^{1/sigma^2} - 1))``, ``eps`` the root of
+    ``delta(eps; mu) = delta`` on ``[0, 500]``). Outside that bracket Opacus' root finder raises: ``0``
+    when ``delta(0; mu) <= delta`` already (tiny mu, e.g. sigma 312), ``inf`` when even ``eps = 500`` is
+    not enough (both are valid bounds)."""
+    from opacus.accountants.analysis import gdp
+
+    mu = gdp.compute_mu_poisson(steps=seg.steps, noise_multiplier=seg.noise_multiplier,
+                                sample_rate=seg.sample_rate)
+    if gdp.delta_eps_mu(eps=0.0, mu=mu) <= delta:
+        return 0.0
+    if gdp.delta_eps_mu(eps=500.0, mu=mu) > delta:
+        return math.inf
+    return float(gdp.eps_from_mu(mu=mu, delta=delta))
 
 
 class AccountingTooLarge(ValueError):
