@@ -10,8 +10,12 @@
   backward pass (:mod:`distsched.privacy.ghost`: Linear, Embedding and LayerNorm in closed form,
   :mod:`distsched.privacy.ghost_norms`; any other layer with a grad sampler, Conv, GroupNorm..., through its
   per-example gradients; a layer called twice or sharing a parameter, through its per-example gradients summed
-  over its uses; a parameter used outside a call of its layer is refused). The loss must go through
-  :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one backward per step.
+  over its uses; a parameter used outside a call of its layer is refused). Each example's computed contribution
+  is at most ``C``: a batched Linear weight's norm is clipped as ``||grad_i|| + gamma_{n+3} S_i``, the bound on
+  its float32 product's rounding over ``n = B T`` rows (``S_i = sum_t ||g_t|| ||a_t||``; Higham's ``gamma``),
+  so its clip factor is smaller than hooks' by that relative margin (0.19% on random data at ``n = 4096``).
+  The loss must go through :meth:`PrivateTraining.loss_fn` (Opacus' ``DPLossFastGradientClipping``); one
+  backward per step.
 * ``auto``: ghost when every trainable layer has a closed form (Linear, Embedding, LayerNorm) or a grad sampler
   (Conv, GroupNorm, ...), else hooks (a layer only ``torch.func`` differentiates per example). Ghost does a
   subset of the hooks' work (no per-example gradient of a closed-form layer, no weight gradient from autograd):
