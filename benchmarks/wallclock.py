@@ -395,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--skip-ddp", action="store_true",
                         help="no DDP runs (no time-to-DDP columns): e.g. DiLoCo against its streaming variant")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps of every variant (default {FULL['steps']}; tiny {TINY['steps']}); "
+                             "the warmup, the evaluation interval and the cosine's floor stay, the cosine spans them")
     parser.add_argument("--h", type=int, default=H, help=f"base period H of every local method (default {H})")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "wallclock.json"))
     parser.add_argument("--timeout", type=float, default=3600.0, help="per rate, seconds")
@@ -410,12 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.h < 1:
         print(f"wallclock.py: --h must be >= 1, got {args.h}", file=sys.stderr)
         return 2
+    base = TINY if args.tiny else FULL
+    if args.steps is not None and args.steps < base["warmup"] + base["eval_every"]:
+        print(f"wallclock.py: --steps must be >= warmup + eval_every = {base['warmup'] + base['eval_every']}, "
+              f"got {args.steps}", file=sys.stderr)
+        return 2
     variants = [*args.variants, *(["diloco_stream_int8"] if args.stream else [])]
     if args.skip_ddp:
         variants = [v for v in variants if v != "ddp"]
     elif "ddp" not in variants:
         variants.insert(0, "ddp")
-    size = {**(TINY if args.tiny else FULL), "h": args.h}
+    size = {**base, "h": args.h, **({} if args.steps is None else {"steps": args.steps})}
     prefix = f"wc{os.getpid() % 100000}"
     work = Path(tempfile.mkdtemp(prefix="wallclock-"))
     from distsched.data.text import stdlib_windows

@@ -116,3 +116,12 @@ def test_tiny_run_on_two_testbed_hosts(tmp_path):
     assert stream["bytes_per_worker"] < by["diloco"]["bytes_per_worker"] / 2
     assert stream["peak_step_bytes"] < by["diloco"]["peak_step_bytes"] and len(stream["evals"]) > 1
     assert res["probes"]["1gbit"]["allreduce_mbit_per_s"] > 0
+
+
+def test_steps_shorter_than_warmup_plus_one_evaluation_is_refused_in_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wallclock.py"), "--steps", "20"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode == 2 and "needs root" in proc.stderr:
+        pytest.skip("wallclock.py needs root")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "wallclock.py: --steps must be >= warmup + eval_every = 48, got 20"]
