@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from distsched.sync import free_port
@@ -32,7 +33,11 @@ def _normalized(out: str, run_dir: Path, launcher: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_processes_and_torchrun_print_the_same_header_progress_and_final_line(tmp_path):
+    """Slow (two 2-worker launches, ~50 s). Faster cover: the processes launcher's progress and final line
+    (``test_processes_launcher_checks_the_config_once_on_the_driver``), torchrun's progress lines and run
+    (``tests/test_launch.py::test_torchrun_launcher_two_gloo_processes``)."""
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(CFG))
     env = {**os.environ, "PYTHON": sys.executable, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()),
