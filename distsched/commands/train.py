@@ -222,8 +222,6 @@ def _check(args: argparse.Namespace, launcher: str, overrides: dict | None) -> i
     """``--check``: what :func:`_prepare` checks before a new run's folder exists, nothing created or written.
     torchrun's workers check on rank 0 inside the job, where a user's mistake ends in torchrun's traceback;
     this runs the checks first, on the launching host (one line, exit 2)."""
-    from pathlib import Path
-
     from distsched.report import RunFolder
     from distsched.train.config import load_config
     from distsched.train.run import preflight
@@ -234,11 +232,7 @@ def _check(args: argparse.Namespace, launcher: str, overrides: dict | None) -> i
     if launcher != "ray":
         _refuse_elastic(cfg, launcher)
     if args.run_dir is not None:
-        root = Path(args.run_dir).resolve()
-        if root.exists() and not root.is_dir():
-            raise NotADirectoryError(f"not a directory: {root}")
-        if root.is_dir() and RunFolder(root).holds_run():
-            raise ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
+        RunFolder.check_fresh(args.run_dir)
     preflight(cfg)
     return 0
 

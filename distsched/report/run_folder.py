@@ -36,8 +36,7 @@ class RunFolder:
         second never share it: the loser takes the next suffix ``-k``; then held (:meth:`claim`).
         """
         parent = Path(parent)
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(f"not a directory: {parent}")
+        _refuse_non_folder(parent)
         parent.mkdir(parents=True, exist_ok=True)
         base = parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         for k in range(10_000):
@@ -56,13 +55,21 @@ class RunFolder:
         it (:meth:`claim`, taken before the check: two runs started together cannot both pass it) or is not
         a folder."""
         root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise NotADirectoryError(f"not a directory: {root}")
+        _refuse_non_folder(root)
         root.mkdir(parents=True, exist_ok=True)
         folder = cls(root).claim()
         if folder.holds_run():
-            raise ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
+            raise _holds_a_run(root)
         return cls.open(root)
+
+    @classmethod
+    def check_fresh(cls, root: str | os.PathLike) -> None:
+        """What :meth:`fresh` refuses about ``root`` itself (not a folder, already a run), checked without
+        creating, holding or writing anything (``distsched train --check``)."""
+        root = Path(root).resolve()
+        _refuse_non_folder(root)
+        if root.is_dir() and cls(root).holds_run():
+            raise _holds_a_run(root)
 
     def claim(self) -> RunFolder:
         """Hold the folder for this process until it ends: an exclusive, non-blocking ``flock`` on the folder
@@ -94,8 +101,7 @@ class RunFolder:
     def open(cls, root: str | os.PathLike) -> RunFolder:
         """An existing or new run folder at ``root`` (sub-folders created)."""
         root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise NotADirectoryError(f"not a directory: {root}")
+        _refuse_non_folder(root)
         (root / "checkpoints").mkdir(parents=True, exist_ok=True)
         (root / "plots").mkdir(exist_ok=True)
         return cls(root)
@@ -146,3 +152,12 @@ class RunFolder:
         tmp = self.summary_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(summary), indent=2, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.summary_path)
+
+
+def _refuse_non_folder(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+
+
+def _holds_a_run(root: Path) -> ValueError:
+    return ValueError(f"{root} already holds a run; resume it with --resume {root} or choose another folder")
